@@ -1,0 +1,25 @@
+"""Upstream augmentation methods behind one registry of policy strings.
+
+    from baselines import create_method
+    up = create_method("noisy(0.3,rand-m9-n2)")
+    img = up.sample_transform(img_uint8, generator)        # per sample, in the data loader
+    x, y, corrupted = up.batch_transform(x, y, generator)  # per batch, on normalised floats
+
+Importing this package registers every family: add a method with one module + `@register_method`,
+and import it below.
+"""
+from baselines.base import IMAGE, MODALITIES, Augmented, Upstream
+from baselines.registry import PolicyError, create_method, list_methods, method_grammars, register_method
+
+# Registration order is the order of list_methods() and of the grammars in error messages.
+from baselines import identity, image_policies, mixers, noisy  # noqa: E402,F401  (registers families)
+from baselines.identity import NoAugmentation
+from baselines.image_policies import AutoAugment, RandAugment, TrivialAugment
+from baselines.mixers import CutMix, MixUp
+from baselines.noisy import Noisy
+
+__all__ = [
+    "Augmented", "Upstream", "PolicyError", "IMAGE", "MODALITIES",
+    "create_method", "list_methods", "method_grammars", "register_method",
+    "NoAugmentation", "RandAugment", "AutoAugment", "TrivialAugment", "CutMix", "MixUp", "Noisy",
+]

@@ -1,0 +1,40 @@
+"""What every upstream method is: a typed frozen config that also knows how to augment.
+
+Two stages, because they run in different places: `sample_transform` in the data loader (one uint8
+image, its own generator) and `batch_transform` on the normalised float batch (mixers, label noise).
+A method that has nothing to do in a stage returns its input unchanged.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple, Optional
+
+import torch
+
+IMAGE = frozenset({"image"})
+# Every data kind the suite knows; methods that never look at the data (none) support all of them.
+MODALITIES = frozenset({"image", "tabular"})
+
+
+class Augmented(NamedTuple):
+    x: torch.Tensor  # float [B, C, H, W]
+    y: torch.Tensor  # float [B, K], rows on the simplex when the input rows were
+    corrupted: Optional[torch.Tensor]  # bool [B] for noisy(...), else None
+
+
+class Upstream:
+    """Base of every registered method. Subclasses are frozen dataclasses and define `__str__`
+    as the canonical policy string, so `create_method(str(m)) == m`."""
+
+    modalities: ClassVar[frozenset[str]] = IMAGE
+    # Lets the data loader skip building one generator per sample when the stage is the identity.
+    has_sample_stage: ClassVar[bool] = False
+    has_batch_stage: ClassVar[bool] = False
+
+    def sample_transform(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return img
+
+    def batch_transform(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> Augmented:
+        return Augmented(x, y, None)
+
+    def __str__(self) -> str:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError

@@ -1,0 +1,111 @@
+"""`saflex-bench`: list, run — and the subcommands other packages register (sweep, status, report,
+figures, wandb-report) through the `saflex_bench.commands` entry-point group, so bench never imports
+them."""
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import entry_points
+
+from bench import __version__
+from bench.errors import UsageError
+
+LISTABLE = ("tasks", "methods", "models", "knobs")
+
+
+def _list(args: argparse.Namespace) -> int:
+    if args.what == "tasks":
+        from bench.tasks import list_tasks
+
+        names = list_tasks()
+    elif args.what == "methods":
+        import baselines
+
+        names = baselines.list_methods()
+        names += [n + "+saflex" for n in names]
+    elif args.what == "models":
+        from bench.models import list_models
+
+        names = list_models()
+    else:
+        import saflex_core
+
+        names = [f"saflex.{k}={v}" for k, v in saflex_core.SaflexConfig().to_dict().items()]
+    print("\n".join(names))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bench.runner import resolve_results_root, run_spec
+    from bench.spec import make_spec, parse_assignments, split_method
+
+    overrides = parse_assignments(args.set or [])
+    for name in ("epochs", "batch_size", "lr", "model"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    spec = make_spec(args.task, args.method, args.seed, overrides)
+    if not split_method(spec.method)[1] and any(k.startswith("saflex.") for k in overrides):
+        print(f"saflex-bench: warning: saflex.* knobs ignored: method '{spec.method}' does not use SAFLEX", file=sys.stderr)
+    results = resolve_results_root(args.results)
+    print(f"run {spec.key}  {spec.task}  {spec.method}  seed {spec.seed}", flush=True)
+    record = run_spec(spec, results, args.data_root, wandb_mode=args.wandb, progress=not args.quiet,
+                      device=args.device, workers=args.workers)
+    m = record["metrics"]
+    print(f"key {record['key']}")
+    print(f"test_acc {m['test_acc']:.4f}  test_auc {m['test_auc']:.4f}  best_epoch {m['best_epoch']}  "
+          f"epoch_s {record['cost']['epoch_s']:.2f}")
+    print(f"result {results / 'runs' / record['key'] / 'result.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="saflex-bench", description="Does SAFLEX beat the augmentations it sits on?")
+    p.add_argument("--version", action="version", version=f"saflex-bench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ls = sub.add_parser("list", help="print registered tasks, methods, models or SAFLEX knobs, one a line")
+    ls.add_argument("what", choices=LISTABLE)
+    ls.set_defaults(func=_list)
+
+    run = sub.add_parser("run", help="train and evaluate one run; print its key and result path")
+    run.add_argument("--task", required=True, help="FAMILY/DATASET, see `saflex-bench list tasks`")
+    run.add_argument("--method", required=True, help="UPSTREAM[+saflex], e.g. rand-m9-n2+saflex")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--batch-size", dest="batch_size", type=int)
+    run.add_argument("--lr", type=float)
+    run.add_argument("--model")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any run field (repeatable), e.g. saflex.eps=0.05")
+    run.add_argument("--data-root", help="folder with the datasets (default $SAFLEX_DATA)")
+    run.add_argument("--results", help="results root (default $SAFLEX_RESULTS or ./results)")
+    run.add_argument("--wandb", choices=("online", "offline", "disabled"), help="wandb mode (default $WANDB_MODE or offline)")
+    run.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    run.add_argument("--workers", type=int, default=0, help="data-loader worker processes for per-sample augmentation")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_run)
+
+    for ep in entry_points(group="saflex_bench.commands"):
+        try:
+            register = ep.load()
+        except ImportError as e:  # a half-installed extra must not break the core commands
+            print(f"saflex-bench: warning: commands from {ep.value} unavailable ({e})", file=sys.stderr)
+            continue
+        register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import baselines
+    import saflex_core
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, baselines.PolicyError, saflex_core.ConfigError) as e:
+        print(f"saflex-bench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

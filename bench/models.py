@@ -1,0 +1,71 @@
+"""Models, each `features(x) -> h` plus a linear `head` (what SAFLEX's last-layer math needs)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from bench.errors import UsageError
+
+_MODELS: dict[str, Callable[[int, int], "Classifier"]] = {}
+
+
+def register_model(name: str):
+    def deco(fn):
+        _MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def create_model(name: str, in_channels: int, num_classes: int) -> "Classifier":
+    if name not in _MODELS:
+        raise UsageError(f"unknown model '{name}' (valid: {', '.join(list_models())})")
+    return _MODELS[name](in_channels, num_classes)
+
+
+class Classifier(nn.Module):
+    def __init__(self, body: nn.Module, feat_dim: int, num_classes: int):
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(feat_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@register_model("resnet18")
+def resnet18(in_channels: int, num_classes: int) -> Classifier:
+    """torchvision ResNet-18 with the CIFAR-style stem (3x3 conv, stride 1, no max-pool) used by the
+    official MedMNIST 28-px baseline."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    net = tv_resnet18(num_classes=num_classes)
+    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    feat_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return Classifier(net, feat_dim, num_classes)
+
+
+@register_model("small_cnn")
+def small_cnn(in_channels: int, num_classes: int) -> Classifier:
+    """Three conv blocks and global pooling: quick CPU runs on 8-32 px images."""
+
+    def block(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    body = nn.Sequential(
+        *block(in_channels, 32), *block(32, 32), nn.MaxPool2d(2, ceil_mode=True),
+        *block(32, 64), *block(64, 64), nn.MaxPool2d(2, ceil_mode=True),
+        *block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+    return Classifier(body, 128, num_classes)
