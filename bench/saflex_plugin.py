@@ -22,7 +22,6 @@ class SaflexPlugin:
         # the validation split SAFLEX uses is the one model selection uses (tasks have no third split)
         self.val_x = trainer.prepare(trainer.splits.val_x)
         self.val_y = trainer.targets(trainer.splits.val_y)
-        self.steps = 0
         self.start_epoch(0)
 
     def active(self, epoch: int) -> bool:
@@ -46,7 +45,7 @@ class SaflexPlugin:
     def refresh_if_due(self, clean: torch.Tensor, y: torch.Tensor, epoch: int, b: int) -> None:
         t, dev = self.t, self.t.device
         t0 = time.perf_counter()
-        if self.sfx.needs_refresh(self.steps):
+        if self.sfx.needs_refresh(t.state.step):
             xr, yr = self.reference(clean, y, epoch, b)
             with torch.no_grad(), self.core.bn_mode_context(t.model, self.cfg.bn_mode), t.autocast():
                 hr = t.model.features(xr.to(dev))
@@ -74,7 +73,6 @@ class SaflexPlugin:
         self.w.append(w.detach().cpu())
         self.shift.append(((q - y_soft).abs().sum(1) / 2).detach().cpu())
         self.corrupted.append(corrupted.cpu() if corrupted is not None else torch.zeros(n, dtype=torch.bool))
-        self.steps += 1
         return loss
 
     def end_epoch(self, epoch: int, last: bool) -> dict:

@@ -185,14 +185,25 @@ def _log_records(path: Path) -> Iterator[bytes]:
             pos += left - 7
 
 
-def read_offline_run(path: Path | str) -> dict[str, Any]:
+def read_offline_run(path: Path | str, wait_s: float = 0.0) -> dict[str, Any]:
     """Summarise one offline run directory (or its .wandb file): id, group, job_type, tags, project,
-    config, logged steps, summary keys and exit code."""
+    config, logged steps, summary keys and exit code. wandb's service writes the file asynchronously
+    (a run finished in this process may still be flushing): `wait_s` polls until its exit record is in."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = _read_offline_run(Path(path))
+        if out["exit_code"] is not None or time.monotonic() >= deadline:
+            return out
+        time.sleep(0.1)
+
+
+def _read_offline_run(path: Path) -> dict[str, Any]:
     import json
 
     from wandb.proto import wandb_internal_pb2 as pb
 
-    path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.wandb"))
         if not files:

@@ -111,7 +111,8 @@ class Trainer:
         s = self.state
         payload = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), sched=self.sched.state_dict(),
                        epoch=s.epoch, step=s.step, best_score=s.best_score, best_epoch=s.best_epoch,
-                       best_state=s.best_state, history=s.history, cost=s.cost)
+                       best_state=s.best_state, history=s.history, cost=s.cost,
+                       saflex=self.saflex.sfx.state_dict() if self.saflex else None)
         buf = io.BytesIO()
         torch.save(payload, buf)
         store_mod.write_bytes_atomic(self.ckpt_path, buf.getvalue())
@@ -125,6 +126,8 @@ class Trainer:
         self.sched.load_state_dict(ck["sched"])
         self.state = TrainState(epoch=ck["epoch"], step=ck["step"], best_score=ck["best_score"], best_epoch=ck["best_epoch"],
                                 best_state=ck["best_state"], history=ck["history"], cost=ck["cost"])
+        if self.saflex and ck.get("saflex"):
+            self.saflex.sfx.load_state_dict(ck["saflex"], device=self.device)  # a stale (G, g) is part of the state
         return self.state.epoch
 
     # ---- evaluation ------------------------------------------------------------------------
@@ -151,6 +154,31 @@ class Trainer:
         return math.inf if m == "last" else (-val["loss"] if m == "loss" else val[m])
 
     # ---- training --------------------------------------------------------------------------
+    def step(self, x: torch.Tensor, y_soft: torch.Tensor, clean: torch.Tensor, y: torch.Tensor,
+             corrupted: torch.Tensor | None, epoch: int, b: int, saflex: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on an augmented batch; returns (detached loss, detached logits)."""
+        x = x.to(self.device, non_blocking=True)
+        n = len(x)
+        sfx = self.saflex if saflex else None
+        if sfx:
+            # the reference forward runs before the training forward: in train-mode BN it would
+            # otherwise rewrite running stats that the training graph saved for backward
+            sfx.refresh_if_due(clean, y, epoch, b)
+            x_clean = sfx.clean_inputs(clean)
+            if x_clean is not None:  # one forward for both, for the same reason
+                x = torch.cat([x, x_clean.to(self.device)])
+        with self.autocast():
+            h = self.model.features(x)
+            logits = self.model.head(h)
+        if sfx:
+            loss = sfx.loss(h[:n], logits[:n], y_soft, logits[n:], y, corrupted)
+        else:
+            loss = self.loss_fn(logits.float(), y_soft)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach(), logits[:n].detach()
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         self.model.train()
         s, spec = self.state, self.spec
@@ -159,31 +187,13 @@ class Trainer:
         if self.saflex:
             self.saflex.start_epoch(epoch)
         for b, (aug, clean, y) in enumerate(train_loader(self.trainset, spec.batch_size, epoch, self.workers)):
-            x = self.prepare(aug)
-            out = self.upstream.batch_transform(x, self.targets(y), generator(spec.seed, "batch", epoch, b))
-            x, y_soft = out.x.to(self.device, non_blocking=True), out.y.to(self.device, non_blocking=True)
-            sfx = self.saflex if self.saflex and self.saflex.active(epoch) else None
-            n = len(x)
-            if sfx:
-                # the reference forward runs before the training forward: in train-mode BN it would
-                # otherwise rewrite running stats that the training graph saved for backward
-                sfx.refresh_if_due(clean, y, epoch, b)
-                x_clean = sfx.clean_inputs(clean)
-                if x_clean is not None:  # one forward for both, for the same reason
-                    x = torch.cat([x, x_clean.to(self.device)])
-            with self.autocast():
-                h = self.model.features(x)
-                logits = self.model.head(h)
-            if sfx:
-                loss = sfx.loss(h[:n], logits[:n], y_soft, logits[n:], y, out.corrupted)
-                h, logits = h[:n], logits[:n]
-            else:
-                loss = self.loss_fn(logits.float(), y_soft)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            out = self.upstream.batch_transform(self.prepare(aug), self.targets(y), generator(spec.seed, "batch", epoch, b))
+            y_soft = out.y.to(self.device, non_blocking=True)
+            loss, logits = self.step(out.x, y_soft, clean, y, out.corrupted, epoch, b,
+                                     saflex=bool(self.saflex and self.saflex.active(epoch)))
             s.step += 1
-            tot_loss += float(loss.detach()) * n
+            n = len(y_soft)
+            tot_loss += float(loss) * n
             if not self.task.multi_label:
                 tot_correct += int((logits.argmax(1) == y_soft.argmax(1)).sum())
             n_seen += n
