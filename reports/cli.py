@@ -1,0 +1,121 @@
+"""`saflex-bench report | figures | wandb-report`, registered through the entry-point group
+`saflex_bench.commands` (bench/cli.py never imports reports/). Heavy imports stay inside the
+command functions so `saflex-bench --help` stays fast."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+METRICS = ("test_acc", "test_auc")
+
+
+def _results_root(args: argparse.Namespace) -> Path:
+    from reports.load import default_results_root
+
+    return Path(args.results) if getattr(args, "results", None) else default_results_root()
+
+
+def _out_dir(args: argparse.Namespace, root: Path) -> Path:
+    return Path(args.out) if getattr(args, "out", None) else root / "report"
+
+
+def _load(args: argparse.Namespace):
+    from reports.load import load_results, load_wandb
+
+    root = _results_root(args)
+    if getattr(args, "from_wandb", None):
+        # wandb run id == run key, so figures 3/5 still find run files when the local store has them
+        return load_wandb(args.from_wandb, args.sweep), root, root
+    return load_results(root, args.sweep), root, root
+
+
+def _source_line(df) -> str:
+    from reports.load import describe_skipped
+
+    skipped = describe_skipped(df.attrs.get("skipped") or {})
+    sweep = df.attrs.get("sweep")
+    return (f"loaded {len(df)} done runs from {df.attrs.get('source')}" + (f" (sweep {sweep})" if sweep else "")
+            + (f"; {skipped}" if skipped else ""))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.tables import write_tables
+
+    df, root, _ = _load(args)
+    print(_source_line(df))
+    paths, lines = write_tables(df, _out_dir(args, root), metric=args.metric)
+    for line in lines:
+        print(line)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from reports.figures import FIGURES, write_figures
+    from reports.load import _usage_error
+
+    unknown = sorted(set(args.only or ()) - set(FIGURES))
+    if unknown:  # checked here, not via argparse choices, so registering the CLI imports no matplotlib
+        raise _usage_error(f"unknown figure {', '.join(unknown)} (valid: {', '.join(FIGURES)})")
+    df, root, files_root = _load(args)
+    print(_source_line(df))
+    for name, paths, why in write_figures(df, files_root, _out_dir(args, root), metric=args.metric, only=args.only):
+        if why:
+            print(f"{name}: no data: {why} (placeholder written)")
+        print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def cmd_wandb_report(args: argparse.Namespace) -> int:
+    from reports import wandb_report as wrep
+    from reports.load import load_results, load_wandb, wandb_is_offline
+
+    wrep.split_project(args.project)  # fail fast on a malformed project, before any loading
+    wrep.import_wr()
+    offline = wandb_is_offline(args.dry_run)
+    root = _results_root(args)
+    # Online the report describes the project's own runs; offline the local store stands in for them.
+    df = load_results(root, args.sweep) if offline else load_wandb(args.project, args.sweep)
+    print(_source_line(df))
+    report = wrep.build_report(df, args.project, args.sweep, metric=args.metric)
+    meta = {"project": args.project, "sweep": args.sweep, "metric": args.metric, "source": df.attrs.get("source"),
+            "saved": not offline}
+    path = wrep.write_spec(report, _out_dir(args, root), meta)
+    print(f"wrote {path}")
+    if offline:
+        print("wandb offline (WANDB_MODE offline/disabled, no API key, or --dry-run): report not saved; "
+              "its specification is in the file above")
+        return 0
+    print(f"saved wandb report: {wrep.save_report(report)}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, wandb_source: bool = True) -> None:
+    p.add_argument("--results", metavar="R", help="results root (default: $SAFLEX_RESULTS or ./results)")
+    p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep (result.json 'sweep')")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: <results>/report)")
+    p.add_argument("--metric", default="test_acc", choices=METRICS, help="metric compared (default: test_acc)")
+    if wandb_source:
+        p.add_argument("--from-wandb", metavar="ENTITY/PROJECT",
+                       help="load the runs from the wandb API instead of the local store (needs wandb online)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="tables X vs X+SAFLEX (Markdown, LaTeX, CSV) from stored results",
+                              description="Per (task, dataset, upstream): mean and 95%% t-CI over seeds for X "
+                                          "and X+SAFLEX, paired difference, cost; average SAFLEX gain.")
+    _common(p)
+    p.set_defaults(func=cmd_report)
+
+    p = subparsers.add_parser("figures", help="regenerate the paper's figures (PNG, PDF + plotted data CSV)")
+    _common(p)
+    p.add_argument("--only", nargs="+", metavar="FIG",
+                   help="only these figures, e.g. fig1_accuracy fig2_gain (default: all)")
+    p.set_defaults(func=cmd_figures)
+
+    p = subparsers.add_parser("wandb-report", help="build a wandb Report (saved online; JSON spec offline)")
+    p.add_argument("--project", required=True, metavar="ENTITY/PROJECT", help="wandb project of the runs")
+    _common(p, wandb_source=False)
+    p.add_argument("--dry-run", action="store_true", help="do not save: write the report spec JSON only")
+    p.set_defaults(func=cmd_wandb_report)
