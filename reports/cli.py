@@ -91,6 +91,18 @@ def cmd_wandb_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from reports.study import write_study
+
+    root = _results_root(args)
+    if not root.is_dir():
+        from bench.errors import UsageError
+
+        raise UsageError(f"results root {root} does not exist")
+    print(f"wrote {write_study(root, args.out or 'reports/studies/saflex_medmnist.md')}")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, wandb_source: bool = True) -> None:
     p.add_argument("--results", metavar="R", help="results root (default: $SAFLEX_RESULTS or ./results)")
     p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep (result.json 'sweep')")
@@ -113,6 +125,11 @@ def register(subparsers) -> None:
     p.add_argument("--only", nargs="+", metavar="FIG",
                    help="only these figures, e.g. fig1_accuracy fig2_gain (default: all)")
     p.set_defaults(func=cmd_figures)
+
+    p = subparsers.add_parser("study", help="write the SAFLEX MedMNIST study (markdown) from stored results")
+    p.add_argument("--results", metavar="R", help="results root (default: $SAFLEX_RESULTS or ./results)")
+    p.add_argument("--out", metavar="FILE", help="markdown file (default: reports/studies/saflex_medmnist.md)")
+    p.set_defaults(func=cmd_study)
 
     p = subparsers.add_parser("wandb-report", help="build a wandb Report (saved online; JSON spec offline)")
     p.add_argument("--project", required=True, metavar="ENTITY/PROJECT", help="wandb project of the runs")
