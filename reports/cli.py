@@ -43,9 +43,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     df, root, _ = _load(args)
     print(_source_line(df))
-    paths, lines = write_tables(df, _out_dir(args, root), metric=args.metric)
-    for line in lines:
-        print(line)
+    paths, _ = write_tables(df, _out_dir(args, root), metric=args.metric)
+    print(paths[0].read_text())  # the Markdown table, headline gain included
     for p in paths:
         print(f"wrote {p}")
     return 0

@@ -102,8 +102,10 @@ class SaflexConfig:
         eps = 0 keeps the upstream labels (q = y) and only reweights.
     rho : float in (0, 1] or None, default None
         Budget sum_i w_i <= rho * n (hard weights only; None = no budget).
-    weights : "hard" | "sigmoid", default "hard"
+    weights : "hard" | "sigmoid", default "sigmoid"
         hard: LP optimum, w_i = 1[a_i > 0] (w in [0, 1]).
+        The default was chosen on validation accuracy only (reports/studies/saflex_medmnist.md):
+        hard 0/1 weights lost validation accuracy against the upstream alone, sigmoid weights gained.
         sigmoid: w_i = sigmoid(a_i / (tau * mean|a|)), then mean-1 normalised if ``normalize``.
     tau : float > 0, default 1.0
         Temperature of the sigmoid weights.
@@ -141,7 +143,7 @@ class SaflexConfig:
 
     eps: float = 0.1
     rho: float | None = None
-    weights: str = "hard"
+    weights: str = "sigmoid"
     tau: float = 1.0
     normalize: bool = True
     labels: str = "lp"

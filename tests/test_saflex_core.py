@@ -98,7 +98,7 @@ def test_closed_form_equals_lp_optimum(soft, rho):
         C = int(torch.randint(2, 7, (1,), generator=g))
         eps = [0.0, 0.1, 0.3, 1.0][trial % 4] if trial < 8 else float(torch.rand(1, generator=g))
         p, y, u = _rand_instance(g, n, C, soft)
-        cfg = SaflexConfig(eps=eps, rho=rho)
+        cfg = SaflexConfig(eps=eps, rho=rho, weights="hard")
         w, q = solve_weights_labels(p, y, u, cfg)
         assert w.dtype == D64 and q.dtype == D64
         # feasibility of the closed-form point (w, s = w q)
@@ -118,7 +118,7 @@ def test_budget_fractional_remainder_is_the_lp_optimum():
     p = torch.full((4, 2), 0.5, dtype=D64)
     y = F.one_hot(torch.tensor([0, 0, 0, 0]), 2).to(D64)
     u = torch.tensor([[-4.0, 0.0], [-3.0, 0.0], [-2.0, 0.0], [-1.0, 0.0]], dtype=D64)  # a = 2,1.5,1,.5 (eps 0)
-    w, _ = solve_weights_labels(p, y, u, SaflexConfig(eps=0.0, rho=0.6))  # budget 2.4
+    w, _ = solve_weights_labels(p, y, u, SaflexConfig(eps=0.0, rho=0.6, weights="hard"))  # budget 2.4
     assert w.tolist() == pytest.approx([1.0, 1.0, 0.4, 0.0])
     assert float((w * alignment(p, y, u)).sum()) == pytest.approx(_lp_optimum(p, y, u, 0.0, 0.6))
 
@@ -213,7 +213,7 @@ def test_contrastive_summary_is_gradient_wrt_text_head():
     gW = torch.autograd.grad(F.cross_entropy(img_v @ W.t(), yv), W)[0]
     summ = contrastive_summary(img_v, txt, s, yv)
     assert torch.allclose(summ.G, gW, atol=1e-12) and torch.all(summ.g == 0)
-    cs = ContrastiveSaflex(SaflexConfig(eps=0.2))
+    cs = ContrastiveSaflex(SaflexConfig(eps=0.2, weights="hard"))
     cs.refresh(img_v, txt, s, yv)
     y = torch.randint(0, C, (n,), generator=g)
     w, q, stats = cs.reweight(img, txt, s, y)
@@ -307,7 +307,7 @@ def test_noisy_upstream_separates_corrupted_samples(seed):
     auc = roc_auc_score(corrupted.numpy(), -w.numpy())
     assert auc > 0.8, auc
     # hard weights: corrupted samples are dropped far more often than clean ones
-    sh = Saflex(SaflexConfig(eps=0.1))
+    sh = Saflex(SaflexConfig(eps=0.1, weights="hard"))
     sh.summary = sf.summary
     w_hard, q_hard, _ = sh.reweight(h, z, y_up)
     assert float((w_hard[corrupted] == 0).float().mean()) > float((w_hard[~corrupted] == 0).float().mean()) + 0.3
@@ -323,12 +323,12 @@ def test_noisy_upstream_separates_corrupted_samples(seed):
 # 5. soft upstream labels (MixUp/CutMix): q on the simplex, w in [0, 1], no NaN, edge cases
 # ------------------------------------------------------------------------------------------------
 _SOFT_CFGS = [
-    SaflexConfig(),
-    SaflexConfig(eps=0.3, rho=0.4),
+    SaflexConfig(weights="hard"),
+    SaflexConfig(eps=0.3, rho=0.4, weights="hard"),
     SaflexConfig(weights="sigmoid", normalize=False),
     SaflexConfig(weights="sigmoid", normalize=False, labels="kl", eps=0.0),
-    SaflexConfig(labels="kl", eps=0.2, label_T=0.5),
-    SaflexConfig(eps=1.0),
+    SaflexConfig(labels="kl", eps=0.2, label_T=0.5, weights="hard"),
+    SaflexConfig(eps=1.0, weights="hard"),
 ]
 
 
@@ -355,7 +355,7 @@ def test_all_zero_alignment_edge_cases():
     p = torch.softmax(torch.randn(5, 3), 1)
     y = torch.softmax(torch.randn(5, 3), 1)
     u = torch.zeros(5, 3)
-    w, q = solve_weights_labels(p, y, u, SaflexConfig())
+    w, q = solve_weights_labels(p, y, u, SaflexConfig(weights="hard"))
     assert torch.all(w == 0)
     w, _ = solve_weights_labels(p, y, u, SaflexConfig(weights="sigmoid", normalize=False))
     assert torch.allclose(w, torch.full((5,), 0.5))
@@ -490,7 +490,7 @@ def test_weighted_clip_loss():
 def test_config_defaults_and_names():
     c = SaflexConfig()
     assert c.to_dict() == {
-        "eps": 0.1, "rho": None, "weights": "hard", "tau": 1.0, "normalize": True, "labels": "lp",
+        "eps": 0.1, "rho": None, "weights": "sigmoid", "tau": 1.0, "normalize": True, "labels": "lp",
         "label_T": 1.0, "val_batch": 512, "refresh": 1, "bn_mode": "train", "warmup_epochs": 0,
         "reference": "val", "residual": "ce", "residual_T": 2.0, "residual_margin": 1.0,
         "clean_weight": 0.0,
