@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -77,17 +78,48 @@ def _scalars(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class WandbTracker(Tracker):
-    def __init__(self, run: Any, mode: str):
+    def __init__(self, run: Any, mode: str, run_dir: Path):
         self._run = run
         self.mode = mode
         self.run_id = run.id
         self.dir = Path(run.dir).parent  # <run_dir>/wandb/<offline|run>-<time>-<key>
+        self._metrics = Path(run_dir) / "metrics.jsonl"
+        self._first = True
         self._finished = False
 
-    def log_epoch(self, row: Mapping[str, Any], step: int) -> None:
+    def _log(self, row: Mapping[str, Any], step: int) -> None:
         data = _scalars({k: v for k, v in row.items() if k != "epoch"})
         data["epoch"] = int(row.get("epoch", step))
         self._run.log(data, step=int(step))
+
+    def log_epoch(self, row: Mapping[str, Any], step: int) -> None:
+        if self._finished:
+            return
+        if self._first:
+            self._first = False
+            if step > 1:
+                self._replay(step)
+        self._log(row, step)
+
+    def _replay(self, step: int) -> None:
+        """A resumed run: log the epochs before `step` again, from metrics.jsonl (which the trainer
+        rewrites from the checkpoint on resume). A process that was killed may not have flushed its
+        wandb segment; this makes the latest segment hold the whole curve. Syncing the segments of
+        one id in order, wandb keeps the first value of a step and drops repeats."""
+        import json
+
+        try:
+            lines = self._metrics.read_text().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                break
+            epoch = row.get("epoch")
+            if isinstance(epoch, int) and 1 <= epoch < step:
+                self._log(row, epoch)
 
     def finish(self, result: Mapping[str, Any] | None = None, exit_code: int = 0) -> None:
         if self._finished:
@@ -149,14 +181,29 @@ def start_tracking(
                 "log in with `wandb login` or use --wandb offline"
             ) from None
         raise
-    return WandbTracker(run, mode)
+    return WandbTracker(run, mode, run_dir)
 
 
 # ---- reading offline runs back (tests, diagnostics) -----------------------------------------
+_SEGMENT_RE = re.compile(r"^offline-run-(\d{8}_\d{6})-(.+?)(?:-(\d+))?$")
+
+
 def offline_run_dirs(run_dir: Path | str) -> list[Path]:
-    """The `offline-run-*` directories of one run directory, oldest first."""
+    """The `offline-run-<time>-<id>[-<n>]` directories of one run directory, oldest first (wandb adds
+    `-<n>` when a run id starts twice within a second)."""
+
+    def order(p: Path):
+        m = _SEGMENT_RE.match(p.name)
+        return (m.group(1), int(m.group(3) or 0)) if m else (p.name, 0)
+
     root = Path(run_dir) / "wandb"
-    return sorted(p for p in root.glob("offline-run-*") if p.is_dir())
+    return sorted((p for p in root.glob("offline-run-*") if p.is_dir() and not p.is_symlink()), key=order)
+
+
+def segment_run_id(segment: Path) -> str | None:
+    """The run id in an offline segment's directory name."""
+    m = _SEGMENT_RE.match(Path(segment).name)
+    return m.group(2) if m else None
 
 
 def _log_records(path: Path) -> Iterator[bytes]:

@@ -1,0 +1,266 @@
+"""`saflex-bench sweep FILE` and `saflex-bench status FILE` (registered through the
+`saflex_bench.commands` entry point; bench never imports this module)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from bench.errors import UsageError
+
+
+def register(subparsers: Any) -> None:
+    sw = subparsers.add_parser(
+        "sweep", help="plan a sweep file's grid and submit the runs not done yet as one job array",
+        description="Expand FILE's grid, drop runs that are done (valid result.json), skipped by rule or "
+                    "still queued/running, and submit the rest as one submitit job array.")
+    sw.add_argument("file", metavar="FILE", help="sweep YAML (a path, or a shipped sweep name: demo, medmnist)")
+    sw.add_argument("--executor", choices=("local", "slurm", "debug"),
+                    help="where to run (default: slurm when sbatch is on PATH and sinfo answers, else local)")
+    sw.add_argument("--dry-run", action="store_true", help="print the plan (with skip reasons) and submit nothing")
+    wait = sw.add_mutually_exclusive_group()
+    wait.add_argument("--wait", dest="wait", action="store_true", default=None,
+                      help="wait for the jobs and report each (default for local and debug)")
+    wait.add_argument("--no-wait", dest="wait", action="store_false", help="return once submitted (default for slurm)")
+    _common(sw)
+    sw.add_argument("--data-root", help="folder with the datasets (default $SAFLEX_DATA)")
+    sw.add_argument("--wandb", choices=("online", "offline", "disabled"), help="wandb mode (default $WANDB_MODE or offline)")
+    sw.set_defaults(func=cmd_sweep)
+
+    st = subparsers.add_parser("status", help="done / running / pending / failed per run of a sweep file",
+                               description="Print each planned run's state (failures with their last line) and the totals.")
+    st.add_argument("file", metavar="FILE", help="sweep YAML (a path or a shipped sweep name)")
+    _common(st)
+    st.add_argument("--only", choices=("done", "running", "pending", "failed", "not-submitted"),
+                    help="list only runs in this state (the totals still count all)")
+    st.set_defaults(func=cmd_status)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", help="results root (default $SAFLEX_RESULTS or ./results)")
+
+
+# ---- helpers --------------------------------------------------------------------------------
+def _load(args: argparse.Namespace):
+    from bench.runner import resolve_results_root
+    from bench.store import ResultsStore
+    from sweeps.config import load_sweep
+    from sweeps.plan import plan_sweep
+
+    cfg = load_sweep(args.file)
+    plan = plan_sweep(cfg)
+    results = resolve_results_root(args.results).resolve()
+    return cfg, plan, results, ResultsStore(results)
+
+
+def _plan_line(plan) -> str:
+    return (f"sweep {plan.sweep.name} ({plan.sweep.path}): {plan.points} grid points -> {len(plan.runs)} runs "
+            f"({len(plan.skipped)} skipped by rule, {plan.duplicates} duplicates merged)")
+
+
+def _row(key: str, state: str, spec_or_point: Any, note: str = "") -> str:
+    """One aligned line: key, state, task, method, seed, note."""
+    if isinstance(spec_or_point, dict):
+        task, method, seed = spec_or_point.get("task"), spec_or_point.get("method"), spec_or_point.get("seed", 0)
+    else:
+        task, method, seed = spec_or_point.task, spec_or_point.method, spec_or_point.seed
+    return f"{key:<12}  {state:<13}  {task!s:<24}  {method!s:<26}  {seed!s:>4}  {note}".rstrip()
+
+
+def _header(second: str = "STATE") -> str:
+    return f"{'KEY':<12}  {second:<13}  {'TASK':<24}  {'METHOD':<26}  {'SEED':>4}  NOTE"
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{int(s // 60)} min {int(s % 60)} s"
+
+
+# ---- sweep ------------------------------------------------------------------------------------
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.runner import resolve_data_root
+    from bench.tracking import resolve_mode
+    from sweeps.launcher import LEDGER, detect_executor, logs_folder, read_ledger, submit_runs, sweep_dir, sweep_lock
+    from sweeps.plan import done_keys
+    from sweeps.status import ALIVE, run_states
+
+    wandb_mode = resolve_mode(args.wandb)
+    cfg, plan, results, store = _load(args)
+    if args.executor:
+        kind, why = args.executor, "--executor"
+    else:
+        kind, why = detect_executor()
+    data_root = resolve_data_root(args.data_root)
+    data_root = data_root.resolve() if data_root else None
+    print(_plan_line(plan))
+    print(f"results {results}  executor {kind} ({why})  wandb {wandb_mode}")
+
+    ledger_path = sweep_dir(results, cfg.name) / LEDGER
+
+    def classify():
+        keys = plan.keys
+        done = done_keys(store, keys)
+        states = run_states(store, keys, read_ledger(ledger_path), done)
+        alive = [r for r in plan.runs if states[r.key].state in ALIVE]
+        todo = [r for r in plan.runs if r.key not in done and states[r.key].state not in ALIVE]
+        return done, states, alive, todo
+
+    if args.dry_run:
+        done, states, alive, todo = classify()
+        axes = [a for g in cfg.grids for a in g if a not in ("task", "method", "seed")]
+
+        def extra(point) -> str:  # the run's values on the other grid axes (knobs it ignores are left out)
+            items = [f"{a}={point[a]}" for a in dict.fromkeys(axes) if a in point]
+            return f"[{' '.join(items)}] " if items else ""
+
+        from sweeps.plan import spec_view
+
+        print(_header("ACTION"))
+        for r in plan.runs:
+            st = states[r.key]
+            if r.key in done:
+                action, note = "done", ""
+            elif st.state in ALIVE:
+                action, note = "in flight", f"{st.state} (job {st.job_id})"
+            else:
+                action = "submit"
+                note = "resubmit: " + st.detail if st.state == "failed" else ""
+            print(_row(r.key, action, r.spec, extra(spec_view(r.spec)) + note))
+        for s in plan.skipped:
+            print(_row("-", "skip", s.point, extra(s.point) + s.reason))
+        print(f"planned {len(plan.runs)} | done {len(done)} | skipped by rule {len(plan.skipped)} | "
+              f"in flight {len(alive)} | would submit {len(todo)}  (dry run: nothing submitted)")
+        return 0
+
+    with sweep_lock(results, cfg.name):
+        done, states, alive, todo = classify()
+        resubmits = sum(1 for r in todo if states[r.key].state == "failed")
+        pairs = []
+        if todo:
+            pairs = submit_runs(kind, results, cfg.name, cfg.launcher, todo, data_root, wandb_mode)
+    print(f"planned {len(plan.runs)} | done {len(done)} | skipped by rule {len(plan.skipped)} | "
+          f"in flight {len(alive)} | submitted {len(todo)}" + (f" ({resubmits} failed before)" if resubmits else ""))
+    if not pairs:
+        print("nothing to submit" + (" (all runs done)" if len(done) == len(plan.runs) else ""))
+        return 0
+    ids = [str(j.job_id) for _, j in pairs]
+    arr = ids[0].split("_", 1)[0] if kind == "slurm" else None
+    if kind == "slurm":
+        par = cfg.launcher.array_parallelism
+        what = f"job array {arr} ({len(ids)} tasks, {par} at a time" if len(ids) > 1 else f"job {ids[0]} (1 task"
+        print(f"{what}, partition {cfg.launcher.partition or 'default'})")
+    elif kind == "local":
+        print(f"{len(ids)} local jobs (pids {ids[0]}..{ids[-1]}), {cfg.launcher.array_parallelism} at a time")
+    print(f"logs {logs_folder(results, cfg.name)}  (%j = job id)")
+    print(f"ledger {sweep_dir(results, cfg.name) / 'submissions.jsonl'}")
+    wait = args.wait if args.wait is not None else kind in ("local", "debug")
+    if not wait:
+        print(f"follow with: saflex-bench status {args.file} --results {results}")
+        return 0
+    return _wait(pairs, kind, store)
+
+
+def _wait(pairs, kind: str, store) -> int:
+    t0 = time.time()
+    n = len(pairs)
+    remaining = list(pairs)
+    finished = failed = 0
+    interactive = sys.stdin.isatty()
+    print(f"waiting for {n} jobs (Ctrl-C stops waiting{'' if kind == 'slurm' else ' and the jobs'}; "
+          "a later `sweep` resumes unfinished runs)", flush=True)
+    try:
+        while remaining:
+            progressed = False
+            for run, job in list(remaining):
+                if kind == "debug":
+                    err = None
+                    if interactive:
+                        try:
+                            job.results()  # runs in this process; pdb post-mortem on failure
+                        except Exception as e:  # noqa: BLE001
+                            err = e
+                    else:
+                        err = job.exception()
+                elif not job.done():
+                    continue
+                else:
+                    err = job.exception()
+                remaining.remove((run, job))
+                finished += 1
+                progressed = True
+                rec = store.read_result(run.key)
+                if rec is not None:
+                    m = rec.get("metrics", {})
+                    note = f"test_acc {m.get('test_acc', float('nan')):.4f}  ({_fmt_s(rec.get('cost', {}).get('wall_s', 0))})"
+                    state = "done"
+                else:
+                    failed += 1
+                    state = "failed"
+                    note = _failure_line(store, run.key, job, err)
+                print(f"[{finished}/{n}] " + _row(run.key, state, run.spec, note), flush=True)
+            if remaining and not progressed:
+                time.sleep(1.0 if kind != "slurm" else 5.0)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {finished}/{n} finished; rerun `sweep` to resubmit the rest", file=sys.stderr)
+        return 130
+    print(f"finished {n} jobs in {_fmt_s(time.time() - t0)}: done {n - failed} / failed {failed}")
+    return 1 if failed else 0
+
+
+def _failure_line(store, key: str, job, err) -> str:
+    from sweeps.status import last_error_line
+
+    attempt = store.read_attempt(key) or {}
+    if attempt.get("state") in ("failed", "interrupted") and attempt.get("error"):
+        return str(attempt["error"])[:300]
+    try:
+        line = last_error_line(job.paths.stderr) or last_error_line(job.paths.stdout)
+    except Exception:  # noqa: BLE001 - debug jobs have no files
+        line = ""
+    if not line and err is not None:
+        line = (str(err).strip().splitlines() or [""])[-1]
+    return (line or "ended without a result")[:300]
+
+
+# ---- status -----------------------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    from sweeps.launcher import LEDGER, read_ledger, sweep_dir
+    from sweeps.status import counts, format_counts, run_states
+
+    cfg, plan, results, store = _load(args)
+    ledger = read_ledger(sweep_dir(results, cfg.name) / LEDGER)
+    states = run_states(store, plan.keys, ledger)
+    print(_plan_line(plan))
+    print(f"results {results}")
+    only = args.only.replace("-", " ") if args.only else None
+    print(_header())
+    for r in plan.runs:
+        st = states[r.key]
+        if only and st.state != only:
+            continue
+        note = st.detail
+        if st.state == "done":
+            rec = store.read_result(r.key) or {}
+            m = rec.get("metrics", {})
+            note = f"test_acc {m.get('test_acc', float('nan')):.4f}"
+        elif st.job_id and st.state in ("running", "pending"):
+            note = f"job {st.job_id}" + (f" {st.job_state}" if st.job_state else "") + (f", {st.detail}" if st.detail else "")
+        print(_row(r.key, st.state, r.spec, note))
+    c = counts(states)
+    print(format_counts(c) + f"  (skipped by rule {len(plan.skipped)})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:  # `python -m sweeps.cli ...` without the entry point
+    p = argparse.ArgumentParser(prog="saflex-bench")
+    register(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        print(f"saflex-bench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""Sweep files: parse and validate a `sweeps/*.yaml` into a SweepConfig (no bench imports: cheap).
+
+Every problem is a UsageError of one line naming the file, the key and what was expected, e.g.
+`sweeps/x.yaml: launcher.mem_gb: expected a number > 0, got 'lots'`.
+The schema is documented in sweeps/README.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from bench.errors import UsageError
+
+SWEEPS_DIR = Path(__file__).resolve().parent
+TOP_KEYS = ("name", "description", "fixed", "grid", "skip", "launcher")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# fields a skip rule may test besides the run fields: derived views of the spec
+DERIVED_FIELDS = ("upstream", "uses_saflex", "family", "dataset")
+
+
+def run_fields() -> tuple[str, ...]:
+    """Run-spec field names a sweep may set (plus `saflex.<knob>`)."""
+    from bench.spec import RunSpec
+
+    return tuple(f.name for f in dataclasses.fields(RunSpec) if f.name != "saflex")
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """Where and how the job array runs. Field names follow submitit's (slurm_ prefix dropped)."""
+
+    partition: str | None = None
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: float = 4.0
+    timeout_min: int = 60
+    array_parallelism: int = 2
+    max_num_timeout: int = 3
+    signal_delay_s: int = 90
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: tuple[str, ...] = ()
+    slurm_additional_parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["setup"] = list(self.setup)
+        d["slurm_additional_parameters"] = dict(self.slurm_additional_parameters)
+        return d
+
+
+# key -> (expected, checker) ; checker returns the coerced value or raises ValueError
+def _int(lo: int):
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError
+        return v
+
+    return check, f"an integer >= {lo}"
+
+
+def _pos_number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        raise ValueError
+    return float(v)
+
+
+def _opt_str(v: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError
+    return v.strip()
+
+
+def _str_list(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        return (v,)
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise ValueError
+    return tuple(v)
+
+
+def _scalar_map(v: Any) -> dict[str, Any]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not all(
+        isinstance(k, str) and (isinstance(x, (str, int, float, bool)) or x is None) for k, x in v.items()
+    ):
+        raise ValueError
+    return dict(v)
+
+
+_LAUNCHER_CHECKS: dict[str, tuple[Any, str]] = {
+    "partition": (_opt_str, "a partition name (string)"),
+    "gpus_per_node": _int(0),
+    "cpus_per_task": _int(1),
+    "mem_gb": (_pos_number, "a number > 0 (GB)"),
+    "timeout_min": _int(1),
+    "array_parallelism": _int(1),
+    "max_num_timeout": _int(0),
+    "signal_delay_s": _int(1),
+    "account": (_opt_str, "a string"),
+    "qos": (_opt_str, "a string"),
+    "constraint": (_opt_str, "a string"),
+    "setup": (_str_list, "a list of shell lines"),
+    "slurm_additional_parameters": (_scalar_map, "a mapping of sbatch option -> scalar"),
+}
+
+
+@dataclass(frozen=True)
+class SkipRule:
+    when: Mapping[str, tuple[Any, ...]]  # field -> accepted patterns (any of them)
+    reason: str
+
+    def matches(self, view: Mapping[str, Any]) -> bool:
+        for name, patterns in self.when.items():
+            if name not in view:
+                return False
+            value = view[name]
+            if not any(_match(value, p) for p in patterns):
+                return False
+        return True
+
+
+def _match(value: Any, pattern: Any) -> bool:
+    """Glob on strings; equality otherwise (numbers compare as numbers, 1 == 1.0)."""
+    if isinstance(pattern, str) and isinstance(value, str):
+        return fnmatch.fnmatchcase(value, pattern)
+    if isinstance(pattern, bool) or isinstance(value, bool):
+        return pattern is value or (str(pattern).lower() == str(value).lower())
+    if isinstance(pattern, (int, float)) and isinstance(value, (int, float)):
+        return float(pattern) == float(value)
+    return str(pattern) == str(value)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str
+    path: Path
+    fixed: Mapping[str, Any]
+    grids: tuple[Mapping[str, tuple[Any, ...]], ...]  # a union of grids (one mapping per grid)
+    skip: tuple[SkipRule, ...]
+    launcher: Launcher
+    description: str = ""
+
+    @property
+    def grid_points(self) -> int:
+        n = 0
+        for g in self.grids:
+            m = 1
+            for values in g.values():
+                m *= len(values)
+            n += m
+        return n
+
+
+def resolve_sweep_path(ref: str | os.PathLike) -> Path:
+    """A sweep file path, or the name of a shipped sweep (`demo` -> sweeps/demo.yaml)."""
+    p = Path(ref).expanduser()
+    if p.is_file():
+        return p
+    for cand in (SWEEPS_DIR / str(ref), SWEEPS_DIR / f"{ref}.yaml"):
+        if cand.is_file() and cand.suffix in (".yaml", ".yml"):
+            return cand
+    shipped = ", ".join(sorted(q.stem for q in SWEEPS_DIR.glob("*.yaml")))
+    raise UsageError(f"sweep file '{ref}' not found (a path to a .yaml, or a shipped sweep: {shipped})")
+
+
+def _type_name(v: Any) -> str:
+    if v is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: f"'{v}'", bool: f"{v}"}.get(type(v), repr(v))
+
+
+def load_sweep(ref: str | os.PathLike) -> SweepConfig:
+    import yaml
+
+    path = resolve_sweep_path(ref)
+    where = str(path)
+
+    def bad(key: str, expected: str, got: Any = dataclasses.MISSING) -> UsageError:
+        tail = "" if got is dataclasses.MISSING else f", got {_type_name(got)}"
+        return UsageError(f"{where}: {key}: expected {expected}{tail}")
+
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UsageError(f"{where}: cannot read ({e.strerror})") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(f"{where}: {line}invalid YAML ({problem})") from None
+    if not isinstance(doc, dict):
+        raise bad("top level", "a mapping with keys " + ", ".join(TOP_KEYS), doc)
+    unknown = [k for k in doc if k not in TOP_KEYS]
+    if unknown:
+        raise UsageError(f"{where}: unknown key '{unknown[0]}' (valid: {', '.join(TOP_KEYS)})")
+
+    # ---- name ----
+    name = doc.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise bad("name", "a sweep name of letters, digits, '_', '.', '-'", name)
+    description = doc.get("description") or ""
+    if not isinstance(description, str):
+        raise bad("description", "a string", description)
+
+    fields = run_fields()
+    valid_fields = ", ".join(fields) + ", saflex.<knob>"
+
+    def check_field(key: str, name: str) -> None:
+        if name in fields or (name.startswith("saflex.") and len(name) > len("saflex.")):
+            return
+        raise UsageError(f"{where}: {key}: unknown run field '{name}' (valid: {valid_fields})")
+
+    def check_value(key: str, v: Any) -> None:
+        if isinstance(v, (dict, list)) and not (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)):
+            raise bad(key, "a scalar value (string, number or boolean)", v)
+
+    # ---- fixed ----
+    fixed = doc.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise bad("fixed", "a mapping of run field -> value", fixed)
+    for k, v in fixed.items():
+        check_field(f"fixed.{k}", str(k))
+        check_value(f"fixed.{k}", v)
+
+    # ---- grid (a mapping, or a list of mappings = union of grids) ----
+    raw_grid = doc.get("grid")
+    if raw_grid is None:
+        raise bad("grid", "a mapping of run field -> list of values (at least task and method)")
+    grid_list = raw_grid if isinstance(raw_grid, list) else [raw_grid]
+    grids = []
+    for i, g in enumerate(grid_list):
+        gkey = "grid" if not isinstance(raw_grid, list) else f"grid[{i}]"
+        if not isinstance(g, dict) or not g:
+            raise bad(gkey, "a mapping of run field -> list of values", g)
+        axes: dict[str, tuple[Any, ...]] = {}
+        for k, values in g.items():
+            check_field(f"{gkey}.{k}", str(k))
+            if str(k) in fixed:
+                raise UsageError(f"{where}: {gkey}.{k}: '{k}' is also in fixed (a field is either fixed or an axis)")
+            if not isinstance(values, list):
+                values = [values]
+            if not values:
+                raise bad(f"{gkey}.{k}", "a non-empty list of values", values)
+            for v in values:
+                if isinstance(v, (dict, list)) or v is None:
+                    raise bad(f"{gkey}.{k}", "a list of scalar values (string, number or boolean)", v)
+            axes[str(k)] = tuple(values)
+        for required in ("task", "method"):
+            if required not in axes and required not in fixed:
+                raise UsageError(f"{where}: {gkey}: expected a '{required}' axis (or fixed.{required})")
+        grids.append(axes)
+
+    # ---- skip rules ----
+    raw_skip = doc.get("skip") or []
+    if not isinstance(raw_skip, list):
+        raise bad("skip", "a list of {when: {field: pattern}, reason: text}", raw_skip)
+    rules = []
+    for i, r in enumerate(raw_skip):
+        key = f"skip[{i}]"
+        if not isinstance(r, dict) or set(r) - {"when", "reason"}:
+            raise bad(key, "a mapping with keys when, reason", r)
+        when, reason = r.get("when"), r.get("reason")
+        if not isinstance(when, dict) or not when:
+            raise bad(f"{key}.when", "a mapping of field -> glob pattern (or list of patterns)", when)
+        if not isinstance(reason, str) or not reason.strip():
+            raise bad(f"{key}.reason", "a non-empty string saying why these runs are skipped", reason)
+        conds = {}
+        for f, pat in when.items():
+            if str(f) not in DERIVED_FIELDS:
+                check_field(f"{key}.when.{f}", str(f))
+            pats = pat if isinstance(pat, list) else [pat]
+            if not pats or any(isinstance(p, (dict, list)) or p is None for p in pats):
+                raise bad(f"{key}.when.{f}", "a glob pattern or a list of patterns", pat)
+            conds[str(f)] = tuple(pats)
+        rules.append(SkipRule(conds, reason.strip()))
+
+    # ---- launcher ----
+    raw_l = doc.get("launcher") or {}
+    if not isinstance(raw_l, dict):
+        raise bad("launcher", "a mapping (partition, gpus_per_node, cpus_per_task, mem_gb, timeout_min, ...)", raw_l)
+    values = {}
+    for k, v in raw_l.items():
+        if k not in _LAUNCHER_CHECKS:
+            raise UsageError(f"{where}: launcher.{k}: unknown launcher setting (valid: {', '.join(_LAUNCHER_CHECKS)})")
+        check, expected = _LAUNCHER_CHECKS[k]
+        try:
+            values[k] = check(v)
+        except ValueError:
+            raise bad(f"launcher.{k}", expected, v) from None
+    launcher = Launcher(**values)
+
+    return SweepConfig(name=name, path=path, fixed=dict(fixed), grids=tuple(grids), skip=tuple(rules),
+                       launcher=launcher, description=description.strip())

@@ -1,0 +1,131 @@
+"""bench.tracking: wandb offline by default, id = run key, resume continues the same run, no secrets."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from bench.errors import UsageError
+from bench.tracking import Tracker, offline_run_dirs, read_offline_run, resolve_mode, segment_run_id, start_tracking
+
+SPEC = {"task": "digits/sklearn", "method": "rand-m9-n2", "seed": 1, "epochs": 3, "lr": 0.003}
+KEY = "0123456789ab"
+SECRET = "0123456789abcdef0123456789abcdef01234567"  # looks like a wandb API key (40 hex)
+
+
+def test_mode_resolution(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert resolve_mode(None) == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode(None) == "disabled"
+    assert resolve_mode("online") == "online"  # explicit beats the environment
+    monkeypatch.setenv("WANDB_MODE", "dryrun")  # wandb's legacy spelling
+    assert resolve_mode(None) == "offline"
+
+
+def test_bad_mode_is_a_usage_error_naming_choices(monkeypatch):
+    with pytest.raises(UsageError, match=r"unknown wandb mode 'sometimes'.*online, offline, disabled"):
+        resolve_mode("sometimes")
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    with pytest.raises(UsageError, match=r"WANDB_MODE"):
+        start_tracking(SPEC, KEY, "/nonexistent", None, None)
+
+
+def test_disabled_is_a_noop_and_writes_nothing(tmp_path):
+    t = start_tracking(SPEC, KEY, tmp_path / "run", "disabled", "demo")
+    assert type(t) is Tracker
+    t.log_epoch({"epoch": 1, "train_loss": 1.0}, step=1)
+    t.finish({"metrics": {"test_acc": 1.0}})
+    assert not (tmp_path / "run").exists()
+
+
+def test_offline_run_identity_config_and_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    run_dir = tmp_path / "runs" / KEY
+    # first process: epochs 1-2, then "preempted"
+    t = start_tracking(SPEC, KEY, run_dir, "offline", "demo")
+    assert t.run_id == KEY and t.mode == "offline"
+    for e in (1, 2):
+        t.log_epoch({"epoch": e, "train_loss": 1.0 / e, "val_acc": 0.5 + e / 10}, step=e)
+    t.finish(None, exit_code=1)
+    # requeued process: resumes the same run id, epoch 3, final result
+    t = start_tracking(SPEC, KEY, run_dir, "offline", "demo")
+    t.log_epoch({"epoch": 3, "train_loss": 0.2, "val_acc": 0.9}, step=3)
+    t.finish({"status": "done", "metrics": {"test_acc": 0.91, "best_epoch": 3}, "cost": {"wall_s": 2.5}})
+
+    dirs = offline_run_dirs(run_dir)
+    assert len(dirs) == 2 and all(segment_run_id(d) == KEY for d in dirs)  # files inside the run dir
+    runs = [read_offline_run(d, wait_s=10) for d in dirs]
+    assert {r["run_id"] for r in runs} == {KEY}  # one wandb run: both segments sync into id KEY
+    for r in runs:
+        assert r["resume"] is True
+        assert r["group"] == "demo" and r["job_type"] == "rand-m9-n2"
+        assert r["tags"] == ["digits/sklearn", "sklearn"]
+        assert r["project"] == "saflex-bench"
+        assert r["config"] == SPEC
+    assert runs[0]["steps"] == [1, 2] and runs[0]["exit_code"] == 1
+    assert runs[1]["steps"] == [3] and runs[1]["exit_code"] == 0  # continues, does not restart at 1
+    assert runs[1]["summary"]["test_acc"] == 0.91 and runs[1]["summary"]["cost/wall_s"] == 2.5
+    # no credential anywhere under the run directory
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_resumed_segment_replays_earlier_epochs_from_metrics(tmp_path):
+    """A process killed before wandb flushed loses its segment; the resumed one re-logs epochs
+    1..k from metrics.jsonl (rewritten from the checkpoint) so it holds the whole curve."""
+    import json
+
+    run_dir = tmp_path / KEY
+    run_dir.mkdir()
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "val_acc": 0.5} for e in (1, 2, 3)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = start_tracking(SPEC, KEY, run_dir, "offline", "demo")
+    t.log_epoch(rows[2], step=3)  # the first epoch this process trains is 3: 1 and 2 came before
+    t.finish({"metrics": {"test_acc": 0.5}})
+    (seg,) = offline_run_dirs(run_dir)
+    r = read_offline_run(seg, wait_s=10)
+    assert r["run_id"] == KEY and r["steps"] == [1, 2, 3]
+    # a fresh run (first step 1) replays nothing; logging after finish is ignored
+    t.log_epoch(rows[0], step=4)
+
+
+def test_project_from_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_PROJECT", "my-proj")
+    t = start_tracking(SPEC, KEY, tmp_path, None, None)
+    t.finish(None)
+    (r,) = [read_offline_run(d, wait_s=10) for d in offline_run_dirs(tmp_path)]
+    assert r["project"] == "my-proj" and r["group"] == ""
+
+
+def test_run_spec_logs_every_epoch_to_wandb(tmp_path, monkeypatch):
+    """End to end through the trainer: config = spec, one step per epoch, final metrics in the summary."""
+    from bench.runner import run_spec
+    from bench.spec import make_spec
+
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    spec = make_spec("digits/sklearn", "none", 0, {"epochs": 2})
+    rec = run_spec(spec, tmp_path / "results", wandb_mode="offline", sweep="unit", progress=False)
+    run_dir = tmp_path / "results" / "runs" / spec.key
+    (r,) = [read_offline_run(d, wait_s=10) for d in offline_run_dirs(run_dir)]
+    assert r["run_id"] == spec.key and r["group"] == "unit" and r["job_type"] == "none"
+    assert r["config"]["task"] == "digits/sklearn" and r["config"]["epochs"] == 2
+    assert r["steps"] == [1, 2] and r["exit_code"] == 0
+    assert r["summary"]["test_acc"] == pytest.approx(rec["metrics"]["test_acc"])
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_disabled_mode_never_imports_wandb(tmp_path):
+    import subprocess
+
+    code = ("import sys; from bench.tracking import start_tracking; "
+            "t = start_tracking({'task': 'a/b'}, 'k', '.', 'disabled', None); "
+            "print('wandb' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "WANDB_MODE": "offline"})
+    assert out.stdout.strip() == "False", out.stderr
