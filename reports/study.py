@@ -102,6 +102,36 @@ def noisy_rows(df: pd.DataFrame, root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _last_epoch(run_dir: str | Path) -> dict:
+    import json
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
+DIAG_COLUMNS = (("saflex_w_zero_frac", "weight = 0 (fraction)"), ("saflex_label_shift", "mean abs(q - y)"),
+                ("saflex_argmax_change", "argmax(q) != argmax(y)"), ("saflex_time_frac", "SAFLEX share of epoch time"))
+
+
+def diagnostics_rows(main: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, upstream): SAFLEX's last-epoch diagnostics, averaged over seeds (what it did)."""
+    rows = []
+    for (task, up), g in main[main["saflex"]].groupby(["task", "upstream"]):
+        vals: dict[str, list[float]] = {k: [] for k, _ in DIAG_COLUMNS}
+        for run_dir in g["run_dir"]:
+            last = _last_epoch(run_dir)
+            for k, _ in DIAG_COLUMNS[:3]:
+                if k in last:
+                    vals[k].append(float(last[k]))
+            if last.get("saflex_s") is not None and last.get("epoch_s"):
+                vals["saflex_time_frac"].append(float(last["saflex_s"]) / float(last["epoch_s"]))
+        rows.append(dict(task=task, upstream=up, n=len(g), **{k: (float(np.mean(v)) if v else math.nan) for k, v in vals.items()}))
+    return pd.DataFrame(rows)
+
+
 def _ci(c) -> str:
     return fmt_points(c.mean, c.lo, c.hi)
 
@@ -171,6 +201,18 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT) -> Path:
               f"{table['overhead_epoch_s'].median():.2f}x (CPU; see benchmarks/bench_saflex_overhead.py for the step ratio).", ""]
     else:
         L += ["_No main-comparison runs found._", ""]
+
+    diag = diagnostics_rows(main) if len(main) else pd.DataFrame()
+    if len(diag):
+        L += ["## What SAFLEX did (last epoch, mean over seeds)", "",
+              "Weights are rescaled to mean 1 over the batch (`normalize`), so their mean is not informative; "
+              "these columns say how far SAFLEX moved away from the upstream's own weights and labels.", "",
+              "| task | upstream | n | " + " | ".join(label for _, label in DIAG_COLUMNS) + " |",
+              "|---|---|---:|" + "---:|" * len(DIAG_COLUMNS)]
+        for r in diag.itertuples():
+            L.append(f"| {r.task.split('/')[1]} | {r.upstream} | {r.n} | "
+                     + " | ".join("–" if math.isnan(getattr(r, k)) else f"{getattr(r, k):.3f}" for k, _ in DIAG_COLUMNS) + " |")
+        L.append("")
 
     L += ["## Noisy upstream: 30 % of augmented labels flipped (design section 8.4 on real data)", ""]
     if len(noisy):
