@@ -363,7 +363,7 @@ def fig_learning_curves(df: pd.DataFrame, root: Path | None = None, metric: str 
             m, lo, hi = (100 * c[f"{vm}{s}"].to_numpy(float) for s in ("_mean", "_ci_lo", "_ci_hi"))
             (line,) = ax.plot(x, m, ls=ls, color=up_color[up], lw=1.4, label=lab)
             if np.isfinite(lo).any():
-                ax.fill_between(x, lo, hi, color=up_color[up], alpha=0.12, lw=0)
+                ax.fill_between(x, np.clip(lo, 0, 100), np.clip(hi, 0, 100), color=up_color[up], alpha=0.12, lw=0)
             labels.setdefault(lab, line)
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)

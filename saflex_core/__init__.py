@@ -7,7 +7,7 @@ class indices [n].
 
 Configuration
 -------------
-SaflexConfig(eps=0.1, rho=None, weights="hard", tau=1.0, normalize=True, labels="lp", label_T=1.0,
+SaflexConfig(eps=0.0, rho=None, weights="sigmoid", tau=1.0, normalize=True, labels="lp", label_T=1.0,
              val_batch=512, refresh=1, bn_mode="train", warmup_epochs=0, reference="val",
              residual="ce", residual_T=2.0, residual_margin=1.0, clean_weight=0.0)
     frozen dataclass; string values are coerced ("0.05", "none", "true").

@@ -490,7 +490,7 @@ def test_weighted_clip_loss():
 def test_config_defaults_and_names():
     c = SaflexConfig()
     assert c.to_dict() == {
-        "eps": 0.1, "rho": None, "weights": "sigmoid", "tau": 1.0, "normalize": True, "labels": "lp",
+        "eps": 0.0, "rho": None, "weights": "sigmoid", "tau": 1.0, "normalize": True, "labels": "lp",
         "label_T": 1.0, "val_batch": 512, "refresh": 1, "bn_mode": "train", "warmup_epochs": 0,
         "reference": "val", "residual": "ce", "residual_T": 2.0, "residual_margin": 1.0,
         "clean_weight": 0.0,
