@@ -76,20 +76,26 @@ def _slot(slots_dir: str | None, n: int):
 
 
 @contextlib.contextmanager
-def _run_lock(run_dir: Path):
-    """One process per run at a time, whatever launched it: a second job of the same run (two sweeps
-    sharing it) waits here, then finds it done (or resumes it)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / ".job.lock", os.O_CREAT | os.O_RDWR, 0o644)
+def _exclusive(lock_path: Path, waiting_msg: str, to_stderr: bool = False):
+    """Hold an flock on lock_path; say once why we wait when another process holds it."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            print(f"saflex-bench job: run {run_dir.name} is being trained by another process; waiting", flush=True)
+            print(waiting_msg, file=sys.stderr if to_stderr else sys.stdout, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def _run_lock(run_dir: Path):
+    """One process per run at a time, whatever launched it: a second job of the same run (two sweeps
+    sharing it) waits here, then finds it done (or resumes it)."""
+    return _exclusive(run_dir / ".job.lock",
+                      f"saflex-bench job: run {run_dir.name} is being trained by another process; waiting")
 
 
 class JobTerminated(BaseException):
@@ -307,18 +313,7 @@ def read_ledger(path: Path) -> dict[str, dict]:
     return out
 
 
-@contextlib.contextmanager
 def sweep_lock(results: Path, name: str):
     """Serialise `sweep` invocations of one sweep (plan -> submit -> ledger)."""
-    d = sweep_dir(results, name)
-    d.mkdir(parents=True, exist_ok=True)
-    fd = os.open(d / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            print(f"waiting for another `saflex-bench sweep` of '{name}' to finish submitting...", file=sys.stderr)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return _exclusive(sweep_dir(results, name) / ".lock",
+                      f"waiting for another `saflex-bench sweep` of '{name}' to finish submitting...", to_stderr=True)
