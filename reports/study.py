@@ -112,22 +112,29 @@ def _last_epoch(run_dir: str | Path) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-DIAG_COLUMNS = (("saflex_w_zero_frac", "weight = 0 (fraction)"), ("saflex_label_shift", "mean abs(q - y)"),
-                ("saflex_argmax_change", "argmax(q) != argmax(y)"), ("saflex_time_frac", "SAFLEX share of epoch time"))
+DIAG_COLUMNS = (("w_std", "std of w"), ("w_low_frac", "w < 0.5 (fraction)"),
+                ("saflex_label_shift", "mean abs(q - y)"), ("saflex_argmax_change", "argmax(q) != argmax(y)"),
+                ("saflex_time_frac", "SAFLEX share of epoch time"))
 
 
 def diagnostics_rows(main: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, upstream): SAFLEX's last-epoch diagnostics, averaged over seeds (what it did)."""
+    """Per (task, upstream): what SAFLEX did in the last epoch, averaged over seeds. The weight
+    columns come from the per-sample weights the trainer keeps (saflex_diag.npz)."""
     rows = []
     for (task, up), g in main[main["saflex"]].groupby(["task", "upstream"]):
         vals: dict[str, list[float]] = {k: [] for k, _ in DIAG_COLUMNS}
         for run_dir in g["run_dir"]:
             last = _last_epoch(run_dir)
-            for k, _ in DIAG_COLUMNS[:3]:
+            for k in ("saflex_label_shift", "saflex_argmax_change"):
                 if k in last:
                     vals[k].append(float(last[k]))
             if last.get("saflex_s") is not None and last.get("epoch_s"):
                 vals["saflex_time_frac"].append(float(last["saflex_s"]) / float(last["epoch_s"]))
+            diag = Path(run_dir) / "saflex_diag.npz"
+            if diag.exists():
+                w = np.load(diag)["w"]
+                vals["w_std"].append(float(w.std()))
+                vals["w_low_frac"].append(float((w < 0.5).mean()))
         rows.append(dict(task=task, upstream=up, n=len(g), **{k: (float(np.mean(v)) if v else math.nan) for k, v in vals.items()}))
     return pd.DataFrame(rows)
 

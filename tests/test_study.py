@@ -42,7 +42,12 @@ def test_study_numbers(tmp_path):
     for s, (x, y, a) in {0: (0.60, 0.70, 0.8), 1: (0.62, 0.69, 0.9)}.items():
         put(tmp_path, f"n{s}x", B, "noisy(0.3,rand-m9-n2)", s, test=x, val=x)
         put(tmp_path, f"n{s}s", B, "noisy(0.3,rand-m9-n2)+saflex", s, test=y, val=y, w_auc=a)
+    # per-sample weights of the last epoch: the diagnostics table averages their spread over seeds
+    for s, w in {1: [0.2, 1.0, 1.8, 1.0], 2: [0.4, 0.4, 1.6, 1.6]}.items():
+        np.savez(tmp_path / "runs" / f"m{s}s" / "saflex_diag.npz", w=np.array(w, np.float32))
     md = write_study(tmp_path, tmp_path / "study.md").read_text()
+    w_std = np.mean([np.std([0.2, 1.0, 1.8, 1.0]), np.std([0.4, 0.4, 1.6, 1.6])])
+    assert f"| breastmnist | rand-m9-n2 | 3 | {w_std:.3f} | {np.mean([0.25, 0.5]):.3f} |" in md
     # selection uses validation only: eps=0.3 wins (+10 and +5 points) despite its test accuracy
     assert "Selected: **`eps=0.3`**" in md
     assert "| `eps=0.3` | +10.0 | +5.0 | +7.5 |" in md and "| `default` | -1.0 | +1.0 | +0.0 |" in md
