@@ -139,6 +139,16 @@ def diagnostics_rows(main: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _n_val(task: str) -> int | None:
+    """Validation split size of a MedMNIST task, from the medmnist package's INFO."""
+    try:
+        import medmnist
+
+        return int(medmnist.INFO[task.split("/", 1)[1]]["n_samples"]["val"])
+    except (ImportError, KeyError, IndexError):
+        return None
+
+
 def _ci(c) -> str:
     return fmt_points(c.mean, c.lo, c.hi)
 
@@ -185,8 +195,15 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT) -> Path:
         for knobs in ranking["knobs"] if len(ranking) else piv.index:
             r = piv.loc[knobs]
             L.append(f"| `{knobs}` | " + " | ".join(_pts(r[c], True) for c in piv.columns) + f" | {_pts(r.mean(), True)} |")
+        n_val = ", ".join(f"{t.split('/')[1]} {_n_val(t)}" for t in piv.columns if _n_val(t))
+        n_gain = int((piv.mean(axis=1) > 0).sum())
         L += ["", f"Selected: **`{chosen}`** (relative to the defaults now in `SaflexConfig`; `default` means the "
-              "current defaults are the selected setting).", ""]
+              "current defaults are the selected setting).", "",
+              f"{n_gain} of {len(piv)} settings gain validation accuracy on average over the tuning tasks. "
+              f"One seed on small validation splits ({n_val} images: one image is "
+              + ", ".join(f"{100 / _n_val(t):.1f}" for t in piv.columns if _n_val(t))
+              + " points) separates settings only coarsely; the ranking is a hypothesis for the paired runs below, "
+              "not a finding.", ""]
     else:
         L += ["_No tuning runs found._", ""]
 
@@ -205,7 +222,8 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT) -> Path:
               "- CI above zero (helps): " + (", ".join(f"{r.task.split('/')[1]}/{r.upstream}" for r in helps.itertuples()) or "none") + ".",
               "- CI below zero (hurts): " + (", ".join(f"{r.task.split('/')[1]}/{r.upstream}" for r in hurts.itertuples()) or "none") + ".",
               f"- Cost: SAFLEX epoch time / upstream epoch time, median over experiments: "
-              f"{table['overhead_epoch_s'].median():.2f}x (CPU; see benchmarks/bench_saflex_overhead.py for the step ratio).", ""]
+              f"{table['overhead_epoch_s'].median():.2f}x (CPU; runs of a sweep share the machine unevenly, so this is "
+              "indicative; benchmarks/bench_saflex_overhead.py measures the step ratio within one process).", ""]
     else:
         L += ["_No main-comparison runs found._", ""]
 
