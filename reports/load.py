@@ -150,10 +150,20 @@ def record_to_row(rec: Mapping[str, Any], run_dir: Path | None = None) -> dict[s
     return row
 
 
+def _current_knob_defaults() -> dict[str, Any]:
+    try:
+        import saflex_core
+
+        return saflex_core.SaflexConfig().to_dict()
+    except ImportError:  # reports on a machine without the algorithm package: label by value only
+        return {}
+
+
 def _saflex_cfg_labels(df: pd.DataFrame) -> pd.Series:
     """A label per SAFLEX knob setting, built from the knobs that vary across the loaded SAFLEX runs
-    (e.g. 'eps=0.05'), so different settings are never averaged together; SINGLE_SAFLEX_CFG when
-    they all share one setting; "" for X runs."""
+    and differ from the current SaflexConfig defaults (e.g. 'eps=0.05'; 'default' when none does),
+    so different settings are never averaged together; SINGLE_SAFLEX_CFG when they all share one
+    setting; "" for X runs."""
     knob_cols = sorted(c for c in df.columns if c.startswith("saflex."))
     sx = df["saflex"].astype(bool)
     varying = [c for c in knob_cols if df.loc[sx, c].nunique(dropna=False) > 1]
@@ -163,12 +173,22 @@ def _saflex_cfg_labels(df: pd.DataFrame) -> pd.Series:
             return "default" if math.isnan(v) else f"{v:g}"
         return str(v)
 
+    defaults = _current_knob_defaults()
+
+    def norm(v: Any) -> str | None:
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else fmt(v)
+
+    def differs(c: str, v: Any) -> bool:
+        name = c[len("saflex."):]
+        return name not in defaults or norm(v) != norm(defaults[name])
+
     def label(r: pd.Series) -> str:
         if not r["saflex"]:
             return ""
         if not varying:
             return SINGLE_SAFLEX_CFG
-        return ",".join(f"{c[len('saflex.'):]}={fmt(r[c])}" for c in varying)
+        # only what this run changed from today's defaults: a full knob list is unreadable in a legend
+        return ",".join(f"{c[len('saflex.'):]}={fmt(r[c])}" for c in varying if differs(c, r[c])) or "default"
 
     return df.apply(label, axis=1) if len(df) else pd.Series([], dtype=str)
 

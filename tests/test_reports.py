@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import saflex_core
 from scipy import stats
 
 from bench.errors import UsageError
@@ -530,3 +531,14 @@ def test_wandb_report_dry_run_and_missing_package(root, tmp_path, monkeypatch):
         monkeypatch.setitem(sys.modules, mod, None)
     with pytest.raises(UsageError, match=r"pip install 'saflex-bench\[wandb-report\]'"):
         args.func(args)
+
+
+def test_saflex_cfg_labels_name_only_what_differs_from_the_defaults():
+    from reports.load import _saflex_cfg_labels
+
+    d = saflex_core.SaflexConfig().to_dict()
+    rows = [dict(saflex=False, **{f"saflex.{k}": math.nan for k in d}),
+            dict(saflex=True, **{f"saflex.{k}": (math.nan if v is None else v) for k, v in d.items()}),
+            dict(saflex=True, **{f"saflex.{k}": (math.nan if v is None else v) for k, v in {**d, "eps": 0.3, "labels": "kl"}.items()}),
+            dict(saflex=True, **{f"saflex.{k}": (math.nan if v is None else v) for k, v in {**d, "tau": 3.0}.items()})]
+    assert list(_saflex_cfg_labels(pd.DataFrame(rows))) == ["", "default", "eps=0.3,labels=kl", "tau=3"]
