@@ -123,7 +123,10 @@ def fig_accuracy(df: pd.DataFrame, root: Path | None = None, metric: str = "test
     panels = sorted(data["panel"].unique())
     n_up = max(data.groupby("panel")["upstream"].nunique())
     panel_w = max(3.4, 0.8 * n_up + 1.4)
-    fig, axes = _grid(len(panels), panel_w, 3.3, ncols_max=3 if panel_w < 5 else 2, min_w=6.0)
+    n_handles = len(arm_order) + 1  # + the n=1 marker
+    legend_cols = min(n_handles, 5 if max(map(len, arm_order)) < 24 else 3)
+    fig, axes = _grid(len(panels), panel_w, 3.3, ncols_max=3 if panel_w < 5 else 2, min_w=6.0,
+                      extra_h=0.6 + 0.22 * math.ceil(n_handles / legend_cols))
     width = 0.7 / len(arm_order)
     any_n1 = False
     for ax, panel in zip(axes, panels):
@@ -155,7 +158,8 @@ def fig_accuracy(df: pd.DataFrame, root: Path | None = None, metric: str = "test
     handles = [Line2D([], [], color=colors[a], marker="o", ls="", label=a) for a in arm_order]
     if any_n1:
         handles.append(Line2D([], [], color="gray", marker="o", mfc="white", ls="", label="n=1 seed (no CI)"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(legend_cols, len(handles)), fontsize=8,
+               frameon=False)
     fig.suptitle(f"{metric} per dataset: mean over seeds, error bars = 95 % t-CI", fontsize=10)
     return fig, data
 
@@ -351,7 +355,9 @@ def fig_learning_curves(df: pd.DataFrame, root: Path | None = None, metric: str 
     cfgs = sorted(c for c in data["saflex_cfg"].unique() if c)
     dashes = ["--", ":", "-."]
     n_lines = data.groupby(["upstream", "saflex", "saflex_cfg"]).ngroups
-    legend_cols = min(4, n_lines)
+    longest = max(len(up) + (len(cfg) + 10 if sx else 0)
+                  for up, sx, cfg in data[["upstream", "saflex", "saflex_cfg"]].drop_duplicates().itertuples(index=False))
+    legend_cols = min(n_lines, 4 if longest < 24 else 3 if longest < 36 else 2)
     fig, axes = _grid(len(panels), 4.2, 3.2, min_w=7.0, extra_h=0.9 + 0.2 * math.ceil(n_lines / legend_cols))
     labels: dict[str, Line2D] = {}
     for ax, panel in zip(axes, panels):
