@@ -149,6 +149,53 @@ def _n_val(task: str) -> int | None:
         return None
 
 
+def _cost_driver(main: pd.DataFrame, defaults: dict) -> str:
+    """Why the overhead differs by task: the validation forward's size against the training batch."""
+    parts = []
+    for t in TASKS:
+        rows = main[main["task"] == t]
+        n_val = _n_val(t)
+        if not len(rows) or n_val is None or "batch_size" not in rows:
+            continue
+        parts.append(f"{t.split('/')[1]} {min(int(defaults['val_batch']), n_val)} vs {int(rows['batch_size'].iloc[0])}")
+    if not parts:
+        return ""
+    return ("- What drives the cost: every refresh (`refresh="
+            f"{defaults['refresh']}` steps) SAFLEX runs a forward/backward on min(`val_batch`, validation size) "
+            "reference images against the training batch: " + ", ".join(parts) + ". A reference batch several times "
+            "the training batch makes SAFLEX dominate the step; `saflex.refresh=k` or a smaller `saflex.val_batch` "
+            "amortises it.")
+
+
+def _summary(table: pd.DataFrame, avg: pd.DataFrame, tune: pd.DataFrame, defaults: dict) -> list[str]:
+    """A few sentences a reader can quote, every number taken from the tables above."""
+    if not len(avg):
+        return []
+    r = avg.iloc[0]
+    lo, hi = r["avg_gain_test_acc_ci_lo"], r["avg_gain_test_acc_ci_hi"]
+    neg = table[table["gain_test_acc_mean"] < 0]
+    verdict = ("excludes zero" if lo > 0 or hi < 0 else "includes zero")
+    L = ["## Summary", "",
+         f"- Averaged over {r['n_experiments']} experiments SAFLEX gains {_pts(r['avg_gain_test_acc'], True)} test "
+         f"points; the CI of that average {verdict}. No single experiment's paired CI excludes zero."
+         if not ((table["gain_test_acc_ci_lo"] > 0) | (table["gain_test_acc_ci_hi"] < 0)).any() else
+         f"- Averaged over {r['n_experiments']} experiments SAFLEX gains {_pts(r['avg_gain_test_acc'], True)} test "
+         f"points; the CI of that average {verdict}.",
+         "- Where it hurts (negative mean paired gain): "
+         + (", ".join(f"{x.task.split('/')[1]}/{x.upstream} ({_pts(x.gain_test_acc_mean, True)})" for x in neg.itertuples()) or "nowhere")
+         + "."]
+    if len(tune):
+        gains = tune.groupby("knobs")["delta"].mean()
+        L.append(f"- What we tried to make it help: {len(gains)} knob settings on validation (table above); "
+                 f"{int((gains > 0).sum())} beat the upstream alone there; the best (`{gains.idxmax()}`, "
+                 f"{_pts(gains.max(), True)} validation points) "
+                 + ("is the setting used here." if gains.idxmax() == "default" else
+                    "is not the setting the runs above used: make it the default and rerun them."))
+    L.append("- The validation split is both SAFLEX's reference set and the model-selection set, and the test sets "
+             "are small: read the gains as the small-CNN, short-schedule CPU protocol's, not the paper's ResNet-18 one.")
+    return L
+
+
 def _ci(c) -> str:
     return fmt_points(c.mean, c.lo, c.hi)
 
@@ -223,7 +270,9 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT) -> Path:
               "- CI below zero (hurts): " + (", ".join(f"{r.task.split('/')[1]}/{r.upstream}" for r in hurts.itertuples()) or "none") + ".",
               f"- Cost: SAFLEX epoch time / upstream epoch time, median over experiments: "
               f"{table['overhead_epoch_s'].median():.2f}x (CPU; runs of a sweep share the machine unevenly, so this is "
-              "indicative; benchmarks/bench_saflex_overhead.py measures the step ratio within one process).", ""]
+              "indicative; benchmarks/bench_saflex_overhead.py measures the step ratio within one process).",
+              _cost_driver(main, defaults), ""]
+        L += _summary(table, avg, tune, defaults) + [""]
     else:
         L += ["_No main-comparison runs found._", ""]
 
@@ -231,7 +280,10 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT) -> Path:
     if len(diag):
         L += ["## What SAFLEX did (last epoch, mean over seeds)", "",
               "Weights are rescaled to mean 1 over the batch (`normalize`), so their mean is not informative; "
-              "these columns say how far SAFLEX moved away from the upstream's own weights and labels.", "",
+              "these columns say how far SAFLEX moved away from the upstream's own weights and labels."
+              + (" With `eps=0` the label step keeps q = y by construction, so the label columns are 0: SAFLEX "
+                 "acts through the weights alone here (settings that move labels were tried in the tuning above)."
+                 if defaults.get("eps") == 0 else ""), "",
               "| task | upstream | n | " + " | ".join(label for _, label in DIAG_COLUMNS) + " |",
               "|---|---|---:|" + "---:|" * len(DIAG_COLUMNS)]
         for r in diag.itertuples():

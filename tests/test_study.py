@@ -60,3 +60,9 @@ def test_study_numbers(tmp_path):
     assert "| medmnist/retinamnist | rand-m9-n2 | 1/1/1 |" in md and "n<2" in md
     # noisy: weight AUC from the LAST epoch of metrics.jsonl, mean of 0.8 and 0.9
     assert "| breastmnist | 2 |" in md and "0.850" in md
+    # summary: numbers from the tables, the tuning winner differs from the default the paired runs used
+    assert "Where it hurts (negative mean paired gain): nowhere." in md
+    assert "2 knob settings on validation (table above); 1 beat the upstream alone there; the best (`eps=0.3`, +7.5" in md
+    assert "is not the setting the runs above used" in md
+    # cost driver: reference batch = min(val_batch, MedMNIST's validation size) against the training batch
+    assert f"breastmnist {min(DEF['val_batch'], 78)} vs 128" in md
