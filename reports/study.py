@@ -174,13 +174,11 @@ def _summary(table: pd.DataFrame, avg: pd.DataFrame, tune: pd.DataFrame, default
     r = avg.iloc[0]
     lo, hi = r["avg_gain_test_acc_ci_lo"], r["avg_gain_test_acc_ci_hi"]
     neg = table[table["gain_test_acc_mean"] < 0]
-    verdict = ("excludes zero" if lo > 0 or hi < 0 else "includes zero")
+    verdict = "excludes zero" if lo > 0 or hi < 0 else "includes zero"
+    any_single = ((table["gain_test_acc_ci_lo"] > 0) | (table["gain_test_acc_ci_hi"] < 0)).any()
     L = ["## Summary", "",
          f"- Averaged over {r['n_experiments']} experiments SAFLEX gains {_pts(r['avg_gain_test_acc'], True)} test "
-         f"points; the CI of that average {verdict}. No single experiment's paired CI excludes zero."
-         if not ((table["gain_test_acc_ci_lo"] > 0) | (table["gain_test_acc_ci_hi"] < 0)).any() else
-         f"- Averaged over {r['n_experiments']} experiments SAFLEX gains {_pts(r['avg_gain_test_acc'], True)} test "
-         f"points; the CI of that average {verdict}.",
+         f"points; the CI of that average {verdict}." + ("" if any_single else " No single experiment's paired CI excludes zero."),
          "- Where it hurts (negative mean paired gain): "
          + (", ".join(f"{x.task.split('/')[1]}/{x.upstream} ({_pts(x.gain_test_acc_mean, True)})" for x in neg.itertuples()) or "nowhere")
          + "."]
