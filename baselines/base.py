@@ -30,6 +30,12 @@ class Upstream:
     has_sample_stage: ClassVar[bool] = False
     has_batch_stage: ClassVar[bool] = False
 
+    def bind(self, x: torch.Tensor, y: torch.Tensor) -> "Upstream":
+        """A copy that may use the training split (x, y) it will augment — e.g. SCARF's empirical
+        marginals, SMOTE's same-class neighbours. Called once per run, before training; methods
+        that need no data return self."""
+        return self
+
     def sample_transform(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return img
 

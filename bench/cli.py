@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from bench import __version__
 from bench.errors import UsageError
 
-LISTABLE = ("tasks", "methods", "models", "knobs")
+LISTABLE = ("tasks", "methods", "learners", "models", "knobs")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -18,34 +18,42 @@ def _list(args: argparse.Namespace) -> int:
         from bench.tasks import list_tasks
 
         names = list_tasks()
+    elif args.what == "learners":
+        from bench.learners import get_learner_class, list_learners
+
+        names = [f"{n:10s} {get_learner_class(n).description}" for n in list_learners()]
     elif args.what == "methods":
         import baselines
 
-        names = baselines.list_methods()
-        names += [n + "+saflex" for n in names]
+        from bench.learners import list_learners
+
+        upstreams = baselines.list_methods()
+        names = upstreams + [f"{u}+{lr}" for lr in list_learners() if lr != "none" for u in upstreams]
     elif args.what == "models":
         from bench.models import list_models
 
         names = list_models()
     else:
-        import saflex_core
+        from bench.learners import get_learner_class, list_learners
 
-        names = [f"saflex.{k}={v}" for k, v in saflex_core.SaflexConfig().to_dict().items()]
+        names = [f"{n}.{k}={v}" for n in list_learners() for k, v in (get_learner_class(n).default_knobs() or {}).items()]
     print("\n".join(names))
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
     from bench.runner import resolve_results_root, run_spec
-    from bench.spec import make_spec, parse_assignments, split_method
+    from bench.spec import ignored_knobs, make_spec, parse_assignments
 
     overrides = parse_assignments(args.set or [])
     for name in ("epochs", "batch_size", "lr", "model"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     spec = make_spec(args.task, args.method, args.seed, overrides)
-    if not split_method(spec.method)[1] and any(k.startswith("saflex.") for k in overrides):
-        print(f"saflex-bench: warning: saflex.* knobs ignored: method '{spec.method}' does not use SAFLEX", file=sys.stderr)
+    ignored = ignored_knobs(spec.method, overrides)
+    if ignored:
+        print(f"saflex-bench: warning: {', '.join(ignored)} ignored: method '{spec.method}' does not use that learner",
+              file=sys.stderr)
     results = resolve_results_root(args.results)
     print(f"run {spec.key}  {spec.task}  {spec.method}  seed {spec.seed}", flush=True)
     record = run_spec(spec, results, args.data_root, wandb_mode=args.wandb, progress=not args.quiet,
@@ -69,13 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train and evaluate one run; print its key and result path")
     run.add_argument("--task", required=True, help="FAMILY/DATASET, see `saflex-bench list tasks`")
-    run.add_argument("--method", required=True, help="UPSTREAM[+saflex], e.g. rand-m9-n2+saflex")
+    run.add_argument("--method", required=True, help="UPSTREAM[+LEARNER], e.g. rand-m9-n2+saflex (see `list learners`)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--epochs", type=int)
     run.add_argument("--batch-size", dest="batch_size", type=int)
     run.add_argument("--lr", type=float)
     run.add_argument("--model")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any run field (repeatable), e.g. saflex.eps=0.05")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any run field (repeatable), e.g. lr=0.01, saflex.eps=0.05, task.val_frac=0.1")
     run.add_argument("--data-root", help="folder with the datasets (default $SAFLEX_DATA)")
     run.add_argument("--results", help="results root (default $SAFLEX_RESULTS or ./results)")
     run.add_argument("--wandb", choices=("online", "offline", "disabled"), help="wandb mode (default $WANDB_MODE or offline)")
@@ -94,15 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    import baselines
-    import saflex_core
+def user_errors() -> tuple[type[BaseException], ...]:
+    """UsageError plus the leaf packages' own user-error types, when they were imported at all (so
+    the CLI does not import them just to name an exception)."""
+    errors: list[type[BaseException]] = [UsageError]
+    for module, name in (("baselines.registry", "PolicyError"), ("saflex_core.config", "ConfigError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
+
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UsageError, baselines.PolicyError, saflex_core.ConfigError) as e:
+    except Exception as e:  # noqa: BLE001 - user errors become one line; anything else keeps its traceback
+        if not isinstance(e, user_errors()):
+            raise
         print(f"saflex-bench: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,8 +1,8 @@
-"""Turning a split into training batches: seeded order, per-sample upstream draws, normalisation.
+"""Turning a split into training batches: seeded order, per-sample upstream draws.
 
 The order of epoch e comes from the stream ("order", e) and the upstream draw of sample i in epoch e
 from ("sample", e, i): both are functions of the run seed alone, so two methods with the same seed see
-the same batches and the same augmented images (paired comparisons), and a resumed run replays
+the same batches and the same augmented samples (paired comparisons), and a resumed run replays
 exactly what an uninterrupted one would have seen.
 """
 from __future__ import annotations
@@ -12,7 +12,9 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bench.errors import UsageError
 from bench.seeding import generator
+from bench.tasks.base import Split, TaskData
 
 
 def normalize(x_uint8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -20,7 +22,7 @@ def normalize(x_uint8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 
 
 class AugmentedTrainSet(Dataset):
-    """Index -> (augmented uint8 image, clean uint8 image, label) for the current epoch."""
+    """Index -> (augmented sample, clean sample, label) for the current epoch, in stored form."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, upstream, seed: int):
         self.x, self.y, self.upstream, self.seed = x, y, upstream, seed
@@ -58,3 +60,39 @@ def _in_process(ds: AugmentedTrainSet, batches: list[list[int]]):
         clean = ds.x[idx]
         aug = torch.stack([ds[i][0] for i in b]) if ds.per_sample else clean
         yield aug, clean, ds.y[idx]
+
+
+# ---- the reference part ------------------------------------------------------------------------
+def stratified_holdout(y: torch.Tensor, frac: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held-out) indices: `frac` of each class held out (rounded; at least one sample of a class
+    with two or more), order-independent of anything but the generator."""
+    labels = y if y.ndim == 1 else y.argmax(1)  # multi-label: stratify on the first positive
+    kept, held = [], []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = int(round(frac * len(idx)))
+        if len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        else:
+            k = 0
+        held.append(idx[:k])
+        kept.append(idx[k:])
+    return torch.sort(torch.cat(kept)).values, torch.sort(torch.cat(held)).values
+
+
+def with_reference(data: TaskData, ref_frac: float | None, ref_from: str, seed: int) -> TaskData:
+    """Carve the reference part (seeded, stratified) from the selection or the training split. The
+    same seed gives every learner the same carve, so every arm sees the same labelled data."""
+    if ref_frac is None:
+        return data
+    source = data.select if ref_from == "val" else data.train
+    kept, held = stratified_holdout(source.y, ref_frac, generator(seed, "reference", ref_from))
+    if len(held) == 0 or len(kept) == 0:
+        raise UsageError(f"ref_frac={ref_frac} leaves an empty {'reference' if not len(held) else ref_from} part "
+                         f"({len(source)} samples in the {ref_from} split)")
+    rest, ref = source.subset(kept), source.subset(held)
+    info = {**data.info, "ref_from": ref_from, "n_reference": len(ref)}
+    if ref_from == "val":
+        return TaskData(data.train, rest, data.tests, ref, {**info, "n_select": len(rest)})
+    return TaskData(rest, data.select, data.tests, ref, {**info, "n_train": len(rest)})

@@ -8,25 +8,30 @@ from torch import nn
 
 from bench.errors import UsageError
 
-_MODELS: dict[str, Callable[[int, int], "Classifier"]] = {}
+_MODELS: dict[str, Callable[..., "Classifier"]] = {}
+_MODALITY: dict[str, str] = {}
 
 
-def register_model(name: str):
+def register_model(name: str, modality: str = "image"):
+    """`create_model(name, *args)` calls the decorated factory; `modality` says which tasks may use it."""
+
     def deco(fn):
-        _MODELS[name] = fn
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        _MODELS[name], _MODALITY[name] = fn, modality
         return fn
 
     return deco
 
 
-def list_models() -> list[str]:
-    return sorted(_MODELS)
+def list_models(modality: str | None = None) -> list[str]:
+    return sorted(n for n in _MODELS if modality is None or _MODALITY[n] == modality)
 
 
-def create_model(name: str, in_channels: int, num_classes: int) -> "Classifier":
+def create_model(name: str, *args, **kwargs) -> "Classifier":
     if name not in _MODELS:
         raise UsageError(f"unknown model '{name}' (valid: {', '.join(list_models())})")
-    return _MODELS[name](in_channels, num_classes)
+    return _MODELS[name](*args, **kwargs)
 
 
 class Classifier(nn.Module):

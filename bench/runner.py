@@ -36,6 +36,13 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "saflex_bench": __version__}
 
 
+def split_sizes(data) -> dict[str, int]:
+    sizes = {"train": len(data.train), "val": len(data.select), **{k: len(v) for k, v in data.tests.items()}}
+    if data.reference is not None:
+        sizes["reference"] = len(data.reference)
+    return sizes
+
+
 def _slurm_ids() -> dict[str, str]:
     keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
     return {k.lower(): os.environ[k] for k in keys if k in os.environ}
@@ -46,6 +53,7 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
              workers: int = 0, on_epoch_end: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     """Train and evaluate `spec`; return its result record. A done run is returned as is; a run whose
     directory holds a checkpoint resumes from it."""
+    from bench.data import with_reference
     from bench.tasks import get_task
     from bench.trainer import Trainer
 
@@ -56,7 +64,8 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
         return done
     data_root = resolve_data_root(data_root)
     task = get_task(spec.task)
-    splits = task.load(data_root, spec.as_rgb)  # user errors surface before anything is written
+    data = task.load(data_root, spec)  # user errors surface before anything is written
+    data = with_reference(data, spec.ref_frac, spec.ref_from, spec.seed)
     run_dir = store.run_dir(key)
     run_dir.mkdir(parents=True, exist_ok=True)
     store.write_spec(key, spec.to_dict())
@@ -67,11 +76,11 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
         from bench.tracking import start_tracking
 
         tracker = start_tracking(spec.to_dict(), key, run_dir, wandb_mode, sweep)
-        trainer = Trainer(spec, task, splits, store, data_root=data_root, device=device, workers=workers,
+        trainer = Trainer(spec, task, data, store, device=device, workers=workers,
                           progress=progress, tracker=tracker, on_epoch_end=on_epoch_end)
         out = trainer.fit()
         record = dict(key=key, status="done", sweep=sweep, spec=spec.to_dict(), metrics=out["metrics"], cost=out["cost"],
-                      versions=versions(), host=socket.gethostname(), device=str(trainer.device), finished_at=_now())
+                      data=split_sizes(data), versions=versions(), host=socket.gethostname(), device=str(trainer.device), finished_at=_now())
         store.write_result(key, record)  # LAST: from here on the run counts as done
         store.write_attempt(key, {**attempt, "state": "done", "ended_at": _now()})
         tracker.finish(record)

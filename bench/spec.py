@@ -1,7 +1,13 @@
 """RunSpec: the identity of one run, its canonical JSON form and its short key.
 
-Everything that changes what a run computes is in the spec (and so in the key); where the data
-lives, which device runs it and how it is tracked are not.
+A run is task x upstream x learner x seed (+ the protocol fields). Everything that changes what a
+run computes is in the spec (and so in the key); where the data lives, which device runs it, the
+thread count and how it is tracked are not.
+
+Key stability: the canonical dict always has the fields of the first release (task ... as_rgb, and
+`saflex` = SAFLEX's knobs or null); fields added later enter it only when set (`ref_frac`, task
+`options`, other learners' knobs under the learner's name). So every key stored before the learner
+redesign is still the key of the same computation.
 """
 from __future__ import annotations
 
@@ -9,22 +15,28 @@ import dataclasses
 import hashlib
 import json
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from bench.errors import UsageError
+from bench.learners.base import NONE, get_learner_class, join_method, split_method
 
-SAFLEX_SUFFIX = "+saflex"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("multistep", "cosine", "constant")
-SELECT_METRICS = ("auc", "acc", "loss", "last")
+SELECT_EXTRA = ("loss", "last")  # besides the task's metric names
+REF_SOURCES = ("val", "train")
+# the first release's canonical fields, always in the key (in this order in the dataclass)
+LEGACY_FIELDS = ("task", "method", "model", "seed", "epochs", "optimizer", "lr", "weight_decay", "momentum",
+                 "schedule", "milestones", "gamma", "batch_size", "select_metric", "as_rgb")
+# later fields: in the key only when they differ from the value that reproduces the old behaviour
+LATER_DEFAULTS = {"ref_frac": None, "ref_from": "val", "options": None}
 
 
 @dataclass(frozen=True)
 class RunSpec:
     task: str
     method: str
-    model: str
+    model: str = ""
     seed: int = 0
     epochs: int = 100
     optimizer: str = "adam"
@@ -35,18 +47,32 @@ class RunSpec:
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of `epochs`
     gamma: float = 0.1
     batch_size: int = 128
-    select_metric: str = "auc"  # validation metric that picks the best epoch
-    as_rgb: bool = False
-    saflex: Mapping[str, Any] | None = field(default=None, compare=True)
+    select_metric: str = "auc"  # selection-split metric that picks the best epoch
+    as_rgb: bool = False        # image tasks: replicate grey channels to 3
+    # fraction of the `ref_from` split set aside as the reference part (labelled data a learner may
+    # train on: SAFLEX's reference set, the `ref` control's extra images); None = no separate part:
+    # SAFLEX's reference is the selection split itself (the protocol of the first study)
+    ref_frac: float | None = None
+    ref_from: str = "val"
+    options: Mapping[str, Any] | None = None  # task options (the task's Options schema)
+    knobs: Mapping[str, Any] | None = None    # the learner's knobs (its Knobs schema)
 
-    # ---- derived views -------------------------------------------------------------------
+    # ---- derived views -------------------------------------------------------------------------
     @property
     def upstream(self) -> str:
         return split_method(self.method)[0]
 
     @property
-    def uses_saflex(self) -> bool:
+    def learner(self) -> str:
         return split_method(self.method)[1]
+
+    @property
+    def uses_saflex(self) -> bool:
+        return self.learner == "saflex"
+
+    @property
+    def saflex(self) -> Mapping[str, Any] | None:  # the first release's name for SAFLEX's knobs
+        return self.knobs if self.learner == "saflex" else None
 
     @property
     def family(self) -> str:
@@ -56,10 +82,21 @@ class RunSpec:
     def dataset(self) -> str:
         return self.task.split("/", 1)[-1]
 
+    def option(self, name: str, default: Any = None) -> Any:
+        return (self.options or {}).get(name, default)
+
+    # ---- canonical form ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d: dict[str, Any] = {name: getattr(self, name) for name in LEGACY_FIELDS}
         d["milestones"] = list(self.milestones)
-        d["saflex"] = dict(self.saflex) if self.saflex is not None else None
+        learner = self.learner
+        d["saflex"] = dict(self.knobs) if learner == "saflex" and self.knobs is not None else None
+        if learner not in (NONE, "saflex") and self.knobs is not None:
+            d[learner] = dict(self.knobs)
+        for name, default in LATER_DEFAULTS.items():
+            value = getattr(self, name)
+            if value != default and not (name == "options" and not value):
+                d[name] = dict(value) if isinstance(value, Mapping) else value
         return d
 
     def canonical_json(self) -> str:
@@ -71,87 +108,102 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise UsageError(f"unknown run field(s) {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
-        return normalize(cls(**{k: v for k, v in d.items()}))
+        """From a canonical dict (spec.json, result.json, a sweep point); validated."""
+        return normalize(cls(**_fields_from_dict(d)))
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "RunSpec":
         return apply_overrides(self, overrides)
 
 
-# ---- method strings --------------------------------------------------------------------------
-def split_method(method: str) -> tuple[str, bool]:
-    if method.endswith(SAFLEX_SUFFIX):
-        return method[: -len(SAFLEX_SUFFIX)], True
-    return method, False
+def _fields_from_dict(d: Mapping[str, Any]) -> dict[str, Any]:
+    d = dict(d)
+    d.pop("key", None)
+    names = {f.name for f in dataclasses.fields(RunSpec)}
+    learner = split_method(str(d.get("method", "")))[1]
+    knobs = d.pop("saflex", None)
+    if learner != "saflex":
+        knobs = d.pop(learner, None) if learner != NONE else None
+    if knobs is not None:
+        d["knobs"] = knobs
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise UsageError(f"unknown run field(s) {', '.join(unknown)} (valid: {', '.join(sorted(names - {'knobs'}))})")
+    return d
 
 
+# ---- method strings ----------------------------------------------------------------------------
 def canonical_method(method: str) -> str:
-    """Parse `UPSTREAM[+saflex]` with the baselines registry and print it back canonically."""
+    """Parse `UPSTREAM[+LEARNER]` with the registries and print it back canonically."""
+    upstream, learner = split_method(str(method).strip())
+    return join_method(str(parse_upstream(upstream)), learner)
+
+
+def parse_upstream(upstream: str):
     import baselines
 
-    upstream, saflex = split_method(str(method).strip())
     try:
-        up = baselines.create_method(upstream)
+        return baselines.create_method(upstream)
     except baselines.PolicyError as e:
         raise UsageError(str(e)) from None
-    return str(up) + (SAFLEX_SUFFIX if saflex else "")
 
 
-# ---- field coercion (for --set key=value and YAML) -------------------------------------------
+def check_pair(task, method: str) -> None:
+    """UsageError (the reason) when `method` cannot run on `task` (skip rules use the message)."""
+    upstream, learner = split_method(method)
+    up = parse_upstream(upstream)
+    task.check_method(up)
+    task.check_learner(learner)
+    get_learner_class(learner).check(task, up)
+
+
+# ---- field coercion (for --set key=value and YAML) -----------------------------------------------
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(RunSpec)}
+_ADAPTERS: dict[str, Any] = {}
 
 
 def _coerce(name: str, value: Any) -> Any:
+    from pydantic import TypeAdapter, ValidationError
+
     hint = _FIELD_TYPES[name]
+    if name in ("options", "knobs"):
+        return value
+    if hint.startswith("tuple") and isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if hint == "float | None" and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+        return None
+    if name not in _ADAPTERS:
+        py = {"int": int, "float": float, "bool": bool, "str": str, "float | None": typing.Optional[float],
+              "tuple[float, ...]": tuple[float, ...]}[hint]
+        _ADAPTERS[name] = TypeAdapter(py)
     try:
-        if hint in ("int",):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if hint in ("float",):
-            return float(value)
-        if hint in ("bool",):
-            if isinstance(value, str):
-                low = value.lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError
-            return bool(value)
-        if hint.startswith("tuple"):
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(float(v) for v in items if str(v).strip() != "")
-        if hint == "str":
-            return str(value)
-    except (TypeError, ValueError):
+        if hint == "int" and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if hint == "str" and not isinstance(value, str):
+            value = str(value)
+        return _ADAPTERS[name].validate_python(value)
+    except (ValidationError, ValueError, TypeError):
         raise UsageError(f"run field '{name}' expects {hint} (got {value!r})") from None
-    return value
 
 
 def _check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
+    choices = list(choices)
     if value not in choices:
         raise UsageError(f"unknown {name} '{value}' (valid: {', '.join(choices)})")
 
 
 def normalize(spec: RunSpec) -> RunSpec:
-    """Coerce types, validate names and values, canonicalise method and SAFLEX knobs."""
+    """Coerce types, validate names and values, canonicalise method, options and knobs."""
     from bench import models, tasks
 
-    values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(RunSpec)}
-    for name in values:
-        if name != "saflex":
-            values[name] = _coerce(name, values[name])
+    values = {f.name: _coerce(f.name, getattr(spec, f.name)) for f in dataclasses.fields(RunSpec)}
     task = tasks.get_task(values["task"])  # raises UsageError with valid names
     values["method"] = canonical_method(values["method"])
-    if values["model"] not in models.list_models():
-        _check_choice("model", values["model"], models.list_models())
+    valid_models = task.models() or models.list_models(task.modality)
+    _check_choice("model", values["model"], valid_models)
     _check_choice("optimizer", values["optimizer"], OPTIMIZERS)
     _check_choice("schedule", values["schedule"], SCHEDULES)
-    _check_choice("select_metric", values["select_metric"], SELECT_METRICS)
+    _check_choice("select_metric", values["select_metric"], [*task.metric_names, *SELECT_EXTRA])
+    _check_choice("ref_from", values["ref_from"], REF_SOURCES)
     for name in ("epochs", "batch_size"):
         if values[name] < 1:
             raise UsageError(f"run field '{name}' must be >= 1 (got {values[name]})")
@@ -159,41 +211,69 @@ def normalize(spec: RunSpec) -> RunSpec:
         raise UsageError(f"run field 'lr' must be > 0 (got {values['lr']})")
     if any(not 0 < m < 1 for m in values["milestones"]):
         raise UsageError(f"run field 'milestones' are fractions of epochs in (0, 1) (got {values['milestones']})")
-    upstream, saflex = split_method(values["method"])
-    task.check_method(upstream)
-    if saflex:
-        values["saflex"] = _saflex_knobs(values["saflex"] or {})
-        task.check_saflex()
-    else:
-        values["saflex"] = None  # knobs of an unused plug-in are not identity: baseline runs dedupe
+    if values["ref_frac"] is not None and not 0 < values["ref_frac"] < 1:
+        raise UsageError(f"run field 'ref_frac' must be in (0, 1) or none (got {values['ref_frac']})")
+    if values["as_rgb"] and task.modality != "image":
+        raise UsageError(f"run field 'as_rgb' applies to image tasks only (task {task.name} is {task.modality})")
+    values["options"] = task_options(task, values["options"])
+    check_pair(task, values["method"])
+    learner = split_method(values["method"])[1]
+    cls = get_learner_class(learner)
+    if cls.needs_reference_part and values["ref_frac"] is None:
+        raise UsageError(f"learner '{learner}' trains on a reference part apart from the selection split: "
+                         f"set ref_frac (e.g. --set ref_frac=0.5)")
+    values["knobs"] = cls.parse_knobs(values["knobs"])
     return RunSpec(**values)
 
 
-def _saflex_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
-    import saflex_core
+def task_options(task, options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    schema = getattr(task, "Options", None)
+    if schema is None:
+        if options:
+            raise UsageError(f"task {task.name} has no options (got {', '.join(sorted(options))})")
+        return None
+    from bench.config import validate
 
-    try:
-        return saflex_core.SaflexConfig().replace(**dict(knobs)).to_dict()
-    except saflex_core.ConfigError as e:
-        raise UsageError(str(e)) from None
+    full = validate(schema, options or {}, f"task {task.name} options").model_dump(mode="json")
+    return full or None
 
 
 def apply_overrides(spec: RunSpec, overrides: Mapping[str, Any]) -> RunSpec:
-    """Apply `field=value` / `saflex.knob=value` overrides (values may be strings from the CLI)."""
-    values = spec.to_dict()
-    knobs = dict(values.get("saflex") or {})
+    """Apply `field=value`, `<learner>.<knob>=value` and `task.<option>=value` overrides (values may be
+    strings from the CLI). Knobs of a learner the method does not use are dropped (they are not
+    identity: runs without that learner dedupe); `ignored_knobs` says which."""
+    values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(RunSpec)}
+    knobs: dict[str, Any] = {}
+    options = dict(values.get("options") or {})
+    learner_now = split_method(str(overrides.get("method", values["method"])))[1]
+    if split_method(str(values["method"]))[1] == learner_now:
+        knobs = dict(values.get("knobs") or {})
     for name, value in overrides.items():
-        if name.startswith("saflex."):
-            knobs[name.split(".", 1)[1]] = value
-        elif name in _FIELD_TYPES and name != "saflex":
+        prefix, dot, rest = name.partition(".")
+        if dot and prefix == "task" and rest:
+            options[rest] = value
+        elif dot and rest and prefix in _learner_names():
+            if prefix == learner_now:
+                knobs[rest] = value
+        elif name in _FIELD_TYPES and name not in ("knobs", "options"):
             values[name] = value
         else:
-            valid = sorted(n for n in _FIELD_TYPES if n != "saflex") + ["saflex.<knob>"]
+            valid = sorted(n for n in _FIELD_TYPES if n not in ("knobs", "options")) + ["<learner>.<knob>", "task.<option>"]
             raise UsageError(f"unknown run field '{name}' (valid: {', '.join(valid)})")
-    values["saflex"] = knobs or None
-    if knobs and not split_method(str(values["method"]))[1]:
-        values["saflex"] = None
+    values["knobs"] = knobs or None
+    values["options"] = options or None
     return normalize(RunSpec(**values))
+
+
+def ignored_knobs(method: str, overrides: Mapping[str, Any]) -> list[str]:
+    learner = split_method(method)[1]
+    return [k for k in overrides if "." in k and k.split(".", 1)[0] in _learner_names() and k.split(".", 1)[0] != learner]
+
+
+def _learner_names() -> list[str]:
+    from bench.learners.base import REGISTRY
+
+    return REGISTRY.valid_choices()
 
 
 def parse_assignments(items: typing.Iterable[str]) -> dict[str, str]:
@@ -211,5 +291,6 @@ def make_spec(task: str, method: str, seed: int = 0, overrides: Mapping[str, Any
     """A normalised spec with the task's defaults (model, epochs, optimiser, ...) filled in."""
     from bench import tasks
 
-    base = {**tasks.get_task(task).defaults(), "task": task, "method": method, "seed": seed}
+    t = tasks.get_task(task)
+    base = {**t.defaults(), "task": task, "method": method, "seed": seed}
     return apply_overrides(RunSpec(**base), overrides or {})

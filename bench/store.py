@@ -38,6 +38,16 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def write_npz_atomic(path: Path, **arrays) -> None:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_bytes_atomic(path, buf.getvalue())
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 

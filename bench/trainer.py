@@ -1,8 +1,11 @@
-"""The training loop: upstream augmentation, optional SAFLEX, optimiser + schedule, per-epoch
-validation, checkpoint every epoch, best-epoch model selection, test metrics, cost accounting."""
+"""The training loop: upstream augmentation, the run's learner, optimiser + schedule, per-epoch
+evaluation on the selection split, checkpoint every epoch, best-epoch model selection, test metrics
+at the end, cost accounting. It names no learner and no modality: the task prepares inputs, builds
+the model and scores it; the learner turns an augmented batch into a loss."""
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import math
 import resource
@@ -11,17 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bench import store as store_mod
-from bench.data import AugmentedTrainSet, normalize, train_loader
-from bench.models import Classifier, create_model
+from bench.data import AugmentedTrainSet, train_loader
+from bench.learners.base import LearnerContext, StepBatch, get_learner_class
 from bench.seeding import generator, seeded_global
 from bench.spec import RunSpec
-from bench.tasks import Splits, Task
+from bench.tasks.base import Split, Task, TaskData
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -54,32 +55,46 @@ class TrainState:
     best_epoch: int = 0
     best_state: dict | None = None
     history: list = field(default_factory=list)
-    cost: dict = field(default_factory=lambda: dict(train_s=0.0, samples=0, steps=0, saflex_s=0.0, wall_s=0.0))
+    cost: dict = field(default_factory=lambda: dict(train_s=0.0, samples=0, steps=0, learner_s=0.0, wall_s=0.0))
 
 
 class Trainer:
-    def __init__(self, spec: RunSpec, task: Task, splits: Splits, store: store_mod.ResultsStore, *, data_root: Path | None = None,
+    def __init__(self, spec: RunSpec, task: Task, data: TaskData, store: store_mod.ResultsStore, *,
                  device: str | None = None, workers: int = 0, progress: bool = True, tracker=None,
                  on_epoch_end: Callable[[int, dict], None] | None = None):
         import baselines
 
-        self.spec, self.task, self.splits, self.store = spec, task, splits, store
+        self.spec, self.task, self.data, self.store = spec, task, data, store
         self.key = spec.key
         self.run_dir = store.run_dir(self.key)
-        self.data_root, self.workers, self.progress = data_root, workers, progress
+        self.workers, self.progress = workers, progress
         self.tracker, self.on_epoch_end = tracker, on_epoch_end
         self.device = pick_device(device)
         self.amp = self.device.type == "cuda"
         self.upstream = baselines.create_method(spec.upstream)
-        self.num_classes = task.num_classes
         with seeded_global(spec.seed, "init"):
-            self.model: Classifier = create_model(spec.model, task.channels(spec.as_rgb), task.num_classes)
+            self.model = task.build_model(spec)
         self.model.to(self.device)
-        self.opt = build_optimizer(spec, self.model.parameters())
+        learner_cls = get_learner_class(spec.learner)
+        self.ctx = LearnerContext(spec=spec, task=task, model=self.model, device=self.device,
+                                  reference=self.reference_for(learner_cls, data), run_dir=self.run_dir,
+                                  autocast=self.autocast, generator=functools.partial(generator, spec.seed))
+        with seeded_global(spec.seed, "learner-init"):
+            self.learner = learner_cls(self.ctx, spec.knobs)
+        self.opt = build_optimizer(spec, [*self.model.parameters(), *self.learner.extra_parameters()])
         self.sched = build_scheduler(spec, self.opt)
-        self.trainset = AugmentedTrainSet(splits.train_x, splits.train_y, self.upstream, spec.seed)
+        train = self.learner.train_split(data)
+        self.upstream = self.upstream.bind(train.x, train.y)
+        self.trainset = AugmentedTrainSet(train.x, train.y, self.upstream, spec.seed)
         self.state = TrainState()
-        self.saflex = SaflexPlugin(self) if spec.uses_saflex else None
+
+    @staticmethod
+    def reference_for(learner_cls, data: TaskData) -> Split | None:
+        """The labelled data a learner may train on: the carved reference part; without one (ref_frac
+        unset) the selection split, as the first study did. Never a test split."""
+        if not learner_cls.uses_reference:
+            return None
+        return data.reference if data.reference is not None else data.select
 
     # ---- helpers ---------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -87,17 +102,6 @@ class Trainer:
             f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + msg + "\n")
         if self.progress:
             tqdm.write(msg)
-
-    def prepare(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return normalize(x_uint8, self.task.mean, self.task.std)
-
-    def targets(self, y: torch.Tensor) -> torch.Tensor:
-        return y.float() if self.task.multi_label else F.one_hot(y, self.num_classes).float()
-
-    def loss_fn(self, logits: torch.Tensor, y_soft: torch.Tensor) -> torch.Tensor:
-        if self.task.multi_label:
-            return F.binary_cross_entropy_with_logits(logits, y_soft)
-        return F.cross_entropy(logits, y_soft)
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
@@ -111,8 +115,7 @@ class Trainer:
         s = self.state
         payload = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), sched=self.sched.state_dict(),
                        epoch=s.epoch, step=s.step, best_score=s.best_score, best_epoch=s.best_epoch,
-                       best_state=s.best_state, history=s.history, cost=s.cost,
-                       saflex=self.saflex.sfx.state_dict() if self.saflex else None)
+                       best_state=s.best_state, history=s.history, cost=s.cost, learner=self.learner.state_dict())
         buf = io.BytesIO()
         torch.save(payload, buf)
         store_mod.write_bytes_atomic(self.ckpt_path, buf.getvalue())
@@ -124,29 +127,26 @@ class Trainer:
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["opt"])
         self.sched.load_state_dict(ck["sched"])
+        cost = dict(ck["cost"])
+        cost.setdefault("learner_s", cost.pop("saflex_s", 0.0))  # checkpoints of the first release
         self.state = TrainState(epoch=ck["epoch"], step=ck["step"], best_score=ck["best_score"], best_epoch=ck["best_epoch"],
-                                best_state=ck["best_state"], history=ck["history"], cost=ck["cost"])
-        if self.saflex and ck.get("saflex"):
-            self.saflex.sfx.load_state_dict(ck["saflex"], device=self.device)  # a stale (G, g) is part of the state
+                                best_state=ck["best_state"], history=ck["history"], cost=cost)
+        self.learner.load_state_dict(ck.get("learner", ck.get("saflex")) or {})
         return self.state.epoch
 
     # ---- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, x_uint8: torch.Tensor, batch_size: int = 512) -> tuple[np.ndarray, torch.Tensor]:
+    def logits(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         self.model.eval()
         outs = []
-        for i in range(0, len(x_uint8), batch_size):
-            with self.autocast():
-                outs.append(self.model(self.prepare(x_uint8[i : i + batch_size]).to(self.device)).float().cpu())
-        logits = torch.cat(outs)
-        scores = torch.sigmoid(logits) if self.task.multi_label else torch.softmax(logits, dim=1)
-        return scores.numpy(), logits
+        for i in range(0, len(x), batch_size):
+            outs.append(self.learner.predict(self.task.prepare(x[i : i + batch_size]).to(self.device)).float().cpu())
+        return torch.cat(outs)
 
-    def evaluate(self, split: str) -> dict[str, float]:
-        x, y = self.splits.split(split)
-        scores, logits = self.predict(x)
-        out = self.task.evaluate(split, scores, self.data_root)
-        out["loss"] = float(self.loss_fn(logits, self.targets(y)))
+    def evaluate(self, split: Split) -> dict[str, float]:
+        logits = self.logits(split.x)
+        out = self.task.metrics(logits, split.y)
+        out["loss"] = float(self.task.loss(logits, self.task.targets(split.y)))
         return out
 
     def selection_score(self, val: dict[str, float]) -> float:
@@ -154,66 +154,60 @@ class Trainer:
         return math.inf if m == "last" else (-val["loss"] if m == "loss" else val[m])
 
     # ---- training --------------------------------------------------------------------------
-    def step(self, x: torch.Tensor, y_soft: torch.Tensor, clean: torch.Tensor, y: torch.Tensor,
-             corrupted: torch.Tensor | None, epoch: int, b: int, saflex: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, batch: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step on an augmented batch; returns (detached loss, detached logits)."""
-        x = x.to(self.device, non_blocking=True)
-        n = len(x)
-        sfx = self.saflex if saflex else None
-        if sfx:
-            # the reference forward runs before the training forward: in train-mode BN it would
-            # otherwise rewrite running stats that the training graph saved for backward
-            sfx.refresh_if_due(clean, y, epoch, b)
-            x_clean = sfx.clean_inputs(clean)
-            if x_clean is not None:  # one forward for both, for the same reason
-                x = torch.cat([x, x_clean.to(self.device)])
-        with self.autocast():
-            h = self.model.features(x)
-            logits = self.model.head(h)
-        if sfx:
-            loss = sfx.loss(h[:n], logits[:n], y_soft, logits[n:], y, corrupted)
-        else:
-            loss = self.loss_fn(logits.float(), y_soft)
+        self.model.train()
+        loss, logits = self.learner.loss(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return loss.detach(), logits[:n].detach()
+        self.learner.after_step(batch)
+        return loss.detach(), logits.detach()
+
+    def batches(self, epoch: int):
+        """The epoch's augmented batches as StepBatch (the upstream's batch stage applied)."""
+        spec, task = self.spec, self.task
+        for b, (aug, clean, y) in enumerate(train_loader(self.trainset, spec.batch_size, epoch, self.workers)):
+            out = self.upstream.batch_transform(task.prepare(aug), task.targets(y), generator(spec.seed, "batch", epoch, b))
+            yield StepBatch(x=out.x.to(self.device, non_blocking=True), y_soft=out.y.to(self.device, non_blocking=True),
+                            clean=task.prepare(clean), y=y, corrupted=out.corrupted, epoch=epoch, index=b,
+                            step=self.state.step)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         self.model.train()
         s, spec = self.state, self.spec
-        tot_loss = tot_correct = n_seen = 0
+        tot_loss = tot_correct = n_seen = n_steps = 0
         t0 = time.perf_counter()
-        if self.saflex:
-            self.saflex.start_epoch(epoch)
-        for b, (aug, clean, y) in enumerate(train_loader(self.trainset, spec.batch_size, epoch, self.workers)):
-            out = self.upstream.batch_transform(self.prepare(aug), self.targets(y), generator(spec.seed, "batch", epoch, b))
-            y_soft = out.y.to(self.device, non_blocking=True)
-            loss, logits = self.step(out.x, y_soft, clean, y, out.corrupted, epoch, b,
-                                     saflex=bool(self.saflex and self.saflex.active(epoch)))
+        learner_s0 = self.ctx.seconds["learner_s"]
+        self.learner.start_epoch(epoch)
+        for batch in self.batches(epoch):
+            loss, logits = self.step(batch)
             s.step += 1
-            n = len(y_soft)
+            n_steps += 1
+            n = len(batch.y_soft)
             tot_loss += float(loss) * n
             if not self.task.multi_label:
-                tot_correct += int((logits.argmax(1) == y_soft.argmax(1)).sum())
+                tot_correct += int((logits.argmax(1) == batch.y_soft.argmax(1)).sum())
             n_seen += n
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
         s.cost["train_s"] += train_s
         s.cost["samples"] += n_seen
-        s.cost["steps"] += b + 1
+        s.cost["steps"] += n_steps
         row = dict(epoch=epoch + 1, train_loss=tot_loss / max(n_seen, 1), lr=self.opt.param_groups[0]["lr"],
                    epoch_s=train_s, samples_per_s=n_seen / max(train_s, 1e-9))
         if not self.task.multi_label:
             row["train_acc"] = tot_correct / max(n_seen, 1)
-        if self.saflex:
-            row.update(self.saflex.end_epoch(epoch, last=epoch + 1 == spec.epochs))
+        row.update(self.learner.end_epoch(epoch, last=epoch + 1 == spec.epochs))
+        row["learner_s"] = self.ctx.seconds["learner_s"] - learner_s0
+        s.cost["learner_s"] += row["learner_s"]
         return row
 
     def fit(self) -> dict[str, Any]:
         start = self.maybe_resume()
         spec, s = self.spec, self.state
+        self.ctx.seconds["learner_s"] = s.cost["learner_s"]
         if start:
             self.log(f"resumed from checkpoint after epoch {start}/{spec.epochs}")
             self.store.write_metrics(self.key, s.history)
@@ -222,8 +216,8 @@ class Trainer:
                    disable=not self.progress, leave=False)
         for epoch in bar:
             row = self.train_epoch(epoch)
-            val = self.evaluate("val")
-            row.update(val_acc=val["acc"], val_auc=val["auc"], val_loss=val["loss"])
+            val = self.evaluate(self.data.select)
+            row.update({f"val_{k}": v for k, v in val.items()})
             score = self.selection_score(val)
             if score >= s.best_score or s.best_state is None:
                 s.best_score, s.best_epoch = score, epoch + 1
@@ -237,25 +231,28 @@ class Trainer:
             self.store.write_metrics(self.key, s.history)
             if self.tracker is not None:
                 self.tracker.log_epoch(row, step=epoch + 1)
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{val['acc']:.3f}")
-            self.log(f"epoch {epoch + 1}/{spec.epochs} loss {row['train_loss']:.4f} val_acc {val['acc']:.4f} "
-                     f"val_auc {val['auc']:.4f} ({row['epoch_s']:.1f}s)")
+            shown = " ".join(f"val_{k} {v:.4f}" for k, v in val.items() if k in self.task.metric_names)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", **{spec.select_metric: f"{val.get(spec.select_metric, float('nan')):.3f}"})
+            self.log(f"epoch {epoch + 1}/{spec.epochs} loss {row['train_loss']:.4f} {shown} ({row['epoch_s']:.1f}s)")
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch + 1, row)
         bar.close()
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
+        """Best-epoch weights -> metrics on the selection split and, only now, on every test set."""
         s = self.state
         self.model.load_state_dict(s.best_state)
-        val, test = self.evaluate("val"), self.evaluate("test")
-        c = s.cost
+        metrics: dict[str, Any] = {f"val_{k}": v for k, v in self.evaluate(self.data.select).items()}
+        for name, split in self.data.tests.items():
+            metrics.update({f"{name}_{k}": v for k, v in self.evaluate(split).items()})
         epochs_run = len(s.history)
-        metrics = dict(test_acc=test["acc"], test_auc=test["auc"], test_loss=test["loss"], val_acc=val["acc"],
-                       val_auc=val["auc"], best_epoch=s.best_epoch, epochs_run=epochs_run,
-                       last_val_acc=s.history[-1]["val_acc"] if s.history else float("nan"))
+        metrics.update(best_epoch=s.best_epoch, epochs_run=epochs_run)
+        if s.history and "val_acc" in s.history[-1]:
+            metrics["last_val_acc"] = s.history[-1]["val_acc"]
+        c = s.cost
         cost = dict(wall_s=c["wall_s"], epoch_s=c["train_s"] / max(epochs_run, 1), samples_per_s=c["samples"] / max(c["train_s"], 1e-9),
-                    step_s=c["train_s"] / max(c["steps"], 1), saflex_s=c["saflex_s"], peak_mem_mb=peak_memory_mb(self.device))
+                    step_s=c["train_s"] / max(c["steps"], 1), learner_s=c["learner_s"], peak_mem_mb=peak_memory_mb(self.device))
         return dict(metrics=metrics, cost=cost)
 
 
@@ -263,6 +260,3 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-from bench.saflex_plugin import SaflexPlugin  # noqa: E402

@@ -20,14 +20,21 @@ SWEEPS_DIR = Path(__file__).resolve().parent
 TOP_KEYS = ("name", "description", "fixed", "grid", "skip", "launcher")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # fields a skip rule may test besides the run fields: derived views of the spec
-DERIVED_FIELDS = ("upstream", "uses_saflex", "family", "dataset")
+DERIVED_FIELDS = ("upstream", "learner", "uses_saflex", "family", "dataset")
 
 
 def run_fields() -> tuple[str, ...]:
-    """Run-spec field names a sweep may set (plus `saflex.<knob>`)."""
+    """Run-spec field names a sweep may set (plus `<learner>.<knob>` and `task.<option>`)."""
     from bench.spec import RunSpec
 
-    return tuple(f.name for f in dataclasses.fields(RunSpec) if f.name != "saflex")
+    return tuple(f.name for f in dataclasses.fields(RunSpec) if f.name not in ("knobs", "options"))
+
+
+def knob_fields() -> dict[str, tuple[str, ...]]:
+    """learner -> the knob names a sweep may set as `<learner>.<knob>`."""
+    from bench.learners import get_learner_class, list_learners
+
+    return {n: tuple(get_learner_class(n).default_knobs() or ()) for n in list_learners()}
 
 
 @dataclass(frozen=True)
@@ -215,11 +222,18 @@ def load_sweep(ref: str | os.PathLike) -> SweepConfig:
         raise bad("description", "a string", description)
 
     fields = run_fields()
-    valid_fields = ", ".join(fields) + ", saflex.<knob>"
+    knobs = knob_fields()
+    valid_fields = ", ".join(fields) + ", <learner>.<knob>, task.<option>"
 
     def check_field(key: str, name: str) -> None:
-        if name in fields or (name.startswith("saflex.") and len(name) > len("saflex.")):
+        prefix, dot, rest = name.partition(".")
+        if name in fields or (dot and prefix == "task" and rest):
             return
+        if dot and prefix in knobs:
+            if rest in knobs[prefix]:
+                return
+            raise UsageError(f"{where}: {key}: unknown {prefix} knob '{rest}' "
+                             f"(valid: {', '.join(knobs[prefix]) or 'none: that learner has no knobs'})")
         raise UsageError(f"{where}: {key}: unknown run field '{name}' (valid: {valid_fields})")
 
     def check_value(key: str, v: Any) -> None:

@@ -55,21 +55,25 @@ def describe_point(point: Mapping[str, Any]) -> str:
 
 
 def _raw_view(point: Mapping[str, Any]) -> dict[str, Any]:
-    from bench.spec import split_method
+    from bench.learners import split_method
 
     view = dict(point)
     method, task = str(point.get("method", "")), str(point.get("task", ""))
-    view["upstream"], view["uses_saflex"] = split_method(method)
+    view["upstream"], view["learner"] = split_method(method)
+    view["uses_saflex"] = view["learner"] == "saflex"
     view["family"], view["dataset"] = task.split("/", 1)[0], task.split("/", 1)[-1]
     return view
 
 
 def spec_view(spec: Any) -> dict[str, Any]:
     """The fields a skip rule can test, from a normalised spec (canonical method, task defaults)."""
-    view = {k: v for k, v in spec.to_dict().items() if k != "saflex"}
-    for knob, v in (spec.saflex or {}).items():
-        view[f"saflex.{knob}"] = v
-    view.update(upstream=spec.upstream, uses_saflex=spec.uses_saflex, family=spec.family, dataset=spec.dataset)
+    view = {k: v for k, v in spec.to_dict().items() if not isinstance(v, dict) and k != "saflex"}
+    for knob, v in (spec.knobs or {}).items():
+        view[f"{spec.learner}.{knob}"] = v
+    for opt, v in (spec.options or {}).items():
+        view[f"task.{opt}"] = v
+    view.update(upstream=spec.upstream, learner=spec.learner, uses_saflex=spec.uses_saflex, family=spec.family,
+                dataset=spec.dataset)
     return view
 
 

@@ -1,52 +1,48 @@
-"""Task registry: a task is a dataset + default model + metrics, named `FAMILY/DATASET`.
+"""Task registry: a task is data + model factory + loss + metrics, named `FAMILY/DATASET`.
 
-A new family is one module here that calls `register_task` for each of its datasets, plus an import
-line below.
+A new family is one module in this package that registers its tasks (found by importing every
+module here, lazily): exact names with `@register_task("digits/sklearn")`, parametrised ones with a
+pattern, e.g. `register_task("tabular/pmlb:<name>", pattern=r"tabular/pmlb:(?P<name>[\\w.-]+)",
+examples=[...], lister=...)`. Modules keep heavy imports inside functions.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 from bench.errors import UsageError
-from bench.tasks.base import Splits, Task
+from bench.registry import Registry
+from bench.tasks.base import ImageTask, Split, Task, TaskData
 
-_TASKS: dict[str, Callable[[], Task]] = {}
-_CACHE: dict[str, Task] = {}
+REGISTRY = Registry("task", "bench.tasks")
 
 
-def register_task(name: str, factory: Callable[[], Task]) -> None:
-    if name in _TASKS:
-        raise ValueError(f"task {name!r} registered twice")
-    _TASKS[name] = factory
+def register_task(name: str, factory: Callable[..., Task] | None = None, *, pattern: str | None = None,
+                  examples: Iterable[str] = (), lister: Callable[[], Iterable[str]] | None = None):
+    """Register a task class/factory under `name` (call directly or use as a decorator)."""
+    deco = REGISTRY.register(name, pattern=pattern, examples=examples, lister=lister)
+    return deco(factory) if factory is not None else deco
 
 
 def list_tasks() -> list[str]:
-    return sorted(_TASKS)
+    return REGISTRY.names()
 
 
 def get_task(name: str) -> Task:
-    if name not in _TASKS:
-        raise UsageError(f"unknown task '{name}' (valid: {', '.join(list_tasks())})")
-    if name not in _CACHE:
-        _CACHE[name] = _TASKS[name]()
-    return _CACHE[name]
+    task = REGISTRY.get(name)
+    if not task.name:
+        task.name = name
+    return task
 
 
 def supports(task: str, method: str) -> str | None:
     """None if the pair is valid, else the reason it is not (for sweep skip rules)."""
-    try:
-        from bench.spec import split_method
+    from bench.spec import check_pair
 
-        upstream, saflex = split_method(method)
-        t = get_task(task)
-        t.check_method(upstream)
-        if saflex:
-            t.check_saflex()
+    try:
+        check_pair(get_task(task), method)
     except UsageError as e:
         return str(e)
     return None
 
 
-from bench.tasks import digits, medmnist  # noqa: E402,F401  (registration)
-
-__all__ = ["Splits", "Task", "get_task", "list_tasks", "register_task", "supports"]
+__all__ = ["ImageTask", "Split", "Task", "TaskData", "get_task", "list_tasks", "register_task", "supports"]

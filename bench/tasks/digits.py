@@ -4,25 +4,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from bench.tasks.base import Splits, Task
+from bench.tasks import register_task
+from bench.tasks.base import ImageTask, Split, TaskData, as_tensor
 
 SPLIT_SEED = 0  # the split is part of the task, not of the run: every run sees the same one
 
 
-class SklearnDigits(Task):
+@register_task("digits/sklearn")
+class SklearnDigits(ImageTask):
     name = "digits/sklearn"
     task_type = "multi-class"
     num_classes = 10
     in_channels = 1
+    description = "scikit-learn's 8x8 digits (bundled, no download); 60/20/20 stratified split"
 
     def defaults(self) -> dict[str, Any]:
         return dict(model="small_cnn", epochs=15, batch_size=64, lr=3e-3, optimizer="adam",
                     schedule="cosine", select_metric="acc")
 
-    def load(self, data_root: Path | None = None, as_rgb: bool = False) -> Splits:
+    def load(self, data_root: Path | None = None, spec: Any = None) -> TaskData:
+        import numpy as np
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 
@@ -32,21 +33,7 @@ class SklearnDigits(Task):
         idx = np.arange(len(y))
         train, rest = train_test_split(idx, test_size=0.4, stratify=y, random_state=SPLIT_SEED)
         val, test = train_test_split(rest, test_size=0.5, stratify=y[rest], random_state=SPLIT_SEED)
-        if as_rgb:
+        if getattr(spec, "as_rgb", False):
             x = np.repeat(x, 3, axis=1)
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-        self._labels = {"train": y[train], "val": y[val], "test": y[test]}
-        return Splits(t(x[train]), t(y[train]), t(x[val]), t(y[val]), t(x[test]), t(y[test]))
-
-    def evaluate(self, split: str, y_score: np.ndarray, data_root: Path | None = None) -> dict[str, float]:
-        from medmnist.evaluator import getACC, getAUC  # same definitions as the MedMNIST tasks
-
-        if not hasattr(self, "_labels"):
-            self.load()
-        y = self._labels[split]
-        return {"acc": float(getACC(y, y_score, self.task_type)), "auc": float(getAUC(y, y_score, self.task_type))}
-
-
-from bench.tasks import register_task  # noqa: E402
-
-register_task(SklearnDigits.name, SklearnDigits)
+        split = lambda i: Split(as_tensor(x[i]), as_tensor(y[i]))  # noqa: E731
+        return TaskData(split(train), split(val), {"test": split(test)})

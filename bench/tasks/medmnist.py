@@ -1,30 +1,39 @@
 """MedMNIST v2/v3 2D datasets (28 px) through the `medmnist` package: its INFO, npz layout, root,
-official split sizes and its own Evaluator for ACC/AUC."""
+official split sizes and its metric definitions (ACC/AUC)."""
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from bench.errors import UsageError
-from bench.tasks.base import Splits, Task
+from bench.tasks import register_task
+from bench.tasks.base import ImageTask, Split, TaskData, as_tensor
+
+
+@functools.lru_cache(maxsize=1)
+def _info() -> dict:
+    """medmnist.INFO without importing the package (its __init__ pulls in pandas, sklearn, torch)."""
+    spec = importlib.util.find_spec("medmnist")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    path = Path(list(spec.submodule_search_locations)[0]) / "info.py"
+    mod_spec = importlib.util.spec_from_file_location("_medmnist_info", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod.INFO
 
 
 def _flags_2d() -> list[str]:
-    import medmnist
-
-    return [f for f, info in medmnist.INFO.items() if not info["python_class"].endswith("3D")]
+    return [f for f, info in _info().items() if not info["python_class"].endswith("3D")]
 
 
-class MedMNISTTask(Task):
+class MedMNISTTask(ImageTask):
     def __init__(self, flag: str):
-        import medmnist
-
-        info = medmnist.INFO[flag]
+        info = _info()[flag]
         self.flag = flag
         self.name = f"medmnist/{flag}"
         self.task_type = info["task"]
@@ -32,6 +41,7 @@ class MedMNISTTask(Task):
         self.in_channels = info["n_channels"]
         self.n_samples = info["n_samples"]
         self.python_class = info["python_class"]
+        self.description = f"MedMNIST {self.python_class} (28 px, official splits {self.n_samples})"
 
     def defaults(self) -> dict[str, Any]:
         # the official MedMNIST v2 ResNet-18 (28) protocol; best epoch on validation AUC
@@ -42,6 +52,13 @@ class MedMNISTTask(Task):
         if data_root is None:
             raise UsageError(f"task {self.name} needs a data root (--data-root DIR or $SAFLEX_DATA)")
         return Path(data_root) / f"{self.flag}.npz"
+
+    def check_data(self, data_root: Path | None) -> str | None:
+        try:
+            path = self._file(data_root)
+        except UsageError as e:
+            return str(e)
+        return None if path.is_file() else f"missing data file {path} for task {self.name}"
 
     def _dataset(self, split: str, data_root: Path | None, as_rgb: bool = False):
         import medmnist
@@ -61,31 +78,23 @@ class MedMNISTTask(Task):
         except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as e:
             raise UsageError(f"corrupt data file {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
 
-    def load(self, data_root: Path | None, as_rgb: bool = False) -> Splits:
-        tensors = []
+    def load(self, data_root: Path | None, spec: Any = None) -> TaskData:
+        import numpy as np
+        import torch
+
+        as_rgb = bool(getattr(spec, "as_rgb", False))
+        splits = {}
         for split in ("train", "val", "test"):
             ds = self._dataset(split, data_root, as_rgb)
             imgs = np.asarray(ds.imgs)
-            if imgs.ndim == 3:
-                imgs = imgs[:, None]  # [N,1,H,W]
-            else:
-                imgs = imgs.transpose(0, 3, 1, 2)  # [N,H,W,C] -> [N,C,H,W]
+            imgs = imgs[:, None] if imgs.ndim == 3 else imgs.transpose(0, 3, 1, 2)  # -> [N,C,H,W]
             if as_rgb and imgs.shape[1] == 1:
                 imgs = np.repeat(imgs, 3, axis=1)
             labels = np.asarray(ds.labels)
             y = torch.from_numpy(labels.astype(np.float32)) if self.multi_label else torch.from_numpy(labels[:, 0].astype(np.int64))
-            tensors += [torch.from_numpy(np.ascontiguousarray(imgs)), y]
-        return Splits(*tensors)
+            splits[split] = Split(as_tensor(imgs), y)
+        return TaskData(splits["train"], splits["val"], {"test": splits["test"]})
 
-    def evaluate(self, split: str, y_score: np.ndarray, data_root: Path | None) -> dict[str, float]:
-        import medmnist
-
-        ev = medmnist.Evaluator(self.flag, split, root=os.fspath(self._file(data_root).parent))
-        auc, acc = ev.evaluate(y_score)
-        return {"acc": float(acc), "auc": float(auc)}
-
-
-from bench.tasks import register_task  # noqa: E402
 
 for _flag in _flags_2d():
-    register_task(f"medmnist/{_flag}", lambda f=_flag: MedMNISTTask(f))
+    register_task(f"medmnist/{_flag}", functools.partial(MedMNISTTask, _flag))
