@@ -111,6 +111,14 @@ class RunSpec:
         """From a canonical dict (spec.json, result.json, a sweep point); validated."""
         return normalize(cls(**_fields_from_dict(d)))
 
+    @classmethod
+    def from_canonical(cls, d: Mapping[str, Any]) -> "RunSpec":
+        """From a dict that is already canonical (the planner's), without re-validating: cheap."""
+        fields = _fields_from_dict(d)
+        if isinstance(fields.get("milestones"), list):
+            fields["milestones"] = tuple(fields["milestones"])
+        return cls(**fields)
+
     def with_overrides(self, overrides: Mapping[str, Any]) -> "RunSpec":
         return apply_overrides(self, overrides)
 
@@ -211,7 +219,9 @@ def normalize(spec: RunSpec) -> RunSpec:
         raise UsageError(f"run field 'lr' must be > 0 (got {values['lr']})")
     if any(not 0 < m < 1 for m in values["milestones"]):
         raise UsageError(f"run field 'milestones' are fractions of epochs in (0, 1) (got {values['milestones']})")
-    if values["ref_frac"] is not None and not 0 < values["ref_frac"] < 1:
+    if values["ref_frac"] is None:
+        values["ref_from"] = "val"  # no reference part: where it would come from is not identity
+    elif not 0 < values["ref_frac"] < 1:
         raise UsageError(f"run field 'ref_frac' must be in (0, 1) or none (got {values['ref_frac']})")
     if values["as_rgb"] and task.modality != "image":
         raise UsageError(f"run field 'as_rgb' applies to image tasks only (task {task.name} is {task.modality})")

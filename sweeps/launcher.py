@@ -145,7 +145,7 @@ class RunJob(submitit.helpers.Checkpointable):
 
         _install_signal_handlers()
         store = ResultsStore(results)
-        key = RunSpec(**spec_dict).key  # the dict is a normalised spec (the planner made it)
+        key = RunSpec.from_canonical(spec_dict).key  # the dict is a normalised spec (the planner made it)
         if store.is_done(key):  # e.g. finished by another sweep meanwhile: never train twice
             print(f"saflex-bench job: run {key} is already done", flush=True)
             return _summary(store.read_result(key))

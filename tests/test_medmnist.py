@@ -1,7 +1,8 @@
 """MedMNIST through the official npz files in ../shared/data (skipped where they are absent)."""
-import shutil
+from types import SimpleNamespace
 
 import numpy as np
+import torch
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
@@ -25,10 +26,10 @@ def test_loads_official_splits(flag, medmnist_root):
         pytest.skip(f"{flag}.npz absent")
     s = get_task(f"medmnist/{flag}").load(medmnist_root)
     n_tr, n_va, n_te, c, k = OFFICIAL[flag]
-    assert s.train_x.shape == (n_tr, c, 28, 28) and s.val_x.shape[0] == n_va and s.test_x.shape[0] == n_te
-    assert s.train_x.dtype.is_floating_point is False and int(s.train_y.max()) == k - 1
-    rgb = get_task(f"medmnist/{flag}").load(medmnist_root, as_rgb=True)
-    assert rgb.train_x.shape[1] == 3
+    assert s.train.x.shape == (n_tr, c, 28, 28) and len(s.select) == n_va and len(s.tests["test"]) == n_te
+    assert s.train.x.dtype.is_floating_point is False and int(s.train.y.max()) == k - 1
+    rgb = get_task(f"medmnist/{flag}").load(medmnist_root, SimpleNamespace(as_rgb=True))
+    assert rgb.train.x.shape[1] == 3
 
 
 @pytest.mark.parametrize("flag", ["breastmnist", "retinamnist"])
@@ -36,13 +37,14 @@ def test_metrics_equal_medmnist_evaluator(flag, medmnist_root):
     import medmnist
 
     task = get_task(f"medmnist/{flag}")
-    y = task.load(medmnist_root).test_y.numpy()
+    y_t = task.load(medmnist_root).tests["test"].y
+    y = y_t.numpy()
     rng = np.random.default_rng(0)
     scores = rng.dirichlet(np.ones(task.num_classes), size=len(y))
     scores[: len(y) // 2, :] = np.eye(task.num_classes)[y[: len(y) // 2]] * 0.9 + 0.1 / task.num_classes  # partly right
-    ours = task.evaluate("test", scores, medmnist_root)
+    ours = task.metrics(torch.log(torch.from_numpy(scores)), y_t)  # softmax(log p) = p
     auc, acc = medmnist.Evaluator(flag, "test", root=str(medmnist_root)).evaluate(scores)
-    assert ours == {"acc": acc, "auc": auc}
+    assert ours["acc"] == pytest.approx(acc, abs=1e-12) and ours["auc"] == pytest.approx(auc, abs=1e-12)
     # and independently of medmnist's code
     if task.num_classes == 2:
         assert ours["acc"] == pytest.approx(accuracy_score(y, scores[:, 1] > 0.5))
@@ -82,8 +84,9 @@ def test_short_run_on_breastmnist(medmnist_root, results):
 
 def test_digits_metrics_match_sklearn():
     task = get_task("digits/sklearn")
-    y = task.load().test_y.numpy()
+    y_t = task.load().tests["test"].y
+    y = y_t.numpy()
     scores = np.random.default_rng(1).dirichlet(np.ones(10), size=len(y))
-    m = task.evaluate("test", scores)
+    m = task.metrics(torch.log(torch.from_numpy(scores)), y_t)
     assert m["acc"] == pytest.approx(accuracy_score(y, scores.argmax(1)))
     assert m["auc"] == pytest.approx(np.mean([roc_auc_score(y == c, scores[:, c]) for c in range(10)]))

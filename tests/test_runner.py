@@ -26,7 +26,7 @@ def test_run_writes_complete_record(results):
     d = store.run_dir(rec["key"])
     assert rec["status"] == "done" and store.read_result(rec["key"]) == rec
     assert set(rec["metrics"]) >= {"test_acc", "test_auc", "val_acc", "val_auc", "best_epoch"}
-    assert set(rec["cost"]) >= {"wall_s", "epoch_s", "samples_per_s", "peak_mem_mb", "saflex_s", "step_s"}
+    assert set(rec["cost"]) >= {"wall_s", "epoch_s", "samples_per_s", "peak_mem_mb", "learner_s", "step_s"}
     assert 0.5 < rec["metrics"]["test_acc"] <= 1 and 1 <= rec["metrics"]["best_epoch"] <= 3
     assert [r["epoch"] for r in store.read_metrics(rec["key"])] == [1, 2, 3]
     assert json.loads((d / "spec.json").read_text())["key"] == rec["key"]

@@ -19,7 +19,7 @@ def test_noisy_upstream_diagnostics(results):
     s = spec("noisy(0.3,none)+saflex", refresh=4, weights="sigmoid", normalize="false")
     rec = run_spec(s, results, progress=False, wandb_mode="disabled")
     assert rec["spec"]["saflex"]["refresh"] == 4 and rec["spec"]["saflex"]["weights"] == "sigmoid"
-    assert rec["cost"]["saflex_s"] > 0
+    assert rec["cost"]["learner_s"] > 0
     rows = ResultsStore(results).read_metrics(rec["key"])
     for row in rows:
         assert 0 <= row["saflex_w_mean"] <= 1 and 0 <= row["saflex_w_zero_frac"] <= 1

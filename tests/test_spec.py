@@ -26,15 +26,48 @@ CHANGES = {
     "task": "medmnist/breastmnist", "method": "cutmix-a1.0", "model": "resnet18", "seed": 1, "epochs": 16,
     "optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4, "momentum": 0.5, "schedule": "multistep",
     "milestones": "0.3,0.6", "gamma": 0.2, "batch_size": 32, "select_metric": "auc", "as_rgb": "true",
+    "ref_frac": "0.5",
 }
+NEEDS = {"ref_from": ({"ref_frac": 0.5}, "train")}  # fields that matter only next to another one
 
 
-@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(RunSpec) if f.name != "saflex"])
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(RunSpec) if f.name not in ("knobs", "options")])
 def test_every_identity_field_changes_the_key(name):
-    assert name in CHANGES, f"add a changed value for new field {name!r}"
-    changed = base().with_overrides({name: CHANGES[name]})
-    assert getattr(changed, name) != getattr(base(), name)
-    assert changed.key != base().key
+    assert name in CHANGES or name in NEEDS, f"add a changed value for new field {name!r}"
+    start = base()
+    if name in NEEDS:
+        start, value = start.with_overrides(NEEDS[name][0]), NEEDS[name][1]
+    else:
+        value = CHANGES[name]
+    changed = start.with_overrides({name: value})
+    assert getattr(changed, name) != getattr(start, name)
+    assert changed.key != start.key
+
+
+# keys computed by the first release (commit 1639711) for specs stored in users' results: the learner
+# redesign must not orphan them
+PINNED_KEYS = {"rand-m9-n2+saflex": "04617f4fc6ca", "none": "80a9aa54c7d4", "noisy(0.3,rand-m9-n2)+saflex": "7091437edefd"}
+
+
+@pytest.mark.parametrize("method", sorted(PINNED_KEYS))
+def test_keys_of_the_first_release_stay_valid(method):
+    s = make_spec("medmnist/breastmnist", method, 1, {"model": "small_cnn", "epochs": 20, "saflex.eps": 0.1})
+    assert s.key == PINNED_KEYS[method]
+    assert RunSpec.from_dict(s.to_dict()).key == s.key
+
+
+def test_later_fields_enter_the_key_only_when_set():
+    d = base().to_dict()
+    assert "ref_frac" not in d and "ref_from" not in d and "options" not in d
+    assert base().with_overrides({"ref_from": "train"}).key == base().key  # no reference part: no effect
+    assert base().with_overrides({"ref_frac": 0.5}).to_dict()["ref_frac"] == 0.5
+
+
+def test_learner_knobs_live_under_the_learner_name():
+    s = make_spec("digits/sklearn", "rand-m9-n2+saflex", overrides={"saflex.eps": 0.1})
+    assert s.learner == "saflex" and s.to_dict()["saflex"]["eps"] == 0.1
+    r = make_spec("digits/sklearn", "rand-m9-n2+ref", overrides={"ref_frac": 0.5, "saflex.eps": 0.1})
+    assert r.learner == "ref" and r.to_dict()["saflex"] is None and "ref" not in r.to_dict()
 
 
 def test_saflex_knobs_are_identity_only_for_saflex_methods():
@@ -63,6 +96,11 @@ def test_data_root_and_device_are_not_identity():
     ({"optimizer": "lion"}, "unknown optimizer 'lion' (valid: adam, adamw, sgd)"),
     ({"model": "vit"}, "unknown model 'vit' (valid:"),
     ({"milestones": "0.5,1.5"}, "fractions of epochs"),
+    ({"ref_frac": "1.5"}, "'ref_frac' must be in (0, 1)"),
+    ({"ref_frac": "0.5", "ref_from": "test"}, "unknown ref_from 'test' (valid: val, train)"),
+    ({"select_metric": "f1"}, "unknown select_metric 'f1' (valid: acc, auc, loss, last)"),
+    ({"task.width": "3"}, "task digits/sklearn has no options"),
+    ({"method": "none+ref"}, "set ref_frac"),
 ])
 def test_bad_overrides_name_the_problem(overrides, needle):
     with pytest.raises(UsageError) as e:
@@ -75,8 +113,10 @@ def test_bad_task_and_method():
         make_spec("medmnist/nope", "none")
     with pytest.raises(UsageError, match="randaug"):
         make_spec("digits/sklearn", "randaug")
-    with pytest.raises(UsageError, match="saflex.eps"):
+    with pytest.raises(UsageError, match="saflex knobs: .*eps"):
         make_spec("digits/sklearn", "none+saflex", overrides={"saflex.eps": "-1"})
+    with pytest.raises(UsageError, match="saflex knobs: .*unknown"):
+        make_spec("digits/sklearn", "none+saflex", overrides={"saflex.nope": "1"})
 
 
 def test_parse_assignments():

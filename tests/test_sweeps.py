@@ -291,10 +291,18 @@ def test_credentials_are_not_passed_to_sbatch():
         os.environ.pop("WANDB_API_KEY", None)
 
 
-def test_launcher_settings_reach_sbatch(tmp_path):
+def test_launcher_settings_reach_sbatch(tmp_path, monkeypatch):
     """partition / gpus / cpus / memory / time / account / qos / constraint / extra sbatch options and
     max_num_timeout are passed through to submitit's sbatch script (no cluster needed to render it)."""
     from sweeps.launcher import make_executor
+
+    # submitit refuses to build a SLURM executor where `srun` is not on PATH; rendering the sbatch
+    # script needs no cluster, so give it an `srun` that is never called
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
 
     path = write(tmp_path, """
         name: l
