@@ -12,22 +12,18 @@ magnitude would leave groups of one). Ops without a per-image kernel (AutoContra
 need no parameter) are grouped by (name, magnitude) and run through torchvision's own kernel.
 
 Agreement with the per-image path (tests/test_batched_aug.py): colour and histogram ops are
-bit-identical. Geometric ops rebuild torchvision's inverse affine matrix and its grid per image and
-sample with the same nearest grid_sample; on CPU they come out bit-identical too, but the tests only
-promise a mismatch fraction <= GEOMETRIC_TOLERANCE, since batched grid arithmetic (bmm) may round a
-sample point that sits on a pixel boundary the other way on another device or BLAS.
+bit-identical. Geometric ops gather pixels through a source map that torchvision's own kernel computed
+(on the CPU, once per op, magnitude and size), so they are bit-identical too wherever the per-image path
+runs on the CPU; the tests still only promise a mismatch fraction <= GEOMETRIC_TOLERANCE for them, the
+slack for a grid computed on another device rounding a sample point on a pixel boundary the other way.
 """
 from __future__ import annotations
 
-import functools
-import math
 from collections import defaultdict
 from typing import Callable, Sequence
 
 import torch
-from torch.nn.functional import conv2d, grid_sample
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2.functional._geometry import _affine_parse_args, _get_inverse_affine_matrix
+from torch.nn.functional import conv2d
 
 Op = tuple[str, float]
 
@@ -37,46 +33,33 @@ GEOMETRIC_TOLERANCE = 0.002
 _AFFINE_OPS = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"})
 
 
-# ---- geometric: one grid_sample for every affine op at this position, one matrix per image ------------
+# ---- geometric: one gather for every affine op at this position, one source-pixel map per image ------
 
-@functools.lru_cache(maxsize=None)
-def _inverse_matrix(name: str, magnitude: float, height: int, width: int) -> tuple[float, ...]:
-    """The matrix torchvision's affine_image / rotate_image build for this op (same arguments, same code)."""
-    center = None
-    angle, translate, shear = 0.0, [0, 0], [0.0, 0.0]
-    if name == "ShearX":
-        shear, center = [math.degrees(math.atan(magnitude)), 0.0], [0, 0]
-    elif name == "ShearY":
-        shear, center = [0.0, math.degrees(math.atan(magnitude))], [0, 0]
-    elif name == "TranslateX":
-        translate = [int(magnitude), 0]
-    elif name == "TranslateY":
-        translate = [0, int(magnitude)]
-    elif name == "Rotate":
-        # rotate_image inverts the sign relative to affine; its angle==0 fast path equals the identity matrix.
-        return tuple(_get_inverse_affine_matrix([0.0, 0.0], -(magnitude % 360), [0.0, 0.0], 1.0, [0.0, 0.0]))
-    angle, translate, shear, center = _affine_parse_args(angle, translate, 1.0, shear, InterpolationMode.NEAREST, center)
-    center_f = [0.0, 0.0] if center is None else [c - s * 0.5 for c, s in zip(center, [width, height])]
-    return tuple(_get_inverse_affine_matrix(center_f, angle, [float(t) for t in translate], 1.0, shear))
+# Nearest interpolation makes every geometric op a fixed pixel permutation (plus zero fill) for a given
+# (op, magnitude, size), and magnitudes come from a few bins (a few hundred maps per size at most), so
+# the map is computed once, by torchvision itself, and each image is then a uint8 gather: no float
+# round trip, no grid per call.
+_SOURCE_MAPS: dict[tuple, torch.Tensor] = {}
 
 
-@functools.lru_cache(maxsize=32)
-def _base_grid(height: int, width: int, device: torch.device) -> torch.Tensor:
-    # torchvision's _affine_grid base grid: pixel centres relative to the image centre, plus a ones column.
-    base = torch.empty(1, height, width, 3, device=device)
-    base[..., 0].copy_(torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=device))
-    base[..., 1].copy_(torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height, device=device)[:, None])
-    base[..., 2].fill_(1)
-    return base.view(1, height * width, 3)
+def _source_map(name: str, magnitude: float, height: int, width: int, device: torch.device,
+                apply_one: Callable[[torch.Tensor, str, float], torch.Tensor]) -> torch.Tensor:
+    """int64 [H*W]: 1 + the source pixel of each output pixel, 0 where torchvision fills with 0."""
+    key = (name, magnitude, height, width, device)
+    if key not in _SOURCE_MAPS:
+        # The op on a float image holding 1 + each pixel's index: nearest sampling copies the values
+        # (exact in float32 up to 2**24 pixels) and the zero fill marks pixels mapped from outside.
+        probe = torch.arange(1, height * width + 1, dtype=torch.float32).view(1, 1, height, width)
+        _SOURCE_MAPS[key] = apply_one(probe, name, magnitude).reshape(-1).long().to(device)
+    return _SOURCE_MAPS[key]
 
 
-def _affine(imgs: torch.Tensor, ops: Sequence[Op]) -> torch.Tensor:
-    g, _, h, w = imgs.shape
-    theta = torch.tensor([_inverse_matrix(n, m, h, w) for n, m in ops], device=imgs.device).view(g, 2, 3)
-    scale = torch.tensor([0.5 * w, 0.5 * h], device=imgs.device)
-    grid = _base_grid(h, w, imgs.device).expand(g, -1, -1).bmm(theta.transpose(1, 2).div_(scale)).view(g, h, w, 2)
-    out = grid_sample(imgs.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return out.round_().to(torch.uint8)
+def _affine(imgs: torch.Tensor, ops: Sequence[Op],
+            apply_one: Callable[[torch.Tensor, str, float], torch.Tensor]) -> torch.Tensor:
+    g, c, h, w = imgs.shape
+    index = torch.stack([_source_map(n, m, h, w, imgs.device, apply_one) for n, m in ops])  # [G, H*W]
+    padded = torch.cat([imgs.new_zeros(g, c, 1), imgs.reshape(g, c, h * w)], dim=2)  # slot 0: the fill
+    return padded.gather(2, index[:, None, :].expand(g, c, h * w)).view(g, c, h, w)
 
 
 # ---- colour: torchvision's uint8 arithmetic with a per-image factor in place of the scalar --------------
@@ -154,30 +137,41 @@ def batch_apply_ops(imgs: torch.Tensor, ops: Sequence[Sequence[Op]],
                     apply_one: Callable[[torch.Tensor, str, float], torch.Tensor]) -> torch.Tensor:
     """imgs uint8 [B,C,H,W]; ops[i] the ops drawn for image i; apply_one(group, name, magnitude) is the
     per-image path's kernel for the ops without a per-image-parameter kernel here."""
-    out = imgs.clone()
+    out = imgs
     depth = max((len(o) for o in ops), default=0)
     for k in range(depth):  # op k of every image before op k+1 of any: each image keeps its own order
         groups: dict[object, tuple[list[int], list[Op]]] = defaultdict(lambda: ([], []))
+        untouched = []
         for i, image_ops in enumerate(ops):
             if k < len(image_ops) and image_ops[k][0] != "Identity":
                 idx, members = groups[_group_key(*image_ops[k])]
                 idx.append(i)
                 members.append(image_ops[k])
+            else:
+                untouched.append(i)
+        # Results are concatenated and put back in batch order with one index_select: index_copy_ per
+        # group was the largest single cost on CPU.
+        parts, order = [], []
+        if untouched:
+            parts.append(out.index_select(0, torch.tensor(untouched, device=imgs.device)))
+            order += untouched
         for key, (idx, members) in groups.items():
-            whole = len(idx) == len(ops)
-            index = None if whole else torch.tensor(idx, device=imgs.device)
-            group = out if whole else out.index_select(0, index)
+            group = out if len(idx) == len(ops) else out.index_select(0, torch.tensor(idx, device=imgs.device))
             if key == "affine":
-                result = _affine(group, members)
+                parts.append(_affine(group, members, apply_one))
             elif isinstance(key, str):
-                result = _PER_IMAGE_KERNELS[key](group, members)
+                parts.append(_PER_IMAGE_KERNELS[key](group, members))
             else:
-                result = apply_one(group, *key)
-            if whole:
-                out = result
-            else:
-                out.index_copy_(0, index, result)
-    return out
+                parts.append(apply_one(group, *key))
+            order += idx
+        if len(parts) == 1:  # one group holding the whole batch, already in order
+            out = parts[0]
+            continue
+        position = [0] * len(order)
+        for pos, i in enumerate(order):
+            position[i] = pos
+        out = torch.cat(parts).index_select(0, torch.tensor(position, device=imgs.device))
+    return out if out is not imgs else imgs.clone()
 
 
 # ---- which path the data loader should use -----------------------------------------------------------
@@ -185,8 +179,9 @@ def batch_apply_ops(imgs: torch.Tensor, ops: Sequence[Sequence[Op]],
 # Policies whose batched path measured >= 10x the per-image path's images/s per CPU core at 28 and 32 px
 # (1 and 3 channels), reproduced by:
 #     OMP_NUM_THREADS=1 python -m benchmarks.bench_augment --threads 1 --batch 256 --reps 5
-# Measured (2-core shared dev box, torch 2.14 CPU, batch 256), batched / per-image images/s:
-#     rand-m9-n2 3.4-3.9x, autoaug-cifar10 2.3-3.0x, autoaug-imagenet 3.0-3.4x, trivialaug 3.5-3.9x.
+# Measured (2-core shared dev box, torch 2.14 CPU, batch 256, 5 reps), batched / per-image images/s:
+#     rand-m9-n2 5.3-5.7x, autoaug-cifar10 2.6-3.7x, autoaug-imagenet 3.4-4.1x, trivialaug 3.6-5.5x
+#     (batched ~15k-38k images/s against ~4k-10k; the shared machine makes single figures noisy).
 # None reaches 10x on a CPU: drawing the ops from 256 per-sample generators alone costs 8-15 us per image
 # (1/12-1/7 of the whole per-image path), so the goal is out of reach however fast the application gets.
 # Empty, then, until a measurement (e.g. --device cuda) shows otherwise.

@@ -44,7 +44,10 @@ def measure(policy: str, c: int, size: int, args) -> tuple[float, float]:
     device = torch.device(args.device)
     x = images(args.batch, c, size)
     xd = x.to(device)
-    up.batch_sample_transform(xd, generators(args.batch, -1))  # warm-up: caches, lazy init, CUDA context
+    # Warm-up, as after the first batches of training: the batched path's per-(op, magnitude, size)
+    # source maps (TrivialAugment has ~300 of them), lazy init, the CUDA context.
+    for rep in range(1, 5):
+        up.batch_sample_transform(xd, generators(args.batch, -rep))
     per_image, batched = [], []
     for rep in range(args.reps):
         gens = generators(args.batch, rep)
