@@ -179,8 +179,8 @@ def batch_apply_ops(imgs: torch.Tensor, ops: Sequence[Sequence[Op]],
 # Policies whose batched path measured >= 10x the per-image path's images/s per CPU core at 28 and 32 px
 # (1 and 3 channels), reproduced by:
 #     OMP_NUM_THREADS=1 python -m benchmarks.bench_augment --threads 1 --batch 256 --reps 5
-# Measured (2-core shared dev box, torch 2.14 CPU, batch 256, 5 reps), batched / per-image images/s:
-#     rand-m9-n2 5.3-5.7x, autoaug-cifar10 2.6-3.7x, autoaug-imagenet 3.4-4.1x, trivialaug 3.6-5.5x
+# Measured in two runs (2-core shared dev box, torch 2.14 CPU, batch 256, 5 reps), batched / per-image images/s:
+#     rand-m9-n2 4.9-5.9x, autoaug-cifar10 2.6-3.7x, autoaug-imagenet 3.4-4.2x, trivialaug 3.0-6.0x
 #     (batched ~15k-38k images/s against ~4k-10k; the shared machine makes single figures noisy).
 # None reaches 10x on a CPU: drawing the ops from 256 per-sample generators alone costs 8-15 us per image
 # (1/12-1/7 of the whole per-image path), so the goal is out of reach however fast the application gets.
