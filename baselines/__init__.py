@@ -17,9 +17,10 @@ from baselines.identity import NoAugmentation
 from baselines.image_policies import AutoAugment, RandAugment, TrivialAugment
 from baselines.mixers import CutMix, MixUp
 from baselines.noisy import Noisy
+from baselines.batched import batched_path_default
 
 __all__ = [
     "Augmented", "Upstream", "PolicyError", "IMAGE", "MODALITIES",
     "create_method", "list_methods", "method_grammars", "register_method",
-    "NoAugmentation", "RandAugment", "AutoAugment", "TrivialAugment", "CutMix", "MixUp", "Noisy",
+    "batched_path_default", "NoAugmentation", "RandAugment", "AutoAugment", "TrivialAugment", "CutMix", "MixUp", "Noisy",
 ]

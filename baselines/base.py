@@ -29,6 +29,8 @@ class Upstream:
     # Lets the data loader skip building one generator per sample when the stage is the identity.
     has_sample_stage: ClassVar[bool] = False
     has_batch_stage: ClassVar[bool] = False
+    # True where batch_sample_transform is a real batched implementation, not the loop below.
+    has_batched_sample_stage: ClassVar[bool] = False
 
     def bind(self, x: torch.Tensor, y: torch.Tensor) -> "Upstream":
         """A copy that may use the training split (x, y) it will augment — e.g. SCARF's empirical
@@ -38,6 +40,14 @@ class Upstream:
 
     def sample_transform(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return img
+
+    def batch_sample_transform(self, imgs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """sample_transform on each image of a uint8 batch [B,C,H,W], image i with generators[i]."""
+        if len(generators) != imgs.shape[0]:
+            raise ValueError(f"{self}: {imgs.shape[0]} images but {len(generators)} generators")
+        if not self.has_sample_stage:
+            return imgs
+        return torch.stack([self.sample_transform(img, g) for img, g in zip(imgs, generators)]) if len(imgs) else imgs
 
     def batch_transform(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> Augmented:
         return Augmented(x, y, None)

@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import AutoAugmentPolicy
 
 from baselines.base import Upstream
+from baselines.batched import batch_apply_ops
 from baselines.registry import INT, PolicyError, register_method
 
 Op = tuple[str, float]  # (torchvision op name, signed magnitude)
@@ -54,16 +55,22 @@ def _pick(n: int, g: torch.Generator) -> int:
     return int(torch.randint(n, (), generator=g))
 
 
+def _apply_one(img: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
+    # torchvision's kernels take [..., C, H, W], so this serves one image and a group of images alike.
+    return _APPLIER._apply_image_or_video_transform(
+        img, name, magnitude, interpolation=_APPLIER.interpolation, fill=_APPLIER._fill
+    )
+
+
 def apply_ops(img: torch.Tensor, ops: list[Op]) -> torch.Tensor:
     for name, magnitude in ops:
-        img = _APPLIER._apply_image_or_video_transform(
-            img, name, magnitude, interpolation=_APPLIER.interpolation, fill=_APPLIER._fill
-        )
+        img = _apply_one(img, name, magnitude)
     return img
 
 
 class ImagePolicy(Upstream):
     has_sample_stage: ClassVar[bool] = True
+    has_batched_sample_stage: ClassVar[bool] = True
 
     def draw_ops(self, height: int, width: int, generator: torch.Generator) -> list[Op]:
         raise NotImplementedError
@@ -73,6 +80,20 @@ class ImagePolicy(Upstream):
             raise ValueError(f"{self} expects a uint8 image [C,H,W] with C in (1, 3), "
                              f"got {img.dtype} {tuple(img.shape)}")
         return apply_ops(img, self.draw_ops(img.shape[-2], img.shape[-1], generator))
+
+    def batch_draw_ops(self, height: int, width: int, generators: list[torch.Generator]) -> list[list[Op]]:
+        # One draw_ops per image from its own generator, exactly what sample_transform consumes.
+        return [self.draw_ops(height, width, g) for g in generators]
+
+    def batch_sample_transform(self, imgs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """The per-image policy on a batch [B,C,H,W] (any device): image i gets the ops that
+        sample_transform(imgs[i], generators[i]) would draw, applied group by group (baselines/batched.py)."""
+        if imgs.dtype != torch.uint8 or imgs.ndim != 4 or imgs.shape[1] not in (1, 3):
+            raise ValueError(f"{self} expects a uint8 batch [B,C,H,W] with C in (1, 3), "
+                             f"got {imgs.dtype} {tuple(imgs.shape)}")
+        if len(generators) != imgs.shape[0]:
+            raise ValueError(f"{self}: {imgs.shape[0]} images but {len(generators)} generators")
+        return batch_apply_ops(imgs, self.batch_draw_ops(imgs.shape[-2], imgs.shape[-1], generators), _apply_one)
 
 
 @dataclass(frozen=True)

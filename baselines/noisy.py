@@ -44,8 +44,15 @@ class Noisy(Upstream):
     def has_sample_stage(self) -> bool:
         return self.inner.has_sample_stage
 
+    @property
+    def has_batched_sample_stage(self) -> bool:
+        return self.inner.has_batched_sample_stage
+
     def sample_transform(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.inner.sample_transform(img, generator)
+
+    def batch_sample_transform(self, imgs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        return self.inner.batch_sample_transform(imgs, generators)
 
     def draw(self, labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> LabelNoise:
         """labels: int64 [B] on CPU, the argmax of each augmented label."""
