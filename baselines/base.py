@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar, NamedTuple, Optional
 
-import torch
+from baselines._lazy import torch
 
 IMAGE = frozenset({"image"})
 # Every data kind the suite knows; methods that never look at the data (none) support all of them.

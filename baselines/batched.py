@@ -22,8 +22,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable, Sequence
 
-import torch
-from torch.nn.functional import conv2d
+from baselines._lazy import torch
 
 Op = tuple[str, float]
 
@@ -104,7 +103,7 @@ def _sharpness(imgs: torch.Tensor, ops: Sequence[Op]) -> torch.Tensor:
     a, b = 1.0 / 13.0, 5.0 / 13.0
     kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], device=imgs.device).expand(c, 1, 3, 3)
     out = imgs.to(torch.float32, copy=True)
-    blurred = conv2d(out, kernel, groups=c).round_()
+    blurred = torch.nn.functional.conv2d(out, kernel, groups=c).round_()
     inner = out[..., 1:-1, 1:-1]  # a view: the border keeps the original pixels, as in torchvision
     inner.addcmul_(blurred.sub_(inner), _factors(ops, imgs.device, lambda m: 1.0 - (1.0 + m)))  # fused, see _blend
     return out.clamp_(0, 255).to(torch.uint8)

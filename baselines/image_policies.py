@@ -16,9 +16,7 @@ import functools
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-import torch
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import AutoAugmentPolicy
+from baselines._lazy import torch, v2
 
 from baselines.base import Upstream
 from baselines.batched import batch_apply_ops
@@ -29,18 +27,36 @@ Op = tuple[str, float]  # (torchvision op name, signed magnitude)
 RAND_MAX_MAGNITUDE = 30  # RandAugment's 31 magnitude bins, as in torchvision and timm
 _AUTO_POLICIES = ("imagenet", "cifar10", "svhn")
 
-_SPACES = {
-    "rand": v2.RandAugment._AUGMENTATION_SPACE,
-    "trivial": v2.TrivialAugmentWide._AUGMENTATION_SPACE,
-    "auto": v2.AutoAugment._AUGMENTATION_SPACE,
-}
-_SUBPOLICIES = {p: tuple(v2.AutoAugment(AutoAugmentPolicy(p))._policies) for p in _AUTO_POLICIES}
-_APPLIER = v2.RandAugment()  # nearest interpolation, fill 0: torchvision's defaults for all three
+
+
+class _Tables:
+    """torchvision's op tables, read on first use (importing torchvision costs a second)."""
+
+    @functools.cached_property
+    def spaces(self) -> dict:
+        return {"rand": v2.RandAugment._AUGMENTATION_SPACE, "trivial": v2.TrivialAugmentWide._AUGMENTATION_SPACE,
+                "auto": v2.AutoAugment._AUGMENTATION_SPACE}
+
+    @functools.cached_property
+    def subpolicies(self) -> dict:
+        return {p: tuple(v2.AutoAugment(v2.AutoAugmentPolicy(p))._policies) for p in _AUTO_POLICIES}
+
+    @functools.cached_property
+    def applier(self):
+        return v2.RandAugment()  # nearest interpolation, fill 0: torchvision's defaults for all three
+
+
+_TABLES = _Tables()
+SPACE_NAMES = ("rand", "trivial", "auto")
+
+
+def op_space(space: str) -> dict:
+    return _TABLES.spaces[space]
 
 
 @functools.lru_cache(maxsize=None)
 def _magnitudes(space: str, op: str, num_bins: int, height: int, width: int) -> tuple[Optional[tuple[float, ...]], bool]:
-    fn, signed = _SPACES[space][op]
+    fn, signed = _TABLES.spaces[space][op]
     mags = fn(num_bins, height, width)
     return (None if mags is None else tuple(float(v) for v in mags)), signed
 
@@ -57,8 +73,9 @@ def _pick(n: int, g: torch.Generator) -> int:
 
 def _apply_one(img: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
     # torchvision's kernels take [..., C, H, W], so this serves one image and a group of images alike.
-    return _APPLIER._apply_image_or_video_transform(
-        img, name, magnitude, interpolation=_APPLIER.interpolation, fill=_APPLIER._fill
+    applier = _TABLES.applier
+    return applier._apply_image_or_video_transform(
+        img, name, magnitude, interpolation=applier.interpolation, fill=applier._fill
     )
 
 
@@ -113,7 +130,7 @@ class RandAugment(ImagePolicy):
         return f"rand-m{self.magnitude}-n{self.num_ops}"
 
     def draw_ops(self, height: int, width: int, generator: torch.Generator) -> list[Op]:
-        names = tuple(_SPACES["rand"])
+        names = tuple(_TABLES.spaces["rand"])
         ops = []
         for _ in range(self.num_ops):
             name = names[_pick(len(names), generator)]
@@ -134,7 +151,7 @@ class AutoAugment(ImagePolicy):
         return f"autoaug-{self.policy}"
 
     def draw_ops(self, height: int, width: int, generator: torch.Generator) -> list[Op]:
-        subpolicies = _SUBPOLICIES[self.policy]
+        subpolicies = _TABLES.subpolicies[self.policy]
         ops = []
         for name, prob, bin_index in subpolicies[_pick(len(subpolicies), generator)]:
             if not torch.rand((), generator=generator) <= prob:
@@ -152,7 +169,7 @@ class TrivialAugment(ImagePolicy):
         return "trivialaug"
 
     def draw_ops(self, height: int, width: int, generator: torch.Generator) -> list[Op]:
-        names = tuple(_SPACES["trivial"])
+        names = tuple(_TABLES.spaces["trivial"])
         name = names[_pick(len(names), generator)]
         mags, signed = _magnitudes("trivial", name, 31, height, width)
         if mags is None:

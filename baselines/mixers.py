@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-import torch
+from baselines._lazy import torch
 
 from baselines.base import Augmented, Upstream
 from baselines.registry import NUM, PolicyError, register_method

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
+from baselines._lazy import torch
 
 from baselines.base import Augmented, Upstream
 from baselines.registry import NUM, PolicyError, parse_policy, register_method

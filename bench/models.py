@@ -1,12 +1,16 @@
-"""Models, each `features(x) -> h` plus a linear `head` (what SAFLEX's last-layer math needs)."""
+"""Models, each `features(x) -> h` plus a linear `head` (what SAFLEX's last-layer math needs).
+
+The registry itself imports no torch (listing names stays fast); each factory imports what it uses.
+"""
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from bench.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 _MODELS: dict[str, Callable[..., "Classifier"]] = {}
 _MODALITY: dict[str, str] = {}
@@ -34,23 +38,18 @@ def create_model(name: str, *args, **kwargs) -> "Classifier":
     return _MODELS[name](*args, **kwargs)
 
 
-class Classifier(nn.Module):
-    def __init__(self, body: nn.Module, feat_dim: int, num_classes: int):
-        super().__init__()
-        self.body = body
-        self.head = nn.Linear(feat_dim, num_classes)
+def Classifier(body: "nn.Module", feat_dim: int, num_classes: int) -> "nn.Module":
+    """`body` (x -> features h) + a linear head: the shape every model of the suite has."""
+    from bench.nets import Classifier as _Classifier
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    return _Classifier(body, feat_dim, num_classes)
 
 
 @register_model("resnet18")
 def resnet18(in_channels: int, num_classes: int) -> Classifier:
     """torchvision ResNet-18 with the CIFAR-style stem (3x3 conv, stride 1, no max-pool) used by the
     official MedMNIST 28-px baseline."""
+    from torch import nn
     from torchvision.models import resnet18 as tv_resnet18
 
     net = tv_resnet18(num_classes=num_classes)
@@ -64,6 +63,7 @@ def resnet18(in_channels: int, num_classes: int) -> Classifier:
 @register_model("small_cnn")
 def small_cnn(in_channels: int, num_classes: int) -> Classifier:
     """Three conv blocks and global pooling: quick CPU runs on 8-32 px images."""
+    from torch import nn
 
     def block(cin, cout):
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]

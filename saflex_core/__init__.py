@@ -51,20 +51,32 @@ contrastive_summary(img_emb_ref, txt_emb, logit_scale, y_ref, residual="ce", T=2
 ContrastiveSaflex(cfg=None): .refresh(img_emb_ref, txt_emb, s, y_ref); .reweight(img_emb, txt_emb, s, y)
 weighted_clip_loss(img_emb [n,d], txt_emb [n,d], logit_scale, w [n]|None=None) -> scalar
 """
-from .adapter import Saflex, bn_mode_context, sample_val_indices
-from .config import ConfigError, SaflexConfig
-from .contrastive import ContrastiveSaflex, clip_class_logits, contrastive_summary, weighted_clip_loss
-from .core import (
-    ValSummary,
-    alignment,
-    as_probs,
-    reweight_stats,
-    sample_scores,
-    solve_weights_labels,
-    validation_residual,
-    validation_summary,
-    weighted_soft_cross_entropy,
-)
+import importlib
+
+# name -> submodule: imported on first use, so `SaflexConfig` (knob validation, `list knobs`) costs
+# no torch import
+_WHERE = {
+    "Saflex": "adapter", "bn_mode_context": "adapter", "sample_val_indices": "adapter",
+    "ConfigError": "config", "SaflexConfig": "config",
+    "ContrastiveSaflex": "contrastive", "clip_class_logits": "contrastive", "contrastive_summary": "contrastive",
+    "weighted_clip_loss": "contrastive",
+    "ValSummary": "core", "alignment": "core", "as_probs": "core", "reweight_stats": "core", "sample_scores": "core",
+    "solve_weights_labels": "core", "validation_residual": "core", "validation_summary": "core",
+    "weighted_soft_cross_entropy": "core",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_WHERE))
+
 
 __all__ = [
     "SaflexConfig",

@@ -12,7 +12,7 @@ import torch
 import baselines
 from baselines import batched_path_default, create_method, list_methods
 from baselines.batched import GEOMETRIC_TOLERANCE, MEETS_10X_GOAL, batch_apply_ops
-from baselines.image_policies import _SPACES, _apply_one, _magnitudes
+from baselines.image_policies import SPACE_NAMES, _apply_one, _magnitudes, op_space
 
 SAMPLE_POLICIES = [m for m in list_methods() if create_method(m).has_sample_stage]
 SHAPES = [(1, 28), (3, 28), (1, 32), (3, 32), (1, 64), (3, 64)]
@@ -91,11 +91,11 @@ def test_batched_images_agree_with_per_image(policy, c, size):
     assert_agree(per_image(up, x, gens(B, 3)), out, ops)
 
 
-@pytest.mark.parametrize("space", sorted(_SPACES))
+@pytest.mark.parametrize("space", sorted(SPACE_NAMES))
 def test_every_op_and_magnitude_in_one_group(space):
     """One group per op holding every magnitude bin with both signs: per-image parameters, not one per group."""
     x = images(62, 3, 28, seed=5)
-    for name in _SPACES[space]:
+    for name in op_space(space):
         mags, signed = _magnitudes(space, name, 31, 28, 28)
         values = [0.0] * 62 if mags is None else [m * (-1 if signed and i >= 31 else 1) for i, m in enumerate(mags + mags)]
         ops = [[(name, v)] for v in values]
