@@ -97,11 +97,12 @@ class SaflexLearner(Learner):
         with ctx.autocast():
             h = ctx.model.features(x)
             logits = ctx.model.head(h)
-        with ctx.timed():
-            w, q, stats = self.sfx.reweight(h[:n].detach().float(), logits[:n].detach().float(), batch.y_soft)
-        loss = self.core.weighted_soft_cross_entropy(logits[:n].float(), q, w)
+        clean_logits = clean_y = None
         if self.cfg.clean_weight > 0:
-            loss = loss + self.cfg.clean_weight * task.loss(logits[n:].float(), task.targets(batch.y).to(ctx.device))
+            clean_logits, clean_y = logits[n:].float(), task.targets(batch.y).to(ctx.device)
+        with ctx.timed():  # the closed form and the loss; the backward is the trainer's
+            loss, w, q, stats = self.sfx.loss(logits[:n].float(), batch.y_soft, h[:n].detach().float(),
+                                              clean_logits, clean_y)
         for k in self.sums:
             self.sums[k] += stats[k] * n
         self.n += n
