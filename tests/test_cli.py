@@ -56,3 +56,18 @@ def test_corrupt_npz_via_cli(tmp_path):
     (tmp_path / "breastmnist.npz").write_bytes(b"garbage")
     r = cli("run", "--task", "medmnist/breastmnist", "--method", "none", "--data-root", str(tmp_path), "--results", str(tmp_path / "r"))
     assert r.returncode == 2 and "corrupt data file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["list", "tasks"], ["list", "methods"], ["list", "learners"], ["list", "models"],
+                                  ["list", "knobs"], ["--help"]])
+def test_listing_imports_no_torch(argv):
+    """`list ...` and `--help` must answer without importing torch (seconds of imports otherwise)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, runpy; sys.argv = ['saflex-bench', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('bench.cli', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:3]")
+    out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-500:]

@@ -52,6 +52,7 @@ class SaflexLearner(Learner):
         self.n = 0
         self.sums = dict(w_mean=0.0, w_zero_frac=0.0, label_shift=0.0, argmax_change=0.0)
         self.w, self.shift, self.corrupted = [], [], []
+        self.label_moves = dict(recovered=0, flipped=0, clean_moved=0, clean=0)
         self.seconds_at_start = self.ctx.seconds["learner_s"]
 
     def active(self, epoch: int) -> bool:
@@ -109,8 +110,23 @@ class SaflexLearner(Learner):
         self.w.append(w.detach().cpu())
         self.shift.append(((q - batch.y_soft).abs().sum(1) / 2).detach().cpu())
         self.corrupted.append(batch.corrupted.cpu() if batch.corrupted is not None else torch.zeros(n, dtype=torch.bool))
+        if batch.corrupted is not None and batch.y.ndim == 1:
+            self.count_label_moves(q, batch)
         self.last_w, self.last_q = w.detach(), q.detach()
         return loss, logits[:n].detach().float()
+
+    def count_label_moves(self, q, batch: StepBatch) -> None:
+        """Label recovery on noisy upstreams: flipped samples whose argmax(q) is their true class
+        again, against clean samples whose argmax(q) left their label."""
+        flipped = batch.corrupted.to(q.device)
+        top = q.argmax(1)
+        true = batch.y.to(q.device)
+        given = batch.y_soft.argmax(1)
+        m = self.label_moves
+        m["recovered"] += int((top[flipped] == true[flipped]).sum())
+        m["flipped"] += int(flipped.sum())
+        m["clean_moved"] += int((top[~flipped] != given[~flipped]).sum())
+        m["clean"] += int((~flipped).sum())
 
     def end_epoch(self, epoch: int, last: bool) -> dict[str, float]:
         import numpy as np
@@ -120,6 +136,10 @@ class SaflexLearner(Learner):
         if not self.n:
             return row
         row.update({f"saflex_{k}": v / self.n for k, v in self.sums.items()})
+        m = self.label_moves
+        if m["flipped"] and m["clean"]:
+            row["saflex_recovered_frac"] = m["recovered"] / m["flipped"]
+            row["saflex_clean_moved_frac"] = m["clean_moved"] / m["clean"]
         w = torch.cat(self.w).numpy()
         corrupted = torch.cat(self.corrupted).numpy()
         if corrupted.any() and not corrupted.all():
