@@ -1,27 +1,28 @@
-"""Step-time ratio SAFLEX / upstream alone, for refresh periods 1, 4, 16 (goal: <= 1.10 at the default).
+"""Step-time ratio SAFLEX / upstream alone, per task family and refresh period (goal: <= 1.10 at the
+default setting).
 
-    python benchmarks/bench_saflex_overhead.py [--task medmnist/breastmnist --data-root DIR] [--model small_cnn]
+    python benchmarks/bench_saflex_overhead.py [--tasks digits/sklearn medmnist/breastmnist ...]
+        [--data-root DIR] [--refresh 1 4 16] [--steps 40] [--threads 1] [--set saflex.val_batch=128]
 
-Measured in one run: for each refresh period one trainer of `UPSTREAM+saflex` takes the same augmented
-batches and alternates a plain upstream step and a SAFLEX step (reference forward when due, closed
-form, weighted loss), so both see the same machine state; the ratio is median(SAFLEX) /
-median(plain). Data loading (per-sample augmentation) is excluded from both: it is the same work.
+Measured in one process: two trainers of the same upstream and seed — `X` and `X+saflex` — take the
+same augmented batches and alternate steps, so both see the same machine state. The ratio is the
+MEAN step time (total time over the steps, reference refreshes included) of X+saflex over X; a median
+would hide the refresh steps when refresh > 1. Data loading (per-sample augmentation) is excluded from
+both: it is the same work. By default one task of every registered family whose data is reachable.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import tempfile
 import time
 
 import torch
 
-from bench.data import train_loader
-from bench.seeding import generator
+from bench.data import with_reference
+from bench.runner import resolve_data_root
 from bench.spec import make_spec
 from bench.store import ResultsStore
-from bench.tasks import get_task
+from bench.tasks import get_task, list_tasks
 from bench.trainer import Trainer
 
 
@@ -30,55 +31,81 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(task, splits, args, refresh: int, tmp: str) -> tuple[float, float, float]:
-    spec = make_spec(args.task, f"{args.upstream}+saflex", 0,
-                     {"model": args.model, "epochs": 1, "saflex.refresh": refresh, **dict(kv.split("=", 1) for kv in args.set)})
+def one_task_per_family(data_root) -> list[str]:
+    chosen: dict[str, str] = {}
+    for name in list_tasks():
+        family = name.split("/", 1)[0]
+        if family in chosen:
+            continue
+        task = get_task(name)
+        if task.check_data(data_root) is None:
+            chosen[family] = name
+    return list(chosen.values())
+
+
+def build(task_name: str, method: str, overrides: dict, data_root, device, tmp: str) -> Trainer:
+    spec = make_spec(task_name, method, 0, {"epochs": 1, **overrides})
+    task = get_task(task_name)
+    data = with_reference(task.load(data_root, spec), spec.ref_frac, spec.ref_from, spec.seed)
     store = ResultsStore(tmp)
     store.run_dir(spec.key).mkdir(parents=True, exist_ok=True)
-    tr = Trainer(spec, task, splits, store, data_root=args.data_root, device=args.device, progress=False)
-    tr.model.train()
-    tr.saflex.start_epoch(0)
-    plain, saflex = [], []
-    step = 0
-    while len(plain) < args.steps:
-        for b, (aug, clean, y) in enumerate(train_loader(tr.trainset, spec.batch_size, step, 0)):
-            out = tr.upstream.batch_transform(tr.prepare(aug), tr.targets(y), generator(0, "batch", 0, b))
-            ys = out.y.to(tr.device)
-            for use, times in ((False, plain), (True, saflex)):
+    return Trainer(spec, task, data, store, device=device, progress=False)
+
+
+def measure(task_name: str, args, refresh: int, tmp: str) -> tuple[float, float, float]:
+    over = dict(kv.split("=", 1) for kv in args.set)
+    if args.model:
+        over["model"] = args.model
+    plain = build(task_name, args.upstream, over, args.data_root, args.device, tmp)
+    sfx = build(task_name, f"{args.upstream}+saflex", {**over, "saflex.refresh": refresh}, args.data_root, args.device, tmp)
+    t_plain = t_sfx = 0.0
+    n = 0
+    for epoch in range(100):
+        for bp, bs in zip(plain.batches(epoch), sfx.batches(epoch)):
+            for tr, batch in ((plain, bp), (sfx, bs)):
                 sync(tr.device)
                 t0 = time.perf_counter()
-                tr.step(out.x, ys, clean, y, out.corrupted, 0, b, saflex=use)
+                tr.step(batch)
                 sync(tr.device)
-                times.append(time.perf_counter() - t0)
-                tr.state.step += use  # the refresh clock counts SAFLEX steps
-            if len(plain) >= args.steps + args.warmup:
-                break
-        step += 1
-    plain, saflex = plain[args.warmup :], saflex[args.warmup :]
-    return statistics.median(plain), statistics.median(saflex), statistics.median(saflex) / statistics.median(plain)
+                dt = time.perf_counter() - t0
+                if n >= args.warmup:
+                    if tr is plain:
+                        t_plain += dt
+                    else:
+                        t_sfx += dt
+            plain.state.step += 1
+            sfx.state.step += 1
+            n += 1
+            if n >= args.warmup + args.steps:
+                k = n - args.warmup
+                return t_plain / k, t_sfx / k, t_sfx / t_plain
+    raise RuntimeError("not enough batches")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--task", default="digits/sklearn")
-    p.add_argument("--data-root", default=os.environ.get("SAFLEX_DATA"))
+    p.add_argument("--tasks", nargs="*", help="default: one task of every family whose data is reachable")
     p.add_argument("--upstream", default="rand-m9-n2")
     p.add_argument("--model", default="small_cnn")
-    p.add_argument("--refresh", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--data-root")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--refresh", type=int, nargs="*", default=[1, 4, 16])
+    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--set", action="append", default=[], help="extra run field / saflex.knob overrides")
-    p.add_argument("--device")
     args = p.parse_args()
-    task = get_task(args.task)
-    splits = task.load(args.data_root)
-    print(f"task {args.task}  model {args.model}  upstream {args.upstream}  val split {len(splits.val_x)}  "
-          f"threads {torch.get_num_threads()}  steps {args.steps}  extra {args.set or '-'}")
-    print(f"{'refresh':>8}{'plain ms':>10}{'saflex ms':>11}{'ratio':>8}")
+    torch.set_num_threads(args.threads)
+    args.data_root = resolve_data_root(args.data_root)
+    tasks = args.tasks or one_task_per_family(args.data_root)
+    print(f"threads {args.threads}  device {args.device}  upstream {args.upstream}  model {args.model}  "
+          f"{args.steps} steps after {args.warmup} warm-up; ratio = mean step time X+saflex / X")
+    print(f"{'task':28s}{'refresh':>8}{'X ms':>9}{'X+S ms':>9}{'ratio':>8}")
     with tempfile.TemporaryDirectory() as tmp:
-        for k in args.refresh:
-            a, b, r = measure(task, splits, args, k, tmp)
-            print(f"{k:>8}{a * 1e3:>10.1f}{b * 1e3:>11.1f}{r:>8.3f}")
+        for task_name in tasks:
+            for refresh in args.refresh:
+                a, b, r = measure(task_name, args, refresh, tmp)
+                print(f"{task_name:28s}{refresh:>8}{a * 1e3:>9.2f}{b * 1e3:>9.2f}{r:>8.3f}", flush=True)
 
 
 if __name__ == "__main__":
