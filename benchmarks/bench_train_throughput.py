@@ -47,7 +47,7 @@ def main() -> None:
             for e in range(1, args.epochs + 1):
                 tr.train_epoch(e)
             dt = time.perf_counter() - t0
-            rate = args.epochs * len(splits.train_x) / dt
+            rate = args.epochs * len(data.train) / dt
             base = base or rate
             print(f"{method:<16}{rate:>12.1f}{dt / args.epochs:>10.2f}{rate / base:>9.2f}")
 
