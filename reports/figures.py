@@ -195,14 +195,13 @@ def fig_gain(df: pd.DataFrame, root: Path | None = None, metric: str = "test_acc
         if not math.isnan(a):
             ax.axvline(100 * a, color=colors[arm] if multi else "black", ls="--", lw=1.3,
                        label=f"average {method_label(arm)}: {100 * a:+.2f} pts")
-    if multi:  # bar colour = arm
-        for arm in arms:
-            ax.barh([], [], color=colors[arm], label=method_label(arm))
     ax.set_yticks(y, t["experiment"], fontsize=8)
     ax.set_xlabel(f"gain in {metric} (points; paired X+LEARNER − X, 95 % t-CI)", fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="x", alpha=0.3)
     handles, _ = ax.get_legend_handles_labels()
+    if multi:  # bar colour = arm
+        handles += [Patch(facecolor=colors[arm], alpha=0.85, label=method_label(arm)) for arm in arms]
     if not ok.all():
         handles.append(Patch(facecolor="#8C8C8C", hatch="//", edgecolor="white", label="single pair (n=1): no CI"))
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
@@ -313,9 +312,9 @@ def fig_cost(df: pd.DataFrame, root: Path | None = None, metric: str = "test_acc
     ax.set_ylim(0, top * 1.18)
     ax.tick_params(labelsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.legend(loc="outside lower center", ncols=min(4, len(arms) + 2), fontsize=8, frameon=False)
-    ax.set_title(f"Learner cost: {what} time relative to the upstream alone (bar = mean over experiments)",
-                 fontsize=10)
+    fig.legend(loc="outside lower center", ncols=min(4, len(arms) + 2), fontsize=8, frameon=False,
+               title="bar = mean over experiments", title_fontsize=8)
+    ax.set_title(f"Learner cost: {what} time / the upstream's alone", fontsize=10)
     return fig, data
 
 
