@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -355,11 +356,14 @@ def wandb_run_to_record(run: Any) -> dict[str, Any]:
     else:
         spec = {k: v for k, v in cfg.items() if k not in _WANDB_NON_SPEC and not k.startswith("_")}
     metrics = {}
-    for name in METRIC_NAMES:  # prefixed first: a bare per-epoch key in summary is the LAST epoch
+    # further test sets (`<set>_<metric>`, e.g. ood_usps_acc) are logged once, at the end
+    extra = [k for k in summary if re.fullmatch(r"[a-z0-9_]+_(acc|auc)", k) and not k.startswith(("train_", "val_", "last_"))]
+    for name in (*METRIC_NAMES, *extra):  # prefixed first: a bare per-epoch key in summary is the LAST epoch
         for k in (f"metrics.{name}", name):
             if k in summary:
                 metrics[name] = summary[k]
                 break
+    metrics.update({k[len("metrics."):]: v for k, v in summary.items() if k.startswith("metrics.")})
     cost = {k[len("cost."):]: v for k, v in summary.items() if k.startswith("cost.")}
     state = getattr(run, "state", None)
     status = cfg.get("status") or summary.get("status") or ("done" if state == "finished" else state)

@@ -342,3 +342,13 @@ def test_cli_report_any_metric(root, tmp_path, capsys):
     args = parser.parse_args(["report", "--results", str(root), "--out", str(tmp_path), "--metric", "nope_acc"])
     with pytest.raises(UsageError, match=r"unknown metric 'nope_acc' \(in these results: .*ood_usps_acc"):
         args.func(args)
+
+
+def test_wandb_frame_has_the_learners_and_extra_test_sets(root, df):
+    from reports.load import load_wandb
+    from tests.test_reports import FakeApi
+
+    wdf = load_wandb("ent/proj", api=FakeApi(root))
+    cols = ["key", "learner", "arm", "upstream", "toy.width", "metrics.test_acc", "metrics.ood_usps_acc", "cost.learner_s"]
+    pd.testing.assert_frame_equal(wdf[cols].sort_values("key").reset_index(drop=True),
+                                  df[cols].sort_values("key").reset_index(drop=True), check_dtype=False)
