@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-METRICS = ("test_acc", "test_auc")
 
 
 def _results_root(args: argparse.Namespace) -> Path:
@@ -106,16 +105,19 @@ def _common(p: argparse.ArgumentParser, wandb_source: bool = True) -> None:
     p.add_argument("--results", metavar="R", help="results root (default: $SAFLEX_RESULTS or ./results)")
     p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep (result.json 'sweep')")
     p.add_argument("--out", metavar="DIR", help="output directory (default: <results>/report)")
-    p.add_argument("--metric", default="test_acc", choices=METRICS, help="metric compared (default: test_acc)")
+    # any metric the records hold (test_acc, test_auc, ood_usps_acc, ...): checked against the loaded runs
+    p.add_argument("--metric", default="test_acc", metavar="M",
+                   help="metric compared, any metrics.<M> of the records (default: test_acc; e.g. test_auc, ood_usps_acc)")
     if wandb_source:
         p.add_argument("--from-wandb", metavar="ENTITY/PROJECT",
                        help="load the runs from the wandb API instead of the local store (needs wandb online)")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("report", help="tables X vs X+SAFLEX (Markdown, LaTeX, CSV) from stored results",
-                              description="Per (task, dataset, upstream): mean and 95%% t-CI over seeds for X "
-                                          "and X+SAFLEX, paired difference, cost; average SAFLEX gain.")
+    p = subparsers.add_parser("report", help="tables X vs every X+LEARNER (Markdown, LaTeX, CSV) from stored results",
+                              description="Per (task, upstream) and learner arm: mean and 95%% t-CI over seeds for X "
+                                          "and X+LEARNER, paired difference vs X and vs X+ref, cost; average gain "
+                                          "per arm. Tables and CSVs in points (x100).")
     _common(p)
     p.set_defaults(func=cmd_report)
 

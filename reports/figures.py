@@ -1,4 +1,5 @@
-"""The paper's figures, regenerated from the results frame.
+"""The paper's figures, regenerated from the results frame, for any number of learner arms (X = the
+`none` learner, X+saflex, X+ref, ...; one colour per arm, the same in every figure).
 
 Each figure is a function ``(df, root, metric) -> (matplotlib Figure, DataFrame it plots)``
 registered in FIGURES under its file stem; adding a figure = one function + ``@register``.
@@ -22,7 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from reports.load import SINGLE_SAFLEX_CFG, experiment_columns
+from reports.load import NONE, arm_order, experiment_columns, method_label
 from reports.stats import mean_ci, roc_auc
 from reports.tables import arm_stats, average_gain, comparison_table
 
@@ -30,7 +31,7 @@ FigureFn = Callable[..., "tuple[Figure, pd.DataFrame]"]
 FIGURES: dict[str, FigureFn] = {}
 DPI = 150
 X_COLOR = "#4C72B0"
-SAFLEX_COLORS = ["#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3"]
+ARM_COLORS = ["#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD"]
 CLEAN_COLOR, CORRUPT_COLOR = "#4C72B0", "#C44E52"
 
 
@@ -60,14 +61,11 @@ def _panel_label(r: pd.Series | dict, extras: list[str]) -> str:
     return f"{r['task']} ({ext})" if ext else str(r["task"])
 
 
-def _arm_label(saflex: bool, cfg: str) -> str:
-    if not saflex:
-        return "X"
-    return "X+SAFLEX" if cfg in ("", SINGLE_SAFLEX_CFG) else f"X+SAFLEX [{cfg}]"
-
-
-def _variant_colors(cfgs) -> dict[str, str]:
-    return {c: SAFLEX_COLORS[i % len(SAFLEX_COLORS)] for i, c in enumerate(sorted(set(cfgs)))}
+def arm_colors(df: pd.DataFrame) -> dict[str, str]:
+    """One colour per arm of the whole frame (X blue, then the learners' arms in `arm_order`), so
+    an arm has the same colour in every figure."""
+    arms = [a for a in arm_order(df["arm"].unique()) if a != NONE]
+    return {NONE: X_COLOR, **{a: ARM_COLORS[i % len(ARM_COLORS)] for i, a in enumerate(arms)}}
 
 
 def _grid(n: int, panel_w: float, panel_h: float, ncols_max: int = 3, min_w: float = 0.0, extra_h: float = 0.6):
@@ -104,39 +102,37 @@ def _yerr(mean: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.nan_to_num(np.vstack([mean - lo, hi - mean]), nan=0.0)
 
 
-# ---- (1) accuracy per dataset, grouped by upstream, with and without SAFLEX --------------------
+# ---- (1) accuracy per dataset, grouped by upstream, one colour per learner arm ----------------
 @register("fig1_accuracy")
 def fig_accuracy(df: pd.DataFrame, root: Path | None = None, metric: str = "test_acc"):
     arms = arm_stats(df, metric)
     extras = _extras(df)
-    cols = ["panel", "task", "upstream", *extras, "arm", "method", "saflex_cfg", "n",
+    cols = ["panel", "task", "upstream", *extras, "learner", "arm", "method", "n",
             f"{metric}_mean", f"{metric}_ci_lo", f"{metric}_ci_hi"]
     arms = arms[arms["n"] > 0]
     if arms.empty:
         raise NoData(f"no run has metrics.{metric}", cols)
-    arms = arms.assign(panel=[_panel_label(r, extras) for _, r in arms.iterrows()],
-                       arm=[_arm_label(s, c) for s, c in zip(arms["saflex"], arms["saflex_cfg"])])
+    arms = arms.assign(panel=[_panel_label(r, extras) for _, r in arms.iterrows()])
     data = arms[cols].reset_index(drop=True)
-    arm_order = ["X"] + sorted(a for a in data["arm"].unique() if a != "X")
-    colors = {"X": X_COLOR, **{a: SAFLEX_COLORS[i % len(SAFLEX_COLORS)]
-                               for i, a in enumerate(arm_order[1:])}}
+    order = arm_order(data["arm"].unique())
+    colors = arm_colors(df)
     panels = sorted(data["panel"].unique())
     n_up = max(data.groupby("panel")["upstream"].nunique())
     panel_w = max(3.4, 0.8 * n_up + 1.4)
-    n_handles = len(arm_order) + 1  # + the n=1 marker
-    legend_cols = min(n_handles, 5 if max(map(len, arm_order)) < 24 else 3)
+    n_handles = len(order) + 1  # + the n=1 marker
+    legend_cols = min(n_handles, 5 if max(len(method_label(a)) for a in order) < 24 else 3)
     fig, axes = _grid(len(panels), panel_w, 3.3, ncols_max=3 if panel_w < 5 else 2, min_w=6.0,
                       extra_h=0.6 + 0.22 * math.ceil(n_handles / legend_cols))
-    width = 0.7 / len(arm_order)
+    width = 0.7 / len(order)
     any_n1 = False
     for ax, panel in zip(axes, panels):
         d = data[data["panel"] == panel]
         ups = sorted(d["upstream"].unique())
-        for j, arm in enumerate(arm_order):
+        for j, arm in enumerate(order):
             a = d[d["arm"] == arm]
             if a.empty:
                 continue
-            x = np.array([ups.index(u) for u in a["upstream"]]) + (j - (len(arm_order) - 1) / 2) * width
+            x = np.array([ups.index(u) for u in a["upstream"]]) + (j - (len(order) - 1) / 2) * width
             m, lo, hi = (100 * a[f"{metric}{s}"].to_numpy(float) for s in ("_mean", "_ci_lo", "_ci_hi"))
             ok = ~np.isnan(lo)
             if ok.any():
@@ -155,7 +151,7 @@ def fig_accuracy(df: pd.DataFrame, root: Path | None = None, metric: str = "test
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(axis="y", alpha=0.3)
-    handles = [Line2D([], [], color=colors[a], marker="o", ls="", label=a) for a in arm_order]
+    handles = [Line2D([], [], color=colors[a], marker="o", ls="", label=method_label(a)) for a in order]
     if any_n1:
         handles.append(Line2D([], [], color="gray", marker="o", mfc="white", ls="", label="n=1 seed (no CI)"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(legend_cols, len(handles)), fontsize=8,
@@ -164,50 +160,52 @@ def fig_accuracy(df: pd.DataFrame, root: Path | None = None, metric: str = "test
     return fig, data
 
 
-# ---- (2) gain per experiment, sorted, with the average line ----------------------------------
+# ---- (2) gain per experiment and learner arm, sorted, with the average line per arm ----------
 @register("fig2_gain")
 def fig_gain(df: pd.DataFrame, root: Path | None = None, metric: str = "test_acc"):
     table = comparison_table(df, metric)
     extras = _extras(df)
     g = f"gain_{metric}"
-    cols = ["experiment", "task", "upstream", *extras, "saflex_cfg", "n_pairs", f"{g}_mean",
+    cols = ["experiment", "task", "upstream", *extras, "learner", "arm", "n_pairs", f"{g}_mean",
             f"{g}_ci_lo", f"{g}_ci_hi", f"avg_gain_{metric}", "flags"]
     t = table[table[f"{g}_mean"].notna()].copy()
     if t.empty:
-        raise NoData("no experiment has X and X+SAFLEX runs on a common seed", cols)
-    avg = average_gain(table, metric).set_index("saflex_cfg")[f"avg_gain_{metric}"]
-    multi = t["saflex_cfg"].nunique() > 1
-    t["experiment"] = [f"{_panel_label(r, extras)} · {r['upstream']}" + (f" [{r['saflex_cfg']}]" if multi else "")
+        raise NoData("no experiment has X and a learner's arm (X+LEARNER) on a common seed", cols)
+    avg = average_gain(table, metric).set_index("arm")[f"avg_gain_{metric}"]
+    multi = t["arm"].nunique() > 1
+    t["experiment"] = [f"{_panel_label(r, extras)} · {r['upstream']}" + (f" · {method_label(r['arm'])}" if multi else "")
                        + (f" (n={r['n_pairs']})" if r["n_pairs"] < 2 else "") for _, r in t.iterrows()]
-    t[f"avg_gain_{metric}"] = t["saflex_cfg"].map(avg)
+    t[f"avg_gain_{metric}"] = t["arm"].map(avg)
     t = t.sort_values(f"{g}_mean", kind="stable").reset_index(drop=True)
     data = t[cols]
-    colors = _variant_colors(t["saflex_cfg"])
+    colors = arm_colors(df)
     longest = max(map(len, t["experiment"]))
     fig = Figure(figsize=(max(6.5, 4.5 + 0.065 * longest), 1.7 + 0.28 * len(t)), layout="constrained")
     ax = fig.add_subplot()
     y = np.arange(len(t))
     m, lo, hi = (100 * t[f"{g}{s}"].to_numpy(float) for s in ("_mean", "_ci_lo", "_ci_hi"))
     ok = ~np.isnan(lo)
-    ax.barh(y, m, color=[colors[c] for c in t["saflex_cfg"]], alpha=0.85, height=0.6,
+    ax.barh(y, m, color=[colors[a] for a in t["arm"]], alpha=0.85, height=0.6,
             hatch=["" if k else "//" for k in ok], edgecolor="white")
     ax.errorbar(m[ok], y[ok], xerr=_yerr(m[ok], lo[ok], hi[ok]), fmt="none", ecolor="black", capsize=3, lw=1)
     ax.axvline(0, color="black", lw=0.8)
-    for cfg, a in avg.items():
-        if not math.isnan(a) and cfg in colors:
-            lab = "average" + (f" [{cfg}]" if multi else "") + f": {100 * a:+.2f} pts"
-            ax.axvline(100 * a, color="black" if not multi else colors[cfg], ls="--", lw=1.3, label=lab)
+    arms = arm_order(t["arm"].unique())
+    for arm in arms:
+        a = avg.get(arm, math.nan)
+        if not math.isnan(a):
+            ax.axvline(100 * a, color=colors[arm] if multi else "black", ls="--", lw=1.3,
+                       label=f"average {method_label(arm)}: {100 * a:+.2f} pts")
     ax.set_yticks(y, t["experiment"], fontsize=8)
-    ax.set_xlabel(f"SAFLEX gain in {metric} (points; paired X+SAFLEX − X, 95 % t-CI)", fontsize=8)
+    ax.set_xlabel(f"gain in {metric} (points; paired X+LEARNER − X, 95 % t-CI)", fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="x", alpha=0.3)
     handles, _ = ax.get_legend_handles_labels()
+    if multi:  # bar colour = arm
+        handles += [Patch(facecolor=colors[arm], alpha=0.85, label=method_label(arm)) for arm in arms]
     if not ok.all():
-        handles.append(Patch(facecolor=SAFLEX_COLORS[0], hatch="//", edgecolor="white",
-                             label="single pair (n=1): no CI"))
+        handles.append(Patch(facecolor="#8C8C8C", hatch="//", edgecolor="white", label="single pair (n=1): no CI"))
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
-    ax.set_title(f"SAFLEX gain per experiment ({len(t)} experiment{'s' if len(t) != 1 else ''}, sorted)",
-                 fontsize=10)
+    ax.set_title(f"Gain over X per experiment ({len(t)} bar{'s' if len(t) != 1 else ''}, sorted)", fontsize=10)
     return fig, data
 
 
@@ -216,7 +214,10 @@ def fig_gain(df: pd.DataFrame, root: Path | None = None, metric: str = "test_acc
 def fig_diagnostics(df: pd.DataFrame, root: Path | None = None, metric: str = "test_acc", bins: int = 30):
     cols = ["quantity", "group", "bin_lo", "bin_hi", "count", "density", "n", "mean", "auc_corrupted", "n_runs"]
     w, ls, cor, ups = [], [], [], set()
-    for _, r in df[df["saflex"]].iterrows():
+    sx = df[df["learner"] == "saflex"]
+    if sx.empty:
+        raise NoData("no X+saflex runs loaded (this figure shows SAFLEX's per-sample weights and label shifts)", cols)
+    for _, r in sx.iterrows():
         d = _run_dir(r, root)
         f = d / "saflex_diag.npz" if d else None
         if f is None or not f.is_file():
@@ -264,46 +265,56 @@ def fig_diagnostics(df: pd.DataFrame, root: Path | None = None, metric: str = "t
     return fig, pd.DataFrame(rows, columns=cols)
 
 
-# ---- (4) cost: step-time ratio per upstream --------------------------------------------------
+# ---- (4) cost: step-time ratio per upstream and learner arm ---------------------------------
 @register("fig4_cost")
 def fig_cost(df: pd.DataFrame, root: Path | None = None, metric: str = "test_acc"):
     table = comparison_table(df, metric)
     extras = _extras(df)
-    cols = ["upstream", "task", *extras, "saflex_cfg", "time_metric", "x_time_s", "saflex_time_s", "ratio",
+    cols = ["upstream", "task", *extras, "learner", "arm", "time_metric", "x_time_s", "arm_time_s", "ratio",
             "upstream_mean_ratio"]
-    # step time is what SAFLEX adds to; epoch time is the fallback when steps were not timed
+    # step time is what a learner adds to; epoch time is the fallback when steps were not timed
     tm = "step_s" if table["overhead_step_s"].notna().any() else "epoch_s"
     t = table[table[f"overhead_{tm}"].notna()].copy()
     if t.empty:
-        raise NoData("no experiment has timed X and X+SAFLEX runs (cost.step_s / cost.epoch_s)", cols)
-    t = t.assign(time_metric=tm, x_time_s=t[f"x_{tm}_mean"], saflex_time_s=t[f"saflex_{tm}_mean"],
+        raise NoData("no experiment has timed X and X+LEARNER runs (cost.step_s / cost.epoch_s)", cols)
+    t = t.assign(time_metric=tm, x_time_s=t[f"none_{tm}_mean"], arm_time_s=t[f"arm_{tm}_mean"],
                  ratio=t[f"overhead_{tm}"])
-    t["upstream_mean_ratio"] = t.groupby("upstream")["ratio"].transform("mean")
-    data = t[cols].sort_values(["upstream", "task"], kind="stable").reset_index(drop=True)
+    t["upstream_mean_ratio"] = t.groupby(["upstream", "arm"])["ratio"].transform("mean")
+    data = t[cols].sort_values(["upstream", "arm", "task"], kind="stable").reset_index(drop=True)
     ups = sorted(data["upstream"].unique())
-    fig = Figure(figsize=(max(4.5, 1.0 * len(ups) + 2.2), 3.8), layout="constrained")
+    arms = arm_order(data["arm"].unique())
+    colors = arm_colors(df)
+    width = 0.8 / len(arms)
+    fig = Figure(figsize=(max(4.5, (0.6 + 0.45 * len(arms)) * len(ups) + 2.2), 3.8), layout="constrained")
     ax = fig.add_subplot()
-    means = data.groupby("upstream")["ratio"].mean().reindex(ups)
-    ax.bar(range(len(ups)), means.to_numpy(), color=SAFLEX_COLORS[0], alpha=0.7, width=0.6,
-           label="mean over experiments")
-    for i, u in enumerate(ups):
-        r = data.loc[data["upstream"] == u, "ratio"].to_numpy()
-        jitter = np.linspace(-0.15, 0.15, r.size) if r.size > 1 else np.zeros(1)
-        ax.plot(i + jitter, r, "o", color="black", ms=3.5, label="one experiment" if i == 0 else None)
-        # the value above the highest dot, so it never sits on the points
-        ax.annotate(f"×{means[u]:.2f}", (i, max(means[u], float(np.nanmax(r)))), textcoords="offset points",
-                    xytext=(0, 6), ha="center", fontsize=8, fontweight="bold")
+    top = 1.0
+    for j, arm in enumerate(arms):
+        d = data[data["arm"] == arm]
+        means = d.groupby("upstream")["ratio"].mean().reindex(ups)
+        x0 = np.arange(len(ups)) + (j - (len(arms) - 1) / 2) * width
+        ax.bar(x0, means.to_numpy(), color=colors[arm], alpha=0.75, width=width * 0.9, label=method_label(arm))
+        for i, u in enumerate(ups):
+            r = d.loc[d["upstream"] == u, "ratio"].to_numpy()
+            if not r.size:
+                continue
+            jitter = np.linspace(-0.25, 0.25, r.size) * width if r.size > 1 else np.zeros(1)
+            ax.plot(x0[i] + jitter, r, "o", color="black", ms=3, label="one experiment" if (i == 0 and j == 0) else None)
+            peak = max(means[u], float(np.nanmax(r)))
+            top = max(top, peak)
+            ax.annotate(f"×{means[u]:.2f}", (x0[i], peak), textcoords="offset points",
+                        xytext=(0, 5), ha="center", fontsize=7, fontweight="bold")
     ax.axhline(1.0, color="gray", ls="--", lw=1, label="no overhead")
     long = max(map(len, ups)) > 10
     ax.set_xticks(range(len(ups)), ups, rotation=20 if long else 0, ha="right" if long else "center", fontsize=8)
     ax.set_xlabel("upstream augmentation (X)", fontsize=9)
     what = "step" if tm == "step_s" else "epoch"
-    ax.set_ylabel(f"{what} time ratio  X+SAFLEX / X", fontsize=9)
-    ax.set_ylim(0, max(1.0, float(np.nanmax(data["ratio"]))) * 1.15)
+    ax.set_ylabel(f"{what} time ratio  X+LEARNER / X", fontsize=9)
+    ax.set_ylim(0, top * 1.18)
     ax.tick_params(labelsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.legend(loc="outside lower center", ncols=3, fontsize=8, frameon=False)
-    ax.set_title(f"SAFLEX cost: {what} time relative to its upstream", fontsize=10)
+    fig.legend(loc="outside lower center", ncols=min(4, len(arms) + 2), fontsize=8, frameon=False,
+               title="bar = mean over experiments", title_fontsize=8)
+    ax.set_title(f"Learner cost: {what} time / the upstream's alone", fontsize=10)
     return fig, data
 
 
@@ -324,8 +335,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 def fig_learning_curves(df: pd.DataFrame, root: Path | None = None, metric: str = "test_acc"):
     vm = _val_metric(metric)
     extras = _extras(df)
-    cols = ["panel", "method", "upstream", "saflex", "saflex_cfg", "epoch", "n", f"{vm}_mean",
-            f"{vm}_ci_lo", f"{vm}_ci_hi"]
+    cols = ["panel", "method", "upstream", "learner", "arm", "epoch", "n", f"{vm}_mean", f"{vm}_ci_lo", f"{vm}_ci_hi"]
     pts = []
     for _, r in df.iterrows():
         d = _run_dir(r, root)
@@ -334,8 +344,8 @@ def fig_learning_curves(df: pd.DataFrame, root: Path | None = None, metric: str 
             continue
         for row in _read_jsonl(f):
             if "epoch" in row and row.get(vm) is not None:
-                pts.append({"panel": _panel_label(r, extras), "method": r["method"], "upstream": r["upstream"],
-                            "saflex": bool(r["saflex"]), "saflex_cfg": r["saflex_cfg"], "seed": r["seed"],
+                pts.append({"panel": f"{_panel_label(r, extras)} · {r['upstream']}", "method": r["method"],
+                            "upstream": r["upstream"], "learner": r["learner"], "arm": r["arm"], "seed": r["seed"],
                             "epoch": int(row["epoch"]), "value": float(row[vm])})
     if not pts:
         why = ("runs loaded from wandb carry no run files (metrics.jsonl) and the local store has none"
@@ -343,34 +353,30 @@ def fig_learning_curves(df: pd.DataFrame, root: Path | None = None, metric: str 
         raise NoData(why, cols)
     p = pd.DataFrame(pts)
     rows = []
-    for key, g in p.groupby(["panel", "method", "upstream", "saflex", "saflex_cfg", "epoch"], sort=True):
+    for key, g in p.groupby(cols[:6], sort=True):
         ci = mean_ci(g.groupby("seed")["value"].mean())
         rows.append(dict(zip(cols[:6], key), n=ci.n, **{f"{vm}_mean": ci.mean, f"{vm}_ci_lo": ci.lo,
                                                          f"{vm}_ci_hi": ci.hi}))
     data = pd.DataFrame(rows, columns=cols)
     panels = sorted(data["panel"].unique())
-    ups = sorted(data["upstream"].unique())
-    palette = [X_COLOR, *SAFLEX_COLORS, "#8C8C8C", "#CCB974", "#64B5CD"]
-    up_color = {u: palette[i % len(palette)] for i, u in enumerate(ups)}
-    cfgs = sorted(c for c in data["saflex_cfg"].unique() if c)
-    dashes = ["--", ":", "-."]
-    n_lines = data.groupby(["upstream", "saflex", "saflex_cfg"]).ngroups
-    longest = max(len(up) + (len(cfg) + 10 if sx else 0)
-                  for up, sx, cfg in data[["upstream", "saflex", "saflex_cfg"]].drop_duplicates().itertuples(index=False))
-    legend_cols = min(n_lines, 4 if longest < 24 else 3 if longest < 36 else 2)
-    fig, axes = _grid(len(panels), 4.2, 3.2, min_w=7.0, extra_h=0.9 + 0.2 * math.ceil(n_lines / legend_cols))
+    arms = arm_order(data["arm"].unique())
+    colors = arm_colors(df)
+    longest = max(len(method_label(a)) for a in arms)
+    legend_cols = min(len(arms), 5 if longest < 24 else 3 if longest < 36 else 2)
+    fig, axes = _grid(len(panels), 4.2, 3.2, min_w=7.0, extra_h=0.9 + 0.2 * math.ceil(len(arms) / legend_cols))
     labels: dict[str, Line2D] = {}
     for ax, panel in zip(axes, panels):
         d = data[data["panel"] == panel]
-        for (up, sx, cfg), c in d.groupby(["upstream", "saflex", "saflex_cfg"], sort=True):
-            ls = dashes[cfgs.index(cfg) % len(dashes)] if sx else "-"
-            lab = up + ("" if not sx else "+saflex" + ("" if cfg == SINGLE_SAFLEX_CFG else f" [{cfg}]"))
+        for arm in arms:
+            c = d[d["arm"] == arm]
+            if c.empty:
+                continue
             x = c["epoch"].to_numpy()
             m, lo, hi = (100 * c[f"{vm}{s}"].to_numpy(float) for s in ("_mean", "_ci_lo", "_ci_hi"))
-            (line,) = ax.plot(x, m, ls=ls, color=up_color[up], lw=1.4, label=lab)
+            (line,) = ax.plot(x, m, ls="-" if arm == NONE else "--", color=colors[arm], lw=1.4, label=method_label(arm))
             if np.isfinite(lo).any():
-                ax.fill_between(x, np.clip(lo, 0, 100), np.clip(hi, 0, 100), color=up_color[up], alpha=0.12, lw=0)
-            labels.setdefault(lab, line)
+                ax.fill_between(x, np.clip(lo, 0, 100), np.clip(hi, 0, 100), color=colors[arm], alpha=0.12, lw=0)
+            labels.setdefault(arm, line)
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -378,8 +384,8 @@ def fig_learning_curves(df: pd.DataFrame, root: Path | None = None, metric: str 
         ax.set_ylabel(f"{vm.replace('_', ' ')} (%)", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    fig.legend(handles=list(labels.values()), loc="outside lower center", ncols=legend_cols, fontsize=8,
-               frameon=False, title="method (solid: X, dashed/dotted: X+SAFLEX)", title_fontsize=8)
+    fig.legend(handles=[labels[a] for a in arms if a in labels], loc="outside lower center", ncols=legend_cols,
+               fontsize=8, frameon=False, title="arm (solid: X, dashed: X+LEARNER)", title_fontsize=8)
     fig.suptitle(f"Learning curves: {vm} vs epoch, mean over seeds (band = 95 % t-CI)", fontsize=10)
     return fig, data
 

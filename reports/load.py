@@ -8,10 +8,17 @@ Two sources give the same columns:
 Columns (``df.attrs`` also carries ``source``, ``sweep``, ``skipped``):
 - ``key``, ``sweep``, ``status``;
 - every spec field, flattened, bare name (``task``, ``method``, ``model``, ``seed``, ``epochs``, ...;
-  lists become "a,b" strings so they can be grouped on); SAFLEX knobs as ``saflex.<knob>``;
-- derived: ``family``, ``dataset`` (from task), ``upstream``, ``saflex`` (bool, from method) and
-  ``saflex_cfg`` (label of the SAFLEX knob setting; "" for X runs, see `_saflex_cfg_labels`);
-- ``metrics.<name>`` and ``cost.<name>`` (raw values, accuracies as fractions), ``versions.<name>``,
+  lists become "a,b" strings and dicts canonical JSON, so they can be grouped on);
+  the learners' knobs as ``<learner>.<knob>`` (``saflex.eps``, ``toy.width``; not identity);
+- derived: ``family``, ``dataset`` (from task); ``upstream`` and ``learner`` (from the method
+  `UPSTREAM[+LEARNER]`, bench.learners.split_method; ``none`` = plain training); ``learner_cfg``
+  (label of the learner's knob setting: "" when all loaded runs of that learner share one setting,
+  else the knobs changed from the learner's defaults, see `learner_cfg_labels`); ``arm`` (the
+  compared arm: ``learner`` or ``learner[cfg]``); kept for the first release's callers: ``saflex``
+  (bool) and ``saflex_cfg`` ("saflex" / the SAFLEX label / "" for other runs);
+- ``metrics.<name>`` (``val_<m>``, ``test_<m>``, ``<testset>_<m>``, ``best_epoch``, ...; raw values,
+  accuracies as fractions), ``cost.<name>`` (``cost.learner_s`` filled from ``cost.saflex_s`` for
+  records before the learner redesign), ``data.<split>`` (split sizes), ``versions.<name>``,
   ``host``, ``device``, ``finished_at``, ``run_dir`` (local store only).
 """
 from __future__ import annotations
@@ -19,25 +26,27 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 
 # Columns that are not part of the run identity (everything else in the frame that is not metrics.*,
 # cost.*, versions.* or saflex.* came from the spec). Keeps `identity_columns` correct when RunSpec
 # grows a field: no list of spec fields to keep in sync here.
 NON_SPEC_COLUMNS = (
-    "key", "sweep", "status", "family", "dataset", "upstream", "saflex", "saflex_cfg",
-    "host", "device", "finished_at", "run_dir",
+    "key", "sweep", "status", "family", "dataset", "upstream", "learner", "learner_cfg", "arm",
+    "saflex", "saflex_cfg", "host", "device", "finished_at", "run_dir",
 )
-RESULT_PREFIXES = ("metrics.", "cost.", "versions.", "saflex.")
+RESULT_PREFIXES = ("metrics.", "cost.", "versions.", "data.")
 METRIC_NAMES = ("test_acc", "test_auc", "val_acc", "val_auc", "best_epoch", "epochs_run")
-SINGLE_SAFLEX_CFG = "saflex"  # label when all loaded SAFLEX runs share one knob setting
+SINGLE_SAFLEX_CFG = "saflex"  # saflex_cfg when all loaded SAFLEX runs share one knob setting
 
 # Run-level config keys a tracker may add next to the spec; never identity.
-_WANDB_NON_SPEC = {"key", "sweep", "status", "upstream", "uses_saflex", "family", "dataset",
+_WANDB_NON_SPEC = {"key", "sweep", "status", "upstream", "learner", "uses_saflex", "family", "dataset",
                    "data_root", "device", "wandb_mode"}
 
 
@@ -109,6 +118,11 @@ def describe_skipped(skipped: Mapping[str, int]) -> str:
 
 
 # ---- shared record -> row mapping -------------------------------------------------------------
+NONE = "none"          # the plain-training learner: the baseline arm of every comparison
+REF = "ref"            # the label-budget control: the second baseline when present
+SINGLE_CFG = ""        # learner_cfg when all loaded runs of a learner share one knob setting
+
+
 def _scalar(v: Any) -> Any:
     """Make a spec value hashable/groupable (lists -> 'a,b', dicts -> canonical JSON)."""
     if isinstance(v, (list, tuple)):
@@ -118,83 +132,137 @@ def _scalar(v: Any) -> Any:
     return v
 
 
-def _split_method(method: str) -> tuple[str, bool]:
+def split_method(method: str) -> tuple[str, str]:
+    """`UPSTREAM[+LEARNER]` -> (upstream, learner); bench.learners is the single source of the grammar."""
+    from bench.learners import split_method as _split
+
+    return _split(method)
+
+
+def learner_defaults(learner: str) -> dict[str, Any]:
+    """The learner's default knobs as its class declares them ({} for a learner unknown here: its
+    settings are then labelled by value only)."""
     try:
-        from bench.spec import split_method  # single source of the `UPSTREAM[+saflex]` grammar
-    except ImportError:  # pragma: no cover - bench/ not there yet
-        suffix = "+saflex"
-        return (method[: -len(suffix)], True) if method.endswith(suffix) else (method, False)
-    return split_method(method)
+        from bench.learners import get_learner_class
+
+        return dict(get_learner_class(learner).default_knobs() or {})
+    except Exception:  # unknown learner (results from another install) or its package missing
+        return {}
 
 
 def record_to_row(rec: Mapping[str, Any], run_dir: Path | None = None) -> dict[str, Any]:
     spec = dict(rec.get("spec") or {})
     row: dict[str, Any] = {"key": rec.get("key") or (run_dir.name if run_dir else None),
                            "sweep": rec.get("sweep"), "status": rec.get("status")}
-    knobs = spec.pop("saflex", None) or {}
+    method = str(spec.get("method", ""))
+    upstream, learner = split_method(method)
+    head, plus, tail = method.rpartition("+")
+    if learner == NONE and plus and isinstance(spec.get(tail), Mapping):
+        upstream, learner = head, tail  # a learner not registered here, recognised by its knobs
+    # the learner's knobs: `saflex` (first release's field, null for other learners) or a key named
+    # after the learner; flattened as `<learner>.<knob>` so they never enter the run identity
+    knobs = spec.pop("saflex", None)
+    if learner not in (NONE, "saflex"):
+        own = spec.pop(learner, None)
+        knobs = own if isinstance(own, Mapping) else None
     for k, v in spec.items():
         row[k] = _scalar(v)
-    for k, v in dict(knobs).items():
-        row[f"saflex.{k}"] = _scalar(v)
-    method = str(spec.get("method", ""))
-    row["upstream"], row["saflex"] = _split_method(method)
+    for k, v in dict(knobs or {}).items():
+        row[f"{learner}.{k}"] = _scalar(v)
+    row["upstream"], row["learner"] = upstream, learner
+    row["saflex"] = learner == "saflex"  # the first release's column, kept for old callers
     task = str(spec.get("task", ""))
     family, sep, dataset = task.partition("/")
     row["family"], row["dataset"] = (family, dataset) if sep else ("", task)
-    for section in ("metrics", "cost", "versions"):
+    for section in ("metrics", "cost", "versions", "data"):
         for k, v in dict(rec.get(section) or {}).items():
             row[f"{section}.{k}"] = v
+    if "cost.learner_s" not in row and "cost.saflex_s" in row:  # records before the learner redesign
+        row["cost.learner_s"] = row["cost.saflex_s"]
     for k in ("host", "device", "finished_at"):
         row[k] = rec.get(k)
     row["run_dir"] = str(run_dir) if run_dir is not None else None
     return row
 
 
-def _current_knob_defaults() -> dict[str, Any]:
-    try:
-        import saflex_core
+def knob_columns(df: pd.DataFrame, learner: str | None = None) -> list[str]:
+    """The `<learner>.<knob>` columns (of one learner, or of every learner in the frame)."""
+    if learner:
+        names = {learner}
+    else:
+        names = {"saflex"} | (set(df["learner"].unique()) if "learner" in df else set())
+    names -= {NONE}
+    return sorted(c for c in df.columns if "." in c and c.split(".", 1)[0] in names
+                  and not c.startswith(RESULT_PREFIXES))
 
-        return saflex_core.SaflexConfig().to_dict()
-    except ImportError:  # reports on a machine without the algorithm package: label by value only
-        return {}
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "default" if math.isnan(v) else f"{v:g}"
+    return str(v)
+
+
+def _norm(v: Any) -> str | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else _fmt(v)
+
+
+def learner_cfg_labels(df: pd.DataFrame) -> pd.Series:
+    """A label per learner knob setting, so different settings are never averaged together:
+    "" (SINGLE_CFG) when all loaded runs of that learner share one setting (and for knob-less
+    learners and `none`); otherwise the knobs that vary across the learner's runs AND differ from
+    the learner's declared defaults (e.g. 'eps=0.05'; 'default' when none differs)."""
+    if not len(df):
+        return pd.Series([], dtype=str)
+    labels = pd.Series("", index=df.index, dtype=object)
+    for learner, g in df.groupby("learner", sort=False):
+        if learner == NONE:
+            continue
+        cols = knob_columns(df, learner)
+        varying = [c for c in cols if g[c].nunique(dropna=False) > 1]
+        if not varying:
+            continue
+        defaults = learner_defaults(learner)
+        pre = len(learner) + 1
+
+        def differs(c: str, v: Any) -> bool:
+            name = c[pre:]
+            return name not in defaults or _norm(v) != _norm(defaults[name])
+
+        # only what a run changed from the defaults: a full knob list is unreadable in a legend
+        labels[g.index] = [",".join(f"{c[pre:]}={_fmt(r[c])}" for c in varying if differs(c, r[c])) or "default"
+                           for _, r in g.iterrows()]
+    return labels
+
+
+def arm_label(learner: str, cfg: str) -> str:
+    """The compared arm: 'none', 'saflex', 'saflex[eps=0.05]', 'ref', ..."""
+    return learner if not cfg else f"{learner}[{cfg}]"
+
+
+def arm_order(arms: Iterable[str]) -> list[str]:
+    """none first, then ref (the two baselines), then the other arms alphabetically."""
+    arms = set(arms)
+    head = [a for a in (NONE, REF) if a in arms]
+    return head + sorted(arms - set(head))
+
+
+def method_label(arm: str) -> str:
+    """How tables and legends name an arm: 'X' for none, 'X+saflex[eps=0.05]' otherwise."""
+    return "X" if arm in (NONE, "") else f"X+{arm}"
 
 
 def _saflex_cfg_labels(df: pd.DataFrame) -> pd.Series:
-    """A label per SAFLEX knob setting, built from the knobs that vary across the loaded SAFLEX runs
-    and differ from the current SaflexConfig defaults (e.g. 'eps=0.05'; 'default' when none does),
-    so different settings are never averaged together; SINGLE_SAFLEX_CFG when they all share one
-    setting; "" for X runs."""
-    knob_cols = sorted(c for c in df.columns if c.startswith("saflex."))
-    sx = df["saflex"].astype(bool)
-    varying = [c for c in knob_cols if df.loc[sx, c].nunique(dropna=False) > 1]
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return "default" if math.isnan(v) else f"{v:g}"
-        return str(v)
-
-    defaults = _current_knob_defaults()
-
-    def norm(v: Any) -> str | None:
-        return None if v is None or (isinstance(v, float) and math.isnan(v)) else fmt(v)
-
-    def differs(c: str, v: Any) -> bool:
-        name = c[len("saflex."):]
-        return name not in defaults or norm(v) != norm(defaults[name])
-
-    def label(r: pd.Series) -> str:
-        if not r["saflex"]:
-            return ""
-        if not varying:
-            return SINGLE_SAFLEX_CFG
-        # only what this run changed from today's defaults: a full knob list is unreadable in a legend
-        return ",".join(f"{c[len('saflex.'):]}={fmt(r[c])}" for c in varying if differs(c, r[c])) or "default"
-
-    return df.apply(label, axis=1) if len(df) else pd.Series([], dtype=str)
+    """The first release's SAFLEX-only label (`saflex_cfg`): SINGLE_SAFLEX_CFG when all SAFLEX runs
+    share one setting, else the learner_cfg label; "" for the other runs."""
+    if "learner" not in df:  # a frame of the first release's shape (saflex bool + saflex.* columns)
+        df = df.assign(learner=np.where(df["saflex"].astype(bool), "saflex", NONE))
+    cfg = df["learner_cfg"] if "learner_cfg" in df else learner_cfg_labels(df)
+    sx = df["learner"] == "saflex"
+    return pd.Series(np.where(sx, np.where(cfg == "", SINGLE_SAFLEX_CFG, cfg), ""), index=df.index, dtype=object)
 
 
-_FRONT = ["key", "sweep", "status", "task", "family", "dataset", "method", "upstream", "saflex",
-          "saflex_cfg", "seed", "model", "epochs"]
+_FRONT = ["key", "sweep", "status", "task", "family", "dataset", "method", "upstream", "learner",
+          "learner_cfg", "arm", "saflex", "saflex_cfg", "seed", "model", "epochs"]
 
 
 def frame_from_records(records: Iterable[tuple[Mapping[str, Any], Path | None]]) -> pd.DataFrame:
@@ -202,27 +270,33 @@ def frame_from_records(records: Iterable[tuple[Mapping[str, Any], Path | None]])
     if df.empty:
         return df
     df["saflex"] = df["saflex"].astype(bool)
+    df["learner_cfg"] = learner_cfg_labels(df)
+    df["arm"] = [arm_label(lr, c) for lr, c in zip(df["learner"], df["learner_cfg"])]
     df["saflex_cfg"] = _saflex_cfg_labels(df)
-    spec_cols = [c for c in df.columns if c not in NON_SPEC_COLUMNS and not c.startswith(RESULT_PREFIXES)]
-    rank = {p: i for i, p in enumerate(("saflex.", "metrics.", "cost.", "versions."))}
-    tail = sorted((c for c in df.columns if c.startswith(RESULT_PREFIXES)),
-                  key=lambda c: rank[c.split(".", 1)[0] + "."])
+    knobs = set(knob_columns(df))
+    spec_cols = [c for c in identity_columns(df)]
+    rank = {p: i for i, p in enumerate(("metrics.", "cost.", "data.", "versions."))}
+    tail = sorted((c for c in df.columns if c.startswith(RESULT_PREFIXES)), key=lambda c: rank[c.split(".", 1)[0] + "."])
     order = ([c for c in _FRONT if c in df.columns]
-             + [c for c in spec_cols if c not in _FRONT] + tail
+             + [c for c in spec_cols if c not in _FRONT] + sorted(knobs) + tail
              + [c for c in ("host", "device", "finished_at", "run_dir") if c in df.columns])
-    return df[order].sort_values(["task", "upstream", "saflex", "saflex_cfg", "seed"],
-                                 kind="stable").reset_index(drop=True)
+    df = df[order]
+    df = df.assign(_rank=df["arm"].map({a: i for i, a in enumerate(arm_order(df["arm"]))}))
+    return (df.sort_values(["task", "upstream", "_rank", "seed"], kind="stable")
+            .drop(columns="_rank").reset_index(drop=True))
 
 
 def identity_columns(df: pd.DataFrame) -> list[str]:
-    """Spec fields present in the frame (the run identity, minus SAFLEX knobs)."""
-    return [c for c in df.columns if c not in NON_SPEC_COLUMNS and not c.startswith(RESULT_PREFIXES)]
+    """Spec fields present in the frame (the run identity, minus the learners' knobs)."""
+    knobs = set(knob_columns(df)) if "learner" in df else set()
+    return [c for c in df.columns if c not in NON_SPEC_COLUMNS and not c.startswith(RESULT_PREFIXES)
+            and c not in knobs and not c.startswith("saflex.")]
 
 
 def experiment_columns(df: pd.DataFrame) -> list[str]:
     """(task, upstream) plus every other identity column that varies across the loaded runs
-    (model, epochs, lr, ...), so runs of different protocols are never averaged together.
-    method/seed are the within-experiment axes and the SAFLEX knobs are `saflex_cfg` variants."""
+    (model, epochs, lr, ref_frac, ...), so runs of different protocols are never averaged together.
+    method/seed are the within-experiment axes and the learners' knob settings are `arm` variants."""
     extra = [c for c in identity_columns(df)
              if c not in ("task", "method", "seed") and df[c].nunique(dropna=False) > 1]
     return ["task", "upstream"] + extra
@@ -282,11 +356,14 @@ def wandb_run_to_record(run: Any) -> dict[str, Any]:
     else:
         spec = {k: v for k, v in cfg.items() if k not in _WANDB_NON_SPEC and not k.startswith("_")}
     metrics = {}
-    for name in METRIC_NAMES:  # prefixed first: a bare per-epoch key in summary is the LAST epoch
+    # further test sets (`<set>_<metric>`, e.g. ood_usps_acc) are logged once, at the end
+    extra = [k for k in summary if re.fullmatch(r"[a-z0-9_]+_(acc|auc)", k) and not k.startswith(("train_", "val_", "last_"))]
+    for name in (*METRIC_NAMES, *extra):  # prefixed first: a bare per-epoch key in summary is the LAST epoch
         for k in (f"metrics.{name}", name):
             if k in summary:
                 metrics[name] = summary[k]
                 break
+    metrics.update({k[len("metrics."):]: v for k, v in summary.items() if k.startswith("metrics.")})
     cost = {k[len("cost."):]: v for k, v in summary.items() if k.startswith("cost.")}
     state = getattr(run, "state", None)
     status = cfg.get("status") or summary.get("status") or ("done" if state == "finished" else state)

@@ -1,26 +1,33 @@
-"""Comparison tables X vs X+SAFLEX: per experiment, the mean and Student-t CI over seeds of each arm,
-the paired difference (pairs = same seed), cost, flags; plus the average gain over experiments.
+"""Comparison tables: every learner arm against X (the `none` learner) on the same upstream and seeds.
 
-CSV keeps raw fractions (columns say which metric, e.g. `x_test_acc_mean`); Markdown/LaTeX show
-points (x100).
+Per experiment (task, upstream and every other varying protocol column) and per non-`none` arm:
+mean and Student-t CI over seeds of X and of the arm, the paired difference arm − X (pairs = same
+seed), the paired difference arm − X+ref when the label-budget control `ref` ran too, cost (step-time
+overhead), flags; plus the average gain per arm over experiments.
+
+In memory (the DataFrames returned here) metrics are raw fractions; every written output (Markdown,
+LaTeX and CSV) is in points (x100) and the CSV columns say so (`..._test_acc_pts_...`).
 """
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from reports.load import describe_skipped, experiment_columns
+from reports.load import NONE, REF, arm_order, describe_skipped, experiment_columns, method_label
 from reports.stats import mean_ci, paired_diff_ci
 
-PAPER_HEADLINE_GAIN = 1.2  # points, the SAFLEX paper's average gain
+PAPER_HEADLINE_GAIN = {"saflex": 1.2}  # points: a learner's paper's average gain, quoted next to ours
 FLAG_HELP = {
-    "missing_pair": "a seed has X but not X+SAFLEX or the reverse (see unpaired_seeds); Δ uses the pairs only",
+    "missing_pair": "a seed has X but not this arm or the reverse (see unpaired_seeds); Δ uses the pairs only",
     "no_baseline": "no X run at all for this experiment",
-    "no_saflex": "no X+SAFLEX run at all for this experiment",
+    "no_learner": "only X runs in this experiment: nothing to compare",
+    "no_ref": "other experiments have X+ref runs, this one has none: no Δ vs X+ref",
     "n<2": "an arm or the pairs have fewer than 2 seeds: no CI",
+    "n<3": "only 2 seeds or pairs: CI very wide (the t-quantile for 1 degree of freedom is 12.7)",
     "dup_seed": "several runs share a seed (e.g. from wandb); they were averaged per seed",
 }
 
@@ -49,93 +56,125 @@ def _mean(g: pd.DataFrame, col: str) -> float:
     return float(g[col].mean()) if col in g.columns and len(g) and g[col].notna().any() else math.nan
 
 
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
+
+
 def _groups(df: pd.DataFrame, cols: list[str]):
     for key, g in df.groupby(cols, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         yield dict(zip(cols, key)), g
 
 
+def _ci_cols(prefix: str, ci) -> dict[str, float]:
+    return {f"{prefix}_mean": ci.mean, f"{prefix}_ci_lo": ci.lo, f"{prefix}_ci_hi": ci.hi}
+
+
 def arm_stats(df: pd.DataFrame, metric: str = "test_acc", confidence: float = 0.95) -> pd.DataFrame:
-    """One row per experiment and arm (X, or one X+SAFLEX knob variant): n seeds, mean and CI of the
-    metric (fractions), mean cost."""
+    """One row per experiment and arm (X = `none`, `saflex`, `saflex[eps=0.05]`, `ref`, ...): n seeds,
+    mean and CI of the metric (fractions), mean cost."""
     col = _metric_col(df, metric)
     exp_cols = experiment_columns(df)
     rows = []
-    for key, g in _groups(df, exp_cols + ["saflex", "saflex_cfg"]):
+    for key, g in _groups(df, exp_cols + ["learner", "arm"]):
         ci = mean_ci(_per_seed(g, col), confidence)
         rows.append({**key, "family": g["family"].iloc[0], "dataset": g["dataset"].iloc[0],
-                     "method": g["method"].iloc[0], "n": ci.n,
-                     f"{metric}_mean": ci.mean, f"{metric}_ci_lo": ci.lo, f"{metric}_ci_hi": ci.hi,
+                     "method": g["method"].iloc[0], "n": ci.n, **_ci_cols(metric, ci),
                      "epoch_s_mean": _mean(g, "cost.epoch_s"), "step_s_mean": _mean(g, "cost.step_s")})
     return pd.DataFrame(rows)
 
 
+def _unpaired(x_only: list, a_only: list, arm: str) -> str:
+    return "; ".join(s for s in (f"X only: {','.join(map(str, x_only))}" if x_only else "",
+                                 f"{method_label(arm)} only: {','.join(map(str, a_only))}" if a_only else "") if s)
+
+
 def comparison_table(df: pd.DataFrame, metric: str = "test_acc", confidence: float = 0.95) -> pd.DataFrame:
-    """One row per experiment x SAFLEX variant (see `experiment_columns`; knob settings are never
-    averaged together). Columns (fractions): x_/saflex_<metric>_{mean,ci_lo,ci_hi}, n_x, n_saflex,
-    n_pairs, gain_<metric>_{mean,ci_lo,ci_hi} (paired, SAFLEX - X), cost, flags, unpaired_seeds."""
+    """One row per experiment x non-`none` arm (see `experiment_columns`; knob settings are separate
+    arms, never averaged together); an experiment with X runs only gets one row with arm "".
+
+    Columns (fractions): learner, arm, learner_cfg; n_none, n_arm, n_pairs;
+    none_<m>_{mean,ci_lo,ci_hi}, arm_<m>_{...}; gain_<m>_{...} (paired arm − X);
+    n_pairs_ref, gain_vs_ref_<m>_{...} (paired arm − X+ref, where the experiment has `ref` runs and
+    the arm is not `ref`); {none,arm}_{epoch,step}_s_mean, overhead_{epoch,step}_s (arm / X),
+    arm_learner_s_mean; flags (';'-joined, see FLAG_HELP), unpaired_seeds."""
     col = _metric_col(df, metric)
     exp_cols = experiment_columns(df)
     m = metric
+    ref_anywhere = (df["learner"] == REF).any()
     rows = []
     for key, g in _groups(df, exp_cols):
-        base = g[~g["saflex"]]
+        base = g[g["learner"] == NONE]
         xs = _per_seed(base, col)
-        variants = sorted(g.loc[g["saflex"], "saflex_cfg"].unique()) or [""]
-        for v in variants:
-            sx = g[g["saflex"] & (g["saflex_cfg"] == v)]
-            ss = _per_seed(sx, col)
+        ref = g[g["arm"] == REF]
+        rs = _per_seed(ref, col)
+        arms = [a for a in arm_order(g["arm"]) if a != NONE] or [""]
+        for arm in arms:
+            a = g[g["arm"] == arm]
+            ss = _per_seed(a, col)
             pairs = xs.index.intersection(ss.index).sort_values()
             cx, cs = mean_ci(xs, confidence), mean_ci(ss, confidence)
             cd = paired_diff_ci(xs.loc[pairs], ss.loc[pairs], confidence)
-            x_only = sorted(set(xs.index) - set(ss.index))
-            s_only = sorted(set(ss.index) - set(xs.index))
+            learner = a["learner"].iloc[0] if len(a) else ""
+            vs_ref = bool(len(ref)) and learner not in ("", REF)
+            rpairs = rs.index.intersection(ss.index).sort_values() if vs_ref else pd.Index([])
+            cr = paired_diff_ci(rs.loc[rpairs], ss.loc[rpairs], confidence) if vs_ref else mean_ci([])
+            x_only = sorted(set(xs.index) - set(ss.index)) if arm else []
+            a_only = sorted(set(ss.index) - set(xs.index))
             flags = []
-            if x_only or s_only:
+            if x_only or a_only or not arm:
                 flags.append("missing_pair")
             if xs.empty:
                 flags.append("no_baseline")
-            if ss.empty:
-                flags.append("no_saflex")
-            if min(cx.n, cs.n, cd.n) < 2:
+            if not arm:
+                flags.append("no_learner")
+            if ref_anywhere and arm and learner != REF and ref.empty:
+                flags.append("no_ref")
+            n_min = min(cx.n, cs.n, cd.n)
+            if n_min < 2:
                 flags.append("n<2")
-            if base["seed"].duplicated().any() or sx["seed"].duplicated().any():
+            elif n_min < 3:
+                flags.append("n<3")
+            if base["seed"].duplicated().any() or a["seed"].duplicated().any():
                 flags.append("dup_seed")
-            unpaired = "; ".join(s for s in (
-                f"X only: {','.join(map(str, x_only))}" if x_only else "",
-                f"X+SAFLEX only: {','.join(map(str, s_only))}" if s_only else "") if s)
-            ex, es = _mean(base, "cost.epoch_s"), _mean(sx, "cost.epoch_s")
-            tx, ts = _mean(base, "cost.step_s"), _mean(sx, "cost.step_s")
+            ex, ea = _mean(base, "cost.epoch_s"), _mean(a, "cost.epoch_s")
+            tx, ta = _mean(base, "cost.step_s"), _mean(a, "cost.step_s")
             rows.append({
                 **key, "family": g["family"].iloc[0], "dataset": g["dataset"].iloc[0],
-                "saflex_cfg": v,
-                "n_x": cx.n, "n_saflex": cs.n, "n_pairs": cd.n,
-                f"x_{m}_mean": cx.mean, f"x_{m}_ci_lo": cx.lo, f"x_{m}_ci_hi": cx.hi,
-                f"saflex_{m}_mean": cs.mean, f"saflex_{m}_ci_lo": cs.lo, f"saflex_{m}_ci_hi": cs.hi,
-                f"gain_{m}_mean": cd.mean, f"gain_{m}_ci_lo": cd.lo, f"gain_{m}_ci_hi": cd.hi,
-                "x_epoch_s_mean": ex, "saflex_epoch_s_mean": es, "overhead_epoch_s": es / ex if ex else math.nan,
-                "x_step_s_mean": tx, "saflex_step_s_mean": ts, "overhead_step_s": ts / tx if tx else math.nan,
-                "flags": ";".join(flags), "unpaired_seeds": unpaired,
+                "learner": learner, "arm": arm, "learner_cfg": a["learner_cfg"].iloc[0] if len(a) else "",
+                "n_none": cx.n, "n_arm": cs.n, "n_pairs": cd.n,
+                **_ci_cols(f"none_{m}", cx), **_ci_cols(f"arm_{m}", cs), **_ci_cols(f"gain_{m}", cd),
+                "n_pairs_ref": cr.n, **_ci_cols(f"gain_vs_ref_{m}", cr),
+                "none_epoch_s_mean": ex, "arm_epoch_s_mean": ea, "overhead_epoch_s": _ratio(ea, ex),
+                "none_step_s_mean": tx, "arm_step_s_mean": ta, "overhead_step_s": _ratio(ta, tx),
+                "arm_learner_s_mean": _mean(a, "cost.learner_s"),
+                "flags": ";".join(flags), "unpaired_seeds": _unpaired(x_only, a_only, arm),
             })
     return pd.DataFrame(rows)
 
 
 def average_gain(table: pd.DataFrame, metric: str = "test_acc", confidence: float = 0.95) -> pd.DataFrame:
-    """Average of the per-experiment paired gains, per SAFLEX variant (fractions), with a t-CI over
-    experiments. Experiments without any pair cannot contribute and are counted in n_without_pairs."""
-    g = f"gain_{metric}_mean"
+    """Per arm: the average of the per-experiment paired gains over X (and over X+ref), fractions,
+    with a t-CI over experiments. Experiments without a pair cannot contribute and are counted in
+    n_without_pairs; attrs['n_no_learner'] counts experiments with X runs only."""
+    g, gr = f"gain_{metric}_mean", f"gain_vs_ref_{metric}_mean"
     rows = []
-    variants = sorted(v for v in table["saflex_cfg"].unique() if v) if len(table) else []
-    for v in variants:
-        sub = table[table["saflex_cfg"] == v]
+    arms = arm_order(a for a in table["arm"].unique() if a) if len(table) else []
+    for arm in arms:
+        sub = table[table["arm"] == arm]
         ci = mean_ci(sub[g], confidence)
-        rows.append({"saflex_cfg": v, "n_experiments": ci.n, f"avg_gain_{metric}": ci.mean,
-                     f"avg_gain_{metric}_ci_lo": ci.lo, f"avg_gain_{metric}_ci_hi": ci.hi,
-                     "n_without_pairs": int(sub[g].isna().sum())})
-    cols = ["saflex_cfg", "n_experiments", f"avg_gain_{metric}", f"avg_gain_{metric}_ci_lo",
-            f"avg_gain_{metric}_ci_hi", "n_without_pairs"]
+        cr = mean_ci(sub[gr], confidence)
+        rows.append({"learner": sub["learner"].iloc[0], "arm": arm, "n_experiments": ci.n,
+                     **{f"avg_gain_{metric}" if k.endswith("_mean") else k: v
+                        for k, v in _ci_cols(f"avg_gain_{metric}", ci).items()},
+                     "n_without_pairs": int(sub[g].isna().sum()), "n_experiments_ref": cr.n,
+                     **{f"avg_gain_vs_ref_{metric}" if k.endswith("_mean") else k: v
+                        for k, v in _ci_cols(f"avg_gain_vs_ref_{metric}", cr).items()}})
+    cols = ["learner", "arm", "n_experiments", f"avg_gain_{metric}", f"avg_gain_{metric}_ci_lo",
+            f"avg_gain_{metric}_ci_hi", "n_without_pairs", "n_experiments_ref", f"avg_gain_vs_ref_{metric}",
+            f"avg_gain_vs_ref_{metric}_ci_lo", f"avg_gain_vs_ref_{metric}_ci_hi"]
     out = pd.DataFrame(rows, columns=cols)
-    out.attrs["n_no_saflex"] = int((table["saflex_cfg"] == "").sum()) if len(table) else 0
+    out.attrs["n_no_learner"] = int((table["arm"] == "").sum()) if len(table) else 0
     return out
 
 
@@ -152,54 +191,102 @@ def fmt_points(mean: float, lo: float, hi: float, signed: bool = False) -> str:
     return s + (" ± n/a" if _isnan(lo) else f" ± {100 * (hi - lo) / 2:.2f}")
 
 
-def _fmt_num(v: float, spec: str, prefix: str = "") -> str:
-    return "–" if _isnan(v) else f"{prefix}{v:{spec}}"
+def _fmt_num(v: float, spec: str, prefix: str = "", scale: float = 1.0) -> str:
+    return "–" if _isnan(v) else f"{prefix}{scale * v:{spec}}"
 
 
 def _extra_cols(table: pd.DataFrame) -> list[str]:
-    known = {"task", "upstream", "family", "dataset", "saflex_cfg"}
+    known = {"task", "upstream", "family", "dataset"}
     cols = list(table.columns)
     return [c for c in cols[: cols.index("family")] if c not in known] if "family" in cols else []
 
 
+def _has_ref(table: pd.DataFrame) -> bool:
+    return bool(len(table)) and (table["learner"] == REF).any()
+
+
+def _ci3(r: pd.Series, prefix: str, signed: bool = False) -> str:
+    return fmt_points(r[f"{prefix}_mean"], r[f"{prefix}_ci_lo"], r[f"{prefix}_ci_hi"], signed=signed)
+
+
 def display_table(table: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
-    """The human table (strings, points) shared by Markdown, LaTeX and the wandb report."""
+    """The human table (strings, points) shared by Markdown, LaTeX, the study and the wandb report."""
     m = metric
-    show_cfg = table.loc[table["saflex_cfg"] != "", "saflex_cfg"].nunique() > 1  # several knob settings
+    ref = _has_ref(table)
     rows = []
     for _, r in table.iterrows():
         d = {"Task": r["task"], "Upstream": r["upstream"]}
         for c in _extra_cols(table):
             d[c] = str(r[c])
-        if show_cfg:
-            d["SAFLEX cfg"] = r["saflex_cfg"] or "–"
-        d["n (X/S/pairs)"] = f"{r['n_x']}/{r['n_saflex']}/{r['n_pairs']}"
-        d["X"] = fmt_points(r[f"x_{m}_mean"], r[f"x_{m}_ci_lo"], r[f"x_{m}_ci_hi"])
-        d["X+SAFLEX"] = fmt_points(r[f"saflex_{m}_mean"], r[f"saflex_{m}_ci_lo"], r[f"saflex_{m}_ci_hi"])
-        d["Δ paired"] = fmt_points(r[f"gain_{m}_mean"], r[f"gain_{m}_ci_lo"], r[f"gain_{m}_ci_hi"], signed=True)
-        d["s/epoch X"] = _fmt_num(r["x_epoch_s_mean"], ".2f")
-        d["s/epoch X+S"] = _fmt_num(r["saflex_epoch_s_mean"], ".2f")
-        d["overhead"] = _fmt_num(r["overhead_epoch_s"], ".2f", "×")
+        d["Arm"] = method_label(r["arm"]) if r["arm"] else "–"
+        n = f"{r['n_none']}/{r['n_arm']}/{r['n_pairs']}"
+        d["n (X/arm/pairs/ref pairs)" if ref else "n (X/arm/pairs)"] = n + (f"/{r['n_pairs_ref']}" if ref else "")
+        d["X"] = _ci3(r, f"none_{m}")
+        d["arm"] = _ci3(r, f"arm_{m}")
+        d["Δ vs X"] = _ci3(r, f"gain_{m}", signed=True)
+        if ref:
+            d["Δ vs X+ref"] = _ci3(r, f"gain_vs_ref_{m}", signed=True)
+        d["ms/step X"] = _fmt_num(r["none_step_s_mean"], ".1f", scale=1000)
+        d["ms/step arm"] = _fmt_num(r["arm_step_s_mean"], ".1f", scale=1000)
+        over = r["overhead_step_s"] if not _isnan(r["overhead_step_s"]) else r["overhead_epoch_s"]
+        d["overhead"] = _fmt_num(over, ".2f", "×")
         d["flags"] = r["flags"].replace(";", ", ")
         rows.append(d)
     return pd.DataFrame(rows)
 
 
+def display_average(avg: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
+    """The per-arm average gains as a human table (points)."""
+    ref = bool(len(avg)) and (avg["n_experiments_ref"] > 0).any()
+    rows = []
+    for _, r in avg.iterrows():
+        d = {"Arm": method_label(r["arm"]), "experiments": str(r["n_experiments"]),
+             "avg Δ vs X": _ci3(r.rename({f"avg_gain_{metric}": f"avg_gain_{metric}_mean"}), f"avg_gain_{metric}", True)}
+        if ref:
+            d["experiments with ref"] = str(r["n_experiments_ref"])
+            d["avg Δ vs X+ref"] = _ci3(r.rename({f"avg_gain_vs_ref_{metric}": f"avg_gain_vs_ref_{metric}_mean"}),
+                                       f"avg_gain_vs_ref_{metric}", True)
+        rows.append(d)
+    return pd.DataFrame(rows)
+
+
+def legend(confidence: float = 0.95, over: str = "seeds", ref: bool = False) -> str:
+    """The line under every table: what ± means, and the columns that need saying."""
+    pct = f"{100 * confidence:g} %"
+    s = f"± = half-width of the {pct} Student-t interval over {over}, in points (metric × 100); n/a: fewer than 2."
+    if over == "seeds":
+        s += (" X = the upstream alone (learner `none`); arm = X with the learner; Δ vs X = arm − X paired over "
+              "the seeds both have" + ("; Δ vs X+ref = arm − X+ref (label-budget control) paired likewise" if ref else "")
+              + "; overhead = time per step of the arm / of X (per epoch where steps were not timed).")
+    else:
+        s += " Each experiment's paired Δ counts once; experiments without pairs are left out."
+    return s
+
+
 def headline(avg: pd.DataFrame, metric: str = "test_acc", confidence: float = 0.95) -> list[str]:
-    """'Average SAFLEX gain: +1.23 points (95 % CI [...], 7 experiments; paper: +1.2)' per variant."""
+    """'Average gain of X+saflex over X (test_acc): +1.23 points (95 % CI [...], over 7 experiments;
+    paper: +1.2 points); over X+ref: ...' per arm."""
     out = []
     pct = f"{100 * confidence:g} %"
-    for _, r in avg.iterrows():
-        name = "" if r["saflex_cfg"] == "saflex" else f" [{r['saflex_cfg']}]"
-        g, lo, hi = (r[f"avg_gain_{metric}{s}"] for s in ("", "_ci_lo", "_ci_hi"))
+
+    def part(r: pd.Series, name: str, n_col: str) -> str:
+        g, lo, hi = (r[f"avg_gain_{name}{s}"] for s in ("", "_ci_lo", "_ci_hi"))
         ci = "CI n/a" if _isnan(lo) else f"{pct} CI [{100 * lo:+.2f}, {100 * hi:+.2f}]"
         g_s = "n/a" if _isnan(g) else f"{100 * g:+.2f} points"
-        excl = f"; {r['n_without_pairs']} without pairs excluded" if r["n_without_pairs"] else ""
-        n = r["n_experiments"]
-        out.append(f"Average SAFLEX gain{name} ({metric}): {g_s} ({ci}, over {n} "
-                   f"experiment{'s' if n != 1 else ''}{excl}; paper: +{PAPER_HEADLINE_GAIN} points)")
+        n = r[n_col]
+        return f"{g_s} ({ci}, over {n} experiment{'s' if n != 1 else ''}"
+
+    for _, r in avg.iterrows():
+        line = f"Average gain of {method_label(r['arm'])} over X ({metric}): " + part(r, metric, "n_experiments")
+        if r["n_without_pairs"]:
+            line += f"; {r['n_without_pairs']} without pairs excluded"
+        paper = PAPER_HEADLINE_GAIN.get(r["learner"])
+        line += f"; paper: +{paper} points)" if paper is not None and metric == "test_acc" else ")"
+        if r["n_experiments_ref"]:
+            line += "; over X+ref: " + part(r, f"vs_ref_{metric}", "n_experiments_ref") + ")"
+        out.append(line)
     if not out:
-        out.append("Average SAFLEX gain: n/a (no X+SAFLEX runs)")
+        out.append("Average gain: n/a (no runs of any learner besides X)")
     return out
 
 
@@ -207,9 +294,9 @@ def _md_table(disp: pd.DataFrame) -> str:
     def cell(v: Any) -> str:
         return str(v).replace("|", "\\|")
 
-    numeric = {"n (X/S/pairs)", "X", "X+SAFLEX", "Δ paired", "s/epoch X", "s/epoch X+S", "overhead"}
+    text = {"Task", "Upstream", "Arm", "flags"}
     lines = ["| " + " | ".join(map(cell, disp.columns)) + " |",
-             "|" + "|".join("---:" if c in numeric else "---" for c in disp.columns) + "|"]
+             "|" + "|".join("---" if c in text else "---:" for c in disp.columns) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in disp.itertuples(index=False)]
     return "\n".join(lines)
 
@@ -220,48 +307,75 @@ _TEX_ESCAPE = {"\\": r"\textbackslash{}", "<": r"\textless{}", ">": r"\textgreat
 
 def tex_escape(s: str) -> str:
     s = "".join(_TEX_ESCAPE.get(ch, ch) for ch in str(s))
-    return s.replace("±", r"$\pm$").replace("×", r"$\times$").replace("Δ", r"$\Delta$").replace("–", "--")
+    return (s.replace("±", r"$\pm$").replace("×", r"$\times$").replace("Δ", r"$\Delta$").replace("−", "--")
+            .replace("–", "--"))
 
 
-def _header_lines(df: pd.DataFrame, metric: str, confidence: float) -> list[str]:
+def _header_lines(df: pd.DataFrame, metric: str) -> list[str]:
     src = df.attrs.get("source", "?")
     sweep = df.attrs.get("sweep")
     skipped = describe_skipped(df.attrs.get("skipped") or {})
+    arms = arm_order(df["arm"].unique()) if len(df) else []
     return [f"Source: {src}" + (f" (sweep: {sweep})" if sweep else "") + f"; {len(df)} done runs loaded"
             + (f"; {skipped}" if skipped else "; 0 skipped") + ".",
-            f"Metric: {metric} in points (x100): mean ± half-width of the {100 * confidence:g} % "
-            "Student-t CI over seeds; Δ paired = X+SAFLEX − X over the seeds both have; "
-            "overhead = s/epoch(X+SAFLEX) / s/epoch(X)."]
+            f"Metric: {metric}. Arms: {', '.join(method_label(a) for a in arms)}."]
 
 
 def to_markdown(df: pd.DataFrame, table: pd.DataFrame, avg: pd.DataFrame, metric: str = "test_acc",
                 confidence: float = 0.95) -> str:
-    parts = [f"# X vs X+SAFLEX: {metric}", "", *_header_lines(df, metric, confidence), "",
-             _md_table(display_table(table, metric)), ""]
+    parts = [f"# Learners vs X: {metric}", "", *_header_lines(df, metric), "",
+             _md_table(display_table(table, metric)), "", legend(confidence, "seeds", _has_ref(table)), ""]
+    if len(avg):
+        parts += ["## Average gain per arm", "", _md_table(display_average(avg, metric)), "",
+                  legend(confidence, "experiments"), ""]
     parts += [f"- **{line}**" for line in headline(avg, metric, confidence)]
-    used = sorted({f for fl in table["flags"] for f in fl.split(";") if f})
+    used = sorted({f for fl in table["flags"] for f in fl.split(";") if f}) if len(table) else []
     if used:
         parts += ["", "Flags:"] + [f"- `{f}`: {FLAG_HELP.get(f, f)}" for f in used]
     return "\n".join(parts) + "\n"
 
 
-def to_latex(df: pd.DataFrame, table: pd.DataFrame, avg: pd.DataFrame, metric: str = "test_acc",
-             confidence: float = 0.95) -> str:
-    disp = display_table(table, metric)
-    align = "ll" + "l" * (len(disp.columns) - 2)
-    lines = ["% generated by `saflex-bench report`; needs \\usepackage{booktabs}",
-             "\\begin{table}[t]", "\\centering", "\\small", f"\\begin{{tabular}}{{{align}}}", "\\toprule",
+def _tex_tabular(disp: pd.DataFrame) -> list[str]:
+    lines = [f"\\begin{{tabular}}{{{'l' * len(disp.columns)}}}", "\\toprule",
              " & ".join(tex_escape(c) for c in disp.columns) + r" \\", "\\midrule"]
     lines += [" & ".join(tex_escape(v) for v in row) + r" \\" for row in disp.itertuples(index=False)]
-    caption = " ".join(_header_lines(df, metric, confidence)) + " " + " ".join(headline(avg, metric, confidence))
-    lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{tex_escape(caption)}}}",
-              "\\label{tab:saflex-gain}", "\\end{table}"]
+    return lines + ["\\bottomrule", "\\end{tabular}"]
+
+
+def to_latex(df: pd.DataFrame, table: pd.DataFrame, avg: pd.DataFrame, metric: str = "test_acc",
+             confidence: float = 0.95) -> str:
+    lines = ["% generated by `saflex-bench report`; needs \\usepackage{booktabs}",
+             "\\begin{table}[t]", "\\centering", "\\small", *_tex_tabular(display_table(table, metric))]
+    caption = " ".join(_header_lines(df, metric) + [legend(confidence, "seeds", _has_ref(table))]
+                       + headline(avg, metric, confidence))
+    lines += [f"\\caption{{{tex_escape(caption)}}}", "\\label{tab:learner-gain}", "\\end{table}"]
+    if len(avg):
+        lines += ["", "\\begin{table}[t]", "\\centering", "\\small", *_tex_tabular(display_average(avg, metric)),
+                  f"\\caption{{{tex_escape(f'Average gain per arm ({metric}). ' + legend(confidence, 'experiments'))}}}",
+                  "\\label{tab:learner-avg-gain}", "\\end{table}"]
     return "\n".join(lines) + "\n"
+
+
+def in_points(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The table as written to CSV: every column holding the metric (or a difference of it) x100 and
+    renamed `<...>_<metric>_pts_<...>`; a `_ci_half` column (the ± of the tables) after each CI."""
+    pat = re.compile(rf"(^|_){re.escape(metric)}(_|$)")
+    out = {}
+    for c in table.columns:
+        if not pat.search(c):
+            out[c] = table[c]
+            continue
+        name = pat.sub(lambda mo: f"{mo.group(1)}{metric}_pts{mo.group(2)}", c, count=1)
+        out[name] = 100 * table[c].astype(float)
+        if c.endswith("_ci_hi"):
+            lo = c[: -len("_hi")] + "_lo"
+            out[name[: -len("_hi")] + "_half"] = 100 * (table[c].astype(float) - table[lo].astype(float)) / 2
+    return pd.DataFrame(out)
 
 
 def write_tables(df: pd.DataFrame, out_dir: str | Path, metric: str = "test_acc",
                  confidence: float = 0.95) -> tuple[list[Path], list[str]]:
-    """Write table.{md,tex,csv} and gain_summary.csv; returns (paths, headline lines)."""
+    """Write table.{md,tex,csv} and gain_summary.csv (both CSVs in points); returns (paths, headline lines)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = comparison_table(df, metric, confidence)
@@ -269,7 +383,6 @@ def write_tables(df: pd.DataFrame, out_dir: str | Path, metric: str = "test_acc"
     paths = [out / "table.md", out / "table.tex", out / "table.csv", out / "gain_summary.csv"]
     paths[0].write_text(to_markdown(df, table, avg, metric, confidence))
     paths[1].write_text(to_latex(df, table, avg, metric, confidence))
-    table.to_csv(paths[2], index=False)
-    avg.to_csv(paths[3], index=False)
+    in_points(table, metric).to_csv(paths[2], index=False)
+    in_points(avg, metric).to_csv(paths[3], index=False)
     return paths, headline(avg, metric, confidence)
-

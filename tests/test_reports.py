@@ -177,10 +177,12 @@ def test_load_frame(df, root):
     r = df[(df["task"] == DG) & (df["method"] == NZ + "+saflex") & (df["seed"] == 1)].iloc[0]
     assert r["family"] == "digits" and r["dataset"] == "sklearn"
     assert r["upstream"] == NZ and bool(r["saflex"]) and r["saflex_cfg"] == "saflex"
+    assert r["learner"] == "saflex" and r["learner_cfg"] == "" and r["arm"] == "saflex"
+    assert r["cost.learner_s"] == 0.0  # old records: filled from cost.saflex_s
     assert r["metrics.test_acc"] == 0.91 and r["cost.epoch_s"] == epoch_s_of((DG, NZ), "s", 1)
     assert r["saflex.eps"] == 0.1 and r["milestones"] == "0.5,0.75" and r["model"] == "cnn"
     x = df[df["method"] == RA].iloc[0]
-    assert not x["saflex"] and x["saflex_cfg"] == ""
+    assert not x["saflex"] and x["saflex_cfg"] == "" and x["learner"] == "none" and x["arm"] == "none"
     assert experiment_columns(df) == ["task", "upstream"]
     # everything (both sweeps): epochs now varies -> part of the experiment identity
     full = load_results(root)
@@ -207,22 +209,22 @@ def test_comparison_table_numbers(df):
         r = t[(t["task"] == exp[0]) & (t["upstream"] == exp[1])]
         assert len(r) == 1
         r = r.iloc[0]
-        for arm, pre in (("x", "x_"), ("s", "saflex_")):
+        for arm, pre in (("x", "none_"), ("s", "arm_")):
             m, lo, hi = t_ci(arms[arm].values())
             assert close(r[f"{pre}test_acc_mean"], m)
             assert close(r[f"{pre}test_acc_ci_lo"], lo) and close(r[f"{pre}test_acc_ci_hi"], hi)
-        assert r["n_x"] == len(arms["x"]) and r["n_saflex"] == len(arms["s"])
+        assert r["n_none"] == len(arms["x"]) and r["n_arm"] == len(arms["s"]) and r["arm"] == "saflex"
         m, lo, hi = gains[exp]
         assert close(r["gain_test_acc_mean"], m) and close(r["gain_test_acc_ci_lo"], lo)
         assert close(r["gain_test_acc_ci_hi"], hi)
         assert r["n_pairs"] == len(set(arms["x"]) & set(arms["s"]))
         ex = np.mean([epoch_s_of(exp, "x", s) for s in arms["x"]])
         es = np.mean([epoch_s_of(exp, "s", s) for s in arms["s"]])
-        assert close(r["x_epoch_s_mean"], ex) and close(r["saflex_epoch_s_mean"], es)
+        assert close(r["none_epoch_s_mean"], ex) and close(r["arm_epoch_s_mean"], es)
         assert close(r["overhead_epoch_s"], es / ex)
     flags = dict(zip(zip(t["task"], t["upstream"]), t["flags"]))
-    assert flags[(BM, RA)] == "" and flags[(DG, NZ)] == ""
-    assert flags[(BM, CM)] == "missing_pair"
+    assert flags[(BM, RA)] == "" and flags[(DG, NZ)] == "n<3"  # two seeds: CI very wide
+    assert flags[(BM, CM)] == "missing_pair;n<3"
     assert flags[(DG, RA)] == "n<2"
     assert t.loc[t["upstream"] == CM, "unpaired_seeds"].item() == "X only: 2"
     # (BM, CM) paired diff uses seeds 0 and 1 only: (0.72-0.70 + 0.78-0.75)/2
@@ -244,12 +246,12 @@ def test_protocols_and_missing_arm_flagged(root):
     t = comparison_table(load_results(root))
     assert "epochs" in t.columns and len(t) == len(ACC) + 1
     r8 = t[t["epochs"] == 8].iloc[0]
-    assert r8["saflex_cfg"] == "" and r8["n_x"] == 1 and r8["n_saflex"] == 0 and r8["n_pairs"] == 0
-    assert r8["flags"] == "missing_pair;no_saflex;n<2" and math.isnan(r8["gain_test_acc_mean"])
+    assert r8["arm"] == "" and r8["n_none"] == 1 and r8["n_arm"] == 0 and r8["n_pairs"] == 0
+    assert r8["flags"] == "missing_pair;no_learner;n<2" and math.isnan(r8["gain_test_acc_mean"])
     r4 = t[(t["epochs"] == 4) & (t["task"] == BM) & (t["upstream"] == RA)].iloc[0]
-    assert close(r4["x_test_acc_mean"], np.mean([.80, .82, .84]))  # the epochs=8 run is not mixed in
+    assert close(r4["none_test_acc_mean"], np.mean([.80, .82, .84]))  # the epochs=8 run is not mixed in
     avg = average_gain(t)
-    assert avg.iloc[0]["n_experiments"] == 4 and avg.attrs["n_no_saflex"] == 1
+    assert avg.iloc[0]["n_experiments"] == 4 and avg.attrs["n_no_learner"] == 1
 
 
 def test_saflex_knob_variants_not_averaged(tmp_path):
@@ -265,14 +267,15 @@ def test_saflex_knob_variants_not_averaged(tmp_path):
             write_run(tmp_path, f"r{i}", task=BM, method=RA + "+saflex", seed=seed, acc=acc,
                       knobs=dict(KNOBS, eps=eps))
     t = comparison_table(load_results(tmp_path))
-    assert sorted(t["saflex_cfg"]) == ["eps=0.05", "eps=0.1"]
+    assert sorted(t["learner_cfg"]) == ["eps=0.05", "eps=0.1"]
+    assert sorted(t["arm"]) == ["saflex[eps=0.05]", "saflex[eps=0.1]"]
     for eps, seeds in sx.items():
-        r = t[t["saflex_cfg"] == f"eps={eps:g}"].iloc[0]
+        r = t[t["arm"] == f"saflex[eps={eps:g}]"].iloc[0]
         m, lo, hi = t_ci([seeds[s] - x[s] for s in x])
         assert close(r["gain_test_acc_mean"], m) and close(r["gain_test_acc_ci_lo"], lo)
-        assert close(r["x_test_acc_mean"], np.mean(list(x.values())))
+        assert close(r["none_test_acc_mean"], np.mean(list(x.values())))
     avg = average_gain(t)
-    assert sorted(avg["saflex_cfg"]) == ["eps=0.05", "eps=0.1"] and (avg["n_experiments"] == 1).all()
+    assert sorted(avg["arm"]) == ["saflex[eps=0.05]", "saflex[eps=0.1]"] and (avg["n_experiments"] == 1).all()
 
 
 def test_write_tables_formats(df, tmp_path):
@@ -287,13 +290,18 @@ def test_write_tables_formats(df, tmp_path):
     assert "3 skipped" in md and "1 status not done" in md and "unreadable result.json" in md
     avg_m, avg_lo, avg_hi = t_ci([v[0] for v in expected_gains().values()])
     assert f"{100 * avg_m:+.2f} points" in md and f"[{100 * avg_lo:+.2f}, {100 * avg_hi:+.2f}]" in md
-    assert "paper: +1.2" in md and lines[0].startswith("Average SAFLEX gain")
+    assert "paper: +1.2" in md and lines[0].startswith("Average gain of X+saflex over X (test_acc)")
+    assert md.count("± = half-width of the 95 % Student-t interval") == 2  # a legend under each table
     tex = paths[1].read_text()
     assert "\\toprule" in tex and "$\\pm$" in tex and "missing\\_pair" in tex and "n\\textless{}2" in tex
+    # CSVs in points like the tables, and the column names say so
     csv = pd.read_csv(paths[2])
-    assert close(csv.loc[(csv["task"] == BM) & (csv["upstream"] == RA), "x_test_acc_mean"].item(), m)  # raw fractions in CSV
+    r = csv[(csv["task"] == BM) & (csv["upstream"] == RA)].iloc[0]
+    assert close(r["none_test_acc_pts_mean"], 100 * m) and close(r["none_test_acc_pts_ci_half"], 100 * (hi - lo) / 2)
+    assert close(r["gain_test_acc_pts_mean"], 100 * g) and "none_test_acc_mean" not in csv.columns
     gs = pd.read_csv(paths[3])
-    assert close(gs["avg_gain_test_acc"].iloc[0], avg_m)
+    assert close(gs["avg_gain_test_acc_pts"].iloc[0], 100 * avg_m)
+    assert close(gs["avg_gain_test_acc_pts_ci_lo"].iloc[0], 100 * avg_lo)
 
 
 # ---- figures --------------------------------------------------------------------------------
@@ -320,7 +328,7 @@ def test_fig1_csv(figs):
     d = pd.read_csv(figs[0] / "fig1_accuracy.csv", keep_default_na=False, na_values=[""])
     assert len(d) == 2 * len(ACC)
     for (task, up), arms in ACC.items():
-        for arm, label in (("x", "X"), ("s", "X+SAFLEX")):
+        for arm, label in (("x", "none"), ("s", "saflex")):
             r = d[(d["task"] == task) & (d["upstream"] == up) & (d["arm"] == label)].iloc[0]
             m, lo, hi = t_ci(arms[arm].values())
             assert r["n"] == len(arms[arm]) and close(r["test_acc_mean"], m)
@@ -406,7 +414,7 @@ def test_cli_report(root, tmp_path, capsys, monkeypatch):
     args = _parse(["report", "--results", str(root), "--sweep", "demo", "--out", str(tmp_path / "r")])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert "Average SAFLEX gain" in out and f"wrote {tmp_path / 'r' / 'table.md'}" in out
+    assert "Average gain of X+saflex over X" in out and f"wrote {tmp_path / 'r' / 'table.md'}" in out
     # default results root from $SAFLEX_RESULTS, default out = <results>/report
     monkeypatch.setenv("SAFLEX_RESULTS", str(root))
     args = _parse(["report", "--sweep", "demo"])
@@ -497,7 +505,7 @@ def test_wandb_report_spec_offline(root, tmp_path, capsys, monkeypatch):
     blocks = rep["blocks"]
     grids = [b for b in blocks if b["type"] == "PanelGrid"]
     heads = [b["text"] for b in blocks if b["type"] == "H2"]
-    assert heads == sorted([BM, DG]) + ["SAFLEX gain", "Cost"]
+    assert heads == sorted([BM, DG]) + ["Learner gains", "Cost"]
     for task, grid in zip(sorted([BM, DG]), grids[:2]):                     # one grid per dataset
         (rs,) = grid["runsets"]
         assert rs["entity"] == "ent" and rs["project"] == "proj" and rs["groupby"] == ["config.method"]
@@ -506,7 +514,7 @@ def test_wandb_report_spec_offline(root, tmp_path, capsys, monkeypatch):
         assert [p["type"] for p in grid["panels"]] == ["BarPlot", "LinePlot"]
         assert all(p["groupby"] == "config.method" for p in grid["panels"])
         assert grid["panels"][0]["metrics"] == ["test_acc"] and grid["panels"][1]["y"] == ["val_acc"]
-    gain = blocks[blocks.index(next(b for b in blocks if b.get("text") == "SAFLEX gain")) + 1]
+    gain = blocks[blocks.index(next(b for b in blocks if b.get("text") == "Learner gains")) + 1]
     assert gain["type"] == "MarkdownBlock"
     g, glo, ghi = expected_gains()[(BM, RA)]
     assert f"{100 * g:+.2f} ± {100 * (ghi - glo) / 2:.2f}" in gain["text"] and "missing_pair" in gain["text"]
@@ -533,12 +541,18 @@ def test_wandb_report_dry_run_and_missing_package(root, tmp_path, monkeypatch):
         args.func(args)
 
 
-def test_saflex_cfg_labels_name_only_what_differs_from_the_defaults():
-    from reports.load import _saflex_cfg_labels
+def test_learner_cfg_labels_name_only_what_differs_from_the_defaults():
+    from reports.load import _saflex_cfg_labels, learner_cfg_labels
 
     d = saflex_core.SaflexConfig().to_dict()
-    rows = [dict(saflex=False, **{f"saflex.{k}": math.nan for k in d}),
-            dict(saflex=True, **{f"saflex.{k}": (math.nan if v is None else v) for k, v in d.items()}),
-            dict(saflex=True, **{f"saflex.{k}": (math.nan if v is None else v) for k, v in {**d, "eps": 0.3, "labels": "kl"}.items()}),
-            dict(saflex=True, **{f"saflex.{k}": (math.nan if v is None else v) for k, v in {**d, "tau": 3.0}.items()})]
-    assert list(_saflex_cfg_labels(pd.DataFrame(rows))) == ["", "default", "eps=0.3,labels=kl", "tau=3"]
+
+    def sx(**over):
+        return dict(learner="saflex", **{f"saflex.{k}": (math.nan if v is None else v) for k, v in {**d, **over}.items()})
+
+    rows = [dict(learner="none", **{f"saflex.{k}": math.nan for k in d}), sx(), sx(eps=0.3, labels="kl"), sx(tau=3.0)]
+    frame = pd.DataFrame(rows)
+    assert list(learner_cfg_labels(frame)) == ["", "default", "eps=0.3,labels=kl", "tau=3"]
+    assert list(_saflex_cfg_labels(frame)) == ["", "default", "eps=0.3,labels=kl", "tau=3"]
+    # one shared setting: no label (learner_cfg) / the first release's "saflex" (saflex_cfg)
+    same = pd.DataFrame([rows[0], sx(eps=0.3), sx(eps=0.3)])
+    assert list(learner_cfg_labels(same)) == ["", "", ""] and list(_saflex_cfg_labels(same)) == ["", "saflex", "saflex"]

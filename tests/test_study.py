@@ -14,10 +14,11 @@ BASE = dict(model="small_cnn", epochs=4, optimizer="adam", lr=1e-3, weight_decay
             milestones=[0.5, 0.75], gamma=0.1, batch_size=128, select_metric="auc", as_rgb=False)
 
 
-def put(root, key, task, method, seed, test, val, knobs=None, w_auc=None):
+def put(root, key, task, method, seed, test, val, knobs=None, w_auc=None, **spec_over):
     d = root / "runs" / key
     d.mkdir(parents=True)
-    spec = dict(BASE, task=task, method=method, seed=seed, saflex=({**DEF, **(knobs or {})} if "+saflex" in method else None))
+    spec = dict(BASE, task=task, method=method, seed=seed, saflex=({**DEF, **(knobs or {})} if "+saflex" in method else None),
+                **spec_over)
     if w_auc is not None:
         (d / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "saflex_w_auc": 0.5}) + "\n" + json.dumps({"epoch": 2, "saflex_w_auc": w_auc}) + "\n")
     (d / "result.json").write_text(json.dumps(dict(key=key, status="done", sweep=None, spec=spec,
@@ -55,14 +56,40 @@ def test_study_numbers(tmp_path):
     d = np.array([0.01, 0.03, 0.01])
     half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
     assert f"+{100 * d.mean():.2f} ± {100 * half:.2f}" in md
-    assert "| medmnist/breastmnist | rand-m9-n2 | 3/3/3 |" in md
+    assert "| medmnist/breastmnist | rand-m9-n2 | X+saflex | 3/3/3 |" in md
     # the retina tuning pair (seed 0 only) is an n<2 experiment, flagged
-    assert "| medmnist/retinamnist | rand-m9-n2 | 1/1/1 |" in md and "n<2" in md
+    assert "| medmnist/retinamnist | rand-m9-n2 | X+saflex | 1/1/1 |" in md and "n<2" in md
     # noisy: weight AUC from the LAST epoch of metrics.jsonl, mean of 0.8 and 0.9
-    assert "| breastmnist | 2 |" in md and "0.850" in md
+    assert "| breastmnist | X+saflex | 2 |" in md and "0.850" in md
     # summary: numbers from the tables, the tuning winner differs from the default the paired runs used
-    assert "Where it hurts (negative mean paired gain): nowhere." in md
+    assert "Where X+saflex hurts (negative mean paired gain): nowhere." in md
     assert "2 knob settings on validation (table above); 1 beat the upstream alone there; the best (`eps=0.3`, +7.5" in md
     assert "is not the setting the runs above used" in md
     # cost driver: reference batch = min(val_batch, MedMNIST's validation size) against the training batch
     assert f"breastmnist {min(DEF['val_batch'], 78)} vs 128" in md
+
+
+def test_study_with_ref_learner(tmp_path):
+    """X vs each learner: X+saflex and X+ref get a row each, X+saflex also a Δ vs X+ref."""
+    B = "medmnist/breastmnist"
+    acc = {"rand-m9-n2": {0: 0.80, 1: 0.82, 2: 0.79},
+           "rand-m9-n2+saflex": {0: 0.81, 1: 0.85, 2: 0.80},
+           "rand-m9-n2+ref": {0: 0.805, 1: 0.83, 2: 0.78}}
+    for method, seeds in acc.items():
+        for s, a in seeds.items():
+            put(tmp_path, f"{method}-{s}".replace("+", "_"), B, method, s, test=a, val=a, ref_frac=0.5)
+    md = write_study(tmp_path, tmp_path / "study.md").read_text()
+    x, sx, rf = (np.array(list(acc[m].values())) for m in acc)
+
+    def pm(d):
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        return f"{100 * d.mean():+.2f} ± {100 * half:.2f}"
+
+    assert "Learners compared with X (the upstream alone): `ref`, `saflex`." in md
+    assert "## X vs X+LEARNER (test accuracy, points)" in md
+    row_s = next(line for line in md.splitlines() if line.startswith("| medmnist/breastmnist | rand-m9-n2 | X+saflex |"))
+    row_r = next(line for line in md.splitlines() if line.startswith("| medmnist/breastmnist | rand-m9-n2 | X+ref |"))
+    assert "3/3/3/3" in row_s and pm(sx - x) in row_s and pm(sx - rf) in row_s
+    assert "3/3/3/0" in row_r and pm(rf - x) in row_r
+    assert "Average gain of X+ref over X" in md and "Average gain of X+saflex over X" in md
+    assert f"Over X+ref (same labelled data) it gains {100 * (sx - rf).mean():+.1f} points (1 experiment)" in md
