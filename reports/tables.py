@@ -311,8 +311,15 @@ def tex_escape(s: str) -> str:
             .replace("–", "--"))
 
 
+def public_source(src: str) -> str:
+    """Where results came from, without a path of the machine the report ran on (a report is shared)."""
+    if src.startswith("wandb:"):
+        return src
+    return f"results store '{Path(src).name or src}'"
+
+
 def _header_lines(df: pd.DataFrame, metric: str) -> list[str]:
-    src = df.attrs.get("source", "?")
+    src = public_source(df.attrs.get("source", "?"))
     sweep = df.attrs.get("sweep")
     skipped = describe_skipped(df.attrs.get("skipped") or {})
     arms = arm_order(df["arm"].unique()) if len(df) else []

@@ -108,6 +108,7 @@ def test_run_then_sweep_then_report(tmp_path, capsys):
     assert code == 0
     text = "\n".join(p.read_text() for p in (tmp_path / "rep").glob("*.md"))
     assert "toysmooth" in text and "saflex" in text
+    assert str(tmp_path) not in text  # a generated report names no path of the machine it ran on
 
 
 def test_bad_knob_and_unknown_learner_are_one_line(capsys):
