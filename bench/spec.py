@@ -30,6 +30,8 @@ LEGACY_FIELDS = ("task", "method", "model", "seed", "epochs", "optimizer", "lr",
                  "schedule", "milestones", "gamma", "batch_size", "select_metric", "as_rgb")
 # later fields: in the key only when they differ from the value that reproduces the old behaviour
 LATER_DEFAULTS = {"ref_frac": None, "ref_from": "val", "options": None}
+# SAFLEX knobs added after the first release: in the key only when they differ from these
+LATER_SAFLEX_KNOBS = {"ref_ema": 0.0}
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,9 @@ class RunSpec:
         d: dict[str, Any] = {name: getattr(self, name) for name in LEGACY_FIELDS}
         d["milestones"] = list(self.milestones)
         learner = self.learner
-        d["saflex"] = dict(self.knobs) if learner == "saflex" and self.knobs is not None else None
+        d["saflex"] = None
+        if learner == "saflex" and self.knobs is not None:
+            d["saflex"] = {k: v for k, v in self.knobs.items() if LATER_SAFLEX_KNOBS.get(k, object()) != v}
         if learner not in (NONE, "saflex") and self.knobs is not None:
             d[learner] = dict(self.knobs)
         for name, default in LATER_DEFAULTS.items():

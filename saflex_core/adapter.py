@@ -113,9 +113,13 @@ class Saflex:
     @torch.no_grad()
     def refresh(self, h_ref: torch.Tensor, logits_ref: torch.Tensor, y_ref: torch.Tensor) -> ValSummary:
         c = self.cfg
-        self.summary = validation_summary(
+        new = validation_summary(
             h_ref, logits_ref, y_ref, residual=c.residual, T=c.residual_T, margin=c.residual_margin, bias=self.bias
         )
+        if c.ref_ema > 0 and self.summary is not None:  # both are means over their batch: averaging is exact
+            a = c.ref_ema
+            new = ValSummary(a * self.summary.G + (1 - a) * new.G, a * self.summary.g + (1 - a) * new.g)
+        self.summary = new
         return self.summary
 
     @torch.no_grad()

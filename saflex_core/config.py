@@ -139,6 +139,10 @@ class SaflexConfig:
         the margin residual undefined; added so the margin is a knob rather than a constant.)
     clean_weight : float >= 0, default 0.0
         Weight of an extra clean-sample CE term added to the SAFLEX loss.
+    ref_ema : float in [0, 1), default 0.0
+        Running average of (G, g) across refreshes: summary <- ref_ema * summary + (1 - ref_ema) * new.
+        With a small val_batch (a reference batch sized like the training batch) it keeps the summary's
+        variance down at a fraction of the cost of a large reference forward. 0 = replace.
     """
 
     eps: float = 0.0
@@ -157,6 +161,7 @@ class SaflexConfig:
     residual_T: float = 2.0
     residual_margin: float = 1.0
     clean_weight: float = 0.0
+    ref_ema: float = 0.0
 
     def __post_init__(self) -> None:
         coerced = {
@@ -177,7 +182,10 @@ class SaflexConfig:
             "residual_T": _float("residual_T", self.residual_T, 0.0, None, lo_open=True),
             "residual_margin": _float("residual_margin", self.residual_margin, 0.0, None, lo_open=False),
             "clean_weight": _float("clean_weight", self.clean_weight, 0.0, None, lo_open=False),
+            "ref_ema": _float("ref_ema", self.ref_ema, 0.0, 1.0, lo_open=False),
         }
+        if coerced["ref_ema"] >= 1.0:
+            raise ConfigError(f"saflex.ref_ema must be in [0, 1) (got {coerced['ref_ema']:g}; 1 would never update)")
         if coerced["rho"] is not None and coerced["weights"] != "hard":
             raise ConfigError(
                 f"saflex.rho (a weight budget) only applies to saflex.weights=hard "

@@ -493,7 +493,7 @@ def test_config_defaults_and_names():
         "eps": 0.0, "rho": None, "weights": "sigmoid", "tau": 1.0, "normalize": True, "labels": "lp",
         "label_T": 1.0, "val_batch": 512, "refresh": 1, "bn_mode": "train", "warmup_epochs": 0,
         "reference": "val", "residual": "ce", "residual_T": 2.0, "residual_margin": 1.0,
-        "clean_weight": 0.0,
+        "clean_weight": 0.0, "ref_ema": 0.0,
     }
     assert SaflexConfig.knob_names() == tuple(c.to_dict())
     assert SaflexConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
@@ -525,7 +525,7 @@ def test_config_string_coercion():
 @pytest.mark.parametrize(
     "kw, pattern",
     [
-        ({"epss": 0.1}, r"^unknown SAFLEX knob 'epss' \(valid: eps, rho, weights, .*clean_weight\)$"),
+        ({"epss": 0.1}, r"^unknown SAFLEX knob 'epss' \(valid: eps, rho, weights, .*clean_weight, ref_ema\)$"),
         ({"weights": "soft"}, r"^saflex\.weights must be one of hard, sigmoid \(got 'soft'\)$"),
         ({"labels": "ce"}, r"^saflex\.labels must be one of lp, kl \(got 'ce'\)$"),
         ({"bn_mode": "frozen"}, r"^saflex\.bn_mode must be one of train, eval"),
@@ -630,3 +630,18 @@ def test_no_forbidden_imports():
     for f in root.glob("*.py"):
         src = f.read_text()
         assert not re.search(r"^\s*(from|import)\s+(bench|baselines)\b", src, re.M), f
+
+
+def test_ref_ema_averages_the_reference_summary():
+    torch.manual_seed(0)
+    h1, z1, y1 = torch.randn(8, 4), torch.randn(8, 3), torch.randint(0, 3, (8,))
+    h2, z2, y2 = torch.randn(8, 4), torch.randn(8, 3), torch.randint(0, 3, (8,))
+    plain = Saflex(SaflexConfig())
+    s1 = plain.refresh(h1, z1, y1)
+    s2 = plain.refresh(h2, z2, y2)  # ref_ema = 0: the last batch only
+    ema = Saflex(SaflexConfig(ref_ema=0.75))
+    ema.refresh(h1, z1, y1)
+    out = ema.refresh(h2, z2, y2)
+    assert torch.allclose(out.G, 0.75 * s1.G + 0.25 * s2.G) and torch.allclose(out.g, 0.75 * s1.g + 0.25 * s2.g)
+    with pytest.raises(ConfigError, match="ref_ema"):
+        SaflexConfig(ref_ema=1.0)
