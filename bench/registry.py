@@ -49,6 +49,11 @@ class Registry:
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (tests that register a throw-away task or learner clean up with this)."""
+        self._entries.pop(name, None)
+        self._cache = {k: v for k, v in self._cache.items() if k != name}
+
     def discover(self) -> None:
         if self._discovered:
             return

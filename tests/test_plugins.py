@@ -71,6 +71,17 @@ class Blobs(Task):
 register_task("toy/blobs", Blobs)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _unregister_toys():
+    """The toy learner and task exist for this file only: other test files list the real registries."""
+    yield
+    from bench.learners.base import REGISTRY as LEARNERS
+    from bench.tasks import REGISTRY as TASKS
+
+    LEARNERS.unregister("toysmooth")
+    TASKS.unregister("toy/blobs")
+
+
 def test_registered_without_touching_other_modules():
     assert "toysmooth" in list_learners() and "toy/blobs" in list_tasks()
     assert split_method("none+toysmooth") == ("none", "toysmooth")

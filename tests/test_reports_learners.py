@@ -78,7 +78,7 @@ def toy_learner():
     """Register `toy` for this module only, so other test files see the real learner list."""
     register_learner("toy")(Toy)
     yield
-    REGISTRY._entries.pop("toy", None)
+    REGISTRY.unregister("toy")
 
 
 def put(root: Path, key: str, task: str, learner: str, seed: int, acc: float, *, old_format: bool = False,
