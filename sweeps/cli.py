@@ -136,8 +136,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             else:
                 action = "submit"
                 note = "resubmit: " + st.detail if st.state == "failed" else ""
-                if r.spec.task in missing:
-                    action, note = "would fail", missing[r.spec.task]
+                if r.spec.task in missing or "*" in missing:
+                    action = "would fail"
+                    note = (note + "; " if note else "") + missing.get(r.spec.task, missing.get("*", ""))
             print(_row(r.key, action, r.spec, extra(spec_view(r.spec)) + note))
         for s in plan.skipped:
             print(_row("-", "skip", s.point, extra(s.point) + s.reason))
