@@ -34,6 +34,10 @@ def _env(**extra) -> dict:
     return env
 
 
+def _sigint_default():  # a test started from a background shell inherits SIGINT ignored; Ctrl-C would be a no-op
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli(capsys, *argv) -> tuple[int, str, str]:
     code = cli_main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -186,7 +190,8 @@ def test_ctrl_c_during_run_exits_130_with_resume_hint_and_resumes_identically(tm
     results = tmp_path / "r"
     cmd = [PY, "-m", "bench.cli", "run", *TASK, "--epochs", "4", "--results", str(results), "--quiet",
            "--wandb", "disabled", "--threads", "1"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
+                         preexec_fn=_sigint_default)
     for line in p.stdout:
         if line.startswith("epoch 2/4"):  # --quiet keeps the epoch lines
             break
@@ -316,7 +321,8 @@ def test_ctrl_c_during_local_sweep(tmp_path):
     results = tmp_path / "r"
     base = [PY, "-m", "bench.cli"]
     p = subprocess.Popen([*base, "sweep", str(path), "--executor", "local", "--results", str(results), "--wandb", "disabled"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO,
+                         preexec_fn=_sigint_default)
     deadline = time.time() + 240
     while not list(results.glob("runs/*/metrics.jsonl")):
         assert p.poll() is None and time.time() < deadline, "no run started"
