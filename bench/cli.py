@@ -4,6 +4,7 @@ them."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib.metadata import entry_points
 
@@ -56,14 +57,45 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     results = resolve_results_root(args.results)
     print(f"run {spec.key}  {spec.task}  {spec.method}  seed {spec.seed}", flush=True)
-    record = run_spec(spec, results, args.data_root, wandb_mode=args.wandb, progress=not args.quiet,
-                      device=args.device, workers=args.workers)
+    try:
+        record = run_spec(spec, results, args.data_root, wandb_mode=args.wandb, progress=not args.quiet, echo=True,
+                          device=args.device, workers=args.workers, threads=args.threads)
+    except KeyboardInterrupt:
+        print(f"saflex-bench: {_interrupted_line(results, spec)}", file=sys.stderr)
+        return 130
+    for w in record.get("warnings") or []:
+        print(f"warning {w} (see {results / 'runs' / record['key'] / 'run.log'})")
     m = record["metrics"]
     print(f"key {record['key']}")
     print(f"test_acc {m['test_acc']:.4f}  test_auc {m['test_auc']:.4f}  best_epoch {m['best_epoch']}  "
           f"epoch_s {record['cost']['epoch_s']:.2f}")
     print(f"result {results / 'runs' / record['key'] / 'result.json'}")
     return 0
+
+
+def _interrupted_line(results, spec) -> str:
+    """What Ctrl-C left behind, in one line with the way forward."""
+    from bench.store import ResultsStore
+
+    store = ResultsStore(results)
+    if store.is_done(spec.key):
+        return f"interrupted after run {spec.key} finished; its result is saved (re-run the same command to print it)"
+    attempt = store.read_attempt(spec.key) or {}
+    saved = attempt.get("epochs_saved") if attempt.get("pid") == os.getpid() else None
+    if saved is None:
+        saved = len(store.read_metrics(spec.key))
+    return (f"interrupted; {saved}/{spec.epochs} epochs of run {spec.key} are saved: "
+            f"re-run the same command to resume from epoch {saved + 1}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got '{text}'")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wandb", choices=("online", "offline", "disabled"), help="wandb mode (default $WANDB_MODE or offline)")
     run.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     run.add_argument("--workers", type=int, default=0, help="data-loader worker processes for per-sample augmentation")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--threads", type=_positive_int,
+                     help="torch CPU threads (default: the CPUs the job was given: $SLURM_CPUS_PER_TASK, "
+                          "$OMP_NUM_THREADS, else the CPU affinity); recorded in result.json")
+    run.add_argument("--quiet", action="store_true", help="no progress bars (the per-epoch lines stay)")
     run.set_defaults(func=_run)
 
     for ep in entry_points(group="saflex_bench.commands"):
@@ -112,11 +147,26 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _stdout_gone() -> int:
+    """The reader of our stdout went away (`... | head`): stop quietly, like any Unix tool. Point stdout
+    at /dev/null so the interpreter's final flush does not complain either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _stdout_gone()
+    except KeyboardInterrupt:
+        print("saflex-bench: interrupted", file=sys.stderr)
+        return 130
     except Exception as e:  # noqa: BLE001 - user errors become one line; anything else keeps its traceback
         if not isinstance(e, user_errors()):
             raise

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import __version__
+from bench.errors import UsageError
 from bench.spec import RunSpec
-from bench.store import ResultsStore
+from bench.store import ResultsStore, check_results_root, fault_point, run_lock
 
 DATA_ENV = "SAFLEX_DATA"
 RESULTS_ENV = "SAFLEX_RESULTS"
@@ -43,6 +44,60 @@ def split_sizes(data) -> dict[str, int]:
     return sizes
 
 
+def resolve_device(device: str | None) -> str:
+    """The device to train on, checked before anything is written: UsageError for a name torch does
+    not know or a GPU that is not there."""
+    import torch
+
+    if not device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"unknown device '{device}' (valid: cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise UsageError(f"--device {device}: no CUDA GPU is visible on {socket.gethostname()}; use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise UsageError(f"--device {device}: only {n} GPU(s) visible (cuda:0..cuda:{n - 1})")
+    elif dev.type != "cpu":
+        raise UsageError(f"device '{device}' is not supported (valid: cpu, cuda, cuda:N)")
+    return str(dev)
+
+
+def default_threads() -> int:
+    """The CPUs this job was given: SLURM's --cpus-per-task, else $OMP_NUM_THREADS when the user set it,
+    else the CPUs this process may run on (affinity, which respects cgroups/taskset, unlike cpu_count)."""
+    for var in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) >= 1:
+            return int(value)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_threads(threads: int | None) -> int:
+    if threads is None:
+        return default_threads()
+    if int(threads) < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    return int(threads)
+
+
+def mixed_cost_settings(records) -> str | None:
+    """For reports: one line when the records' costs were measured under different settings (threads,
+    device), which makes epoch_s / samples_per_s not comparable; None when they agree."""
+    seen: dict[str, set] = {"threads": set(), "device": set()}
+    for r in records:
+        for k in seen:
+            seen[k].add(str(r.get(k, "?")))
+    mixed = [f"{k} {', '.join(sorted(v))}" for k, v in seen.items() if len(v) > 1]
+    return f"costs measured under different settings ({'; '.join(mixed)}): compare epoch_s with care" if mixed else None
+
+
 def _slurm_ids() -> dict[str, str]:
     keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
     return {k.lower(): os.environ[k] for k in keys if k in os.environ}
@@ -50,48 +105,79 @@ def _slurm_ids() -> dict[str, str]:
 
 def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None, *,
              wandb_mode: str | None = None, sweep: str | None = None, progress: bool = True, device: str | None = None,
-             workers: int = 0, on_epoch_end: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+             workers: int = 0, on_epoch_end: Callable[[int, dict], None] | None = None,
+             threads: int | None = None, echo: bool | None = None) -> dict[str, Any]:
     """Train and evaluate `spec`; return its result record. A done run is returned as is; a run whose
-    directory holds a checkpoint resumes from it."""
-    from bench.data import with_reference
-    from bench.tasks import get_task
-    from bench.trainer import Trainer
-
+    directory holds a checkpoint resumes from it. One process trains a run at a time (run_lock): a
+    second waits, then returns the record the first wrote. `threads`: torch's intra-op threads
+    (default: the CPUs the job was given). `echo`: print the per-epoch lines (default: `progress`)."""
     store = ResultsStore(resolve_results_root(results))
     key = spec.key
     done = store.read_result(key)
     if done is not None:
         return done
+    # user errors surface before anything is written
+    device = resolve_device(device)
+    threads = resolve_threads(threads)
     data_root = resolve_data_root(data_root)
+    from bench.tasks import get_task
+
     task = get_task(spec.task)
-    data = task.load(data_root, spec)  # user errors surface before anything is written
-    data = with_reference(data, spec.ref_frac, spec.ref_from, spec.seed)
+    from bench.data import with_reference
+
+    data = with_reference(task.load(data_root, spec), spec.ref_frac, spec.ref_from, spec.seed)
+    check_results_root(store.root)
+    with run_lock(store.run_dir(key)):
+        done = store.read_result(key)  # another process finished it while we waited
+        if done is not None:
+            return done
+        return _train(spec, store, task, data, device, threads, wandb_mode=wandb_mode, sweep=sweep, progress=progress,
+                      echo=progress if echo is None else echo, workers=workers, on_epoch_end=on_epoch_end)
+
+
+def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads: int, *, wandb_mode, sweep, progress,
+           echo, workers, on_epoch_end) -> dict[str, Any]:
+    import torch
+
+    from bench.trainer import Trainer
+
+    key = spec.key
     run_dir = store.run_dir(key)
     run_dir.mkdir(parents=True, exist_ok=True)
     store.write_spec(key, spec.to_dict())
-    attempt = dict(state="running", host=socket.gethostname(), pid=os.getpid(), started_at=_now(), sweep=sweep, **_slurm_ids())
+    attempt = dict(state="running", host=socket.gethostname(), pid=os.getpid(), started_at=_now(), sweep=sweep, threads=threads,
+                   **_slurm_ids())
     store.write_attempt(key, attempt)
-    tracker = None
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    tracker = trainer = None
     try:
         from bench.tracking import start_tracking
 
         tracker = start_tracking(spec.to_dict(), key, run_dir, wandb_mode, sweep)
-        trainer = Trainer(spec, task, data, store, device=device, workers=workers,
-                          progress=progress, tracker=tracker, on_epoch_end=on_epoch_end)
+        trainer = Trainer(spec, task, data, store, device=device, workers=workers, progress=progress, echo=echo,
+                          tracker=tracker, on_epoch_end=on_epoch_end)
         out = trainer.fit()
         record = dict(key=key, status="done", sweep=sweep, spec=spec.to_dict(), metrics=out["metrics"], cost=out["cost"],
-                      data=split_sizes(data), versions=versions(), host=socket.gethostname(), device=str(trainer.device), finished_at=_now())
+                      data=split_sizes(data), versions=versions(), host=socket.gethostname(), device=str(trainer.device),
+                      threads=threads, warnings=out.get("warnings", []), finished_at=_now())
+        fault_point("before-result")
         store.write_result(key, record)  # LAST: from here on the run counts as done
+        fault_point("after-result")
         store.write_attempt(key, {**attempt, "state": "done", "ended_at": _now()})
         tracker.finish(record)
         return record
     except BaseException as e:
         state = "failed" if isinstance(e, Exception) else "interrupted"
         last = (str(e).strip().splitlines() or [""])[-1]
-        store.write_attempt(key, {**attempt, "state": state, "error": f"{type(e).__name__}: {last}", "ended_at": _now()})
+        saved = trainer.saved_epoch if trainer is not None else len(store.read_metrics(key))
+        store.write_attempt(key, {**attempt, "state": state, "error": f"{type(e).__name__}: {last}", "ended_at": _now(),
+                                  "epochs_saved": saved})
         if tracker is not None:
             try:
                 tracker.finish(None, exit_code=1)
             except Exception:  # noqa: BLE001 - never mask the original error
                 print("saflex-bench: warning: could not close the wandb run", file=sys.stderr)
         raise
+    finally:
+        torch.set_num_threads(threads_before)  # in-process callers (debug sweeps, tests) keep their setting

@@ -3,15 +3,24 @@
 A run is done iff its `result.json` exists and parses: it is written last, atomically (temp file in
 the same directory, fsync, rename), so a crashed or preempted run never leaves a record that looks
 complete.
+
+Files follow the process umask (as `open()` would), whatever the writer; a run is trained by one
+process at a time (`run_lock`); `fault_point` lets the fault-injection tests kill a process at a
+named point of a run's life (see tests/test_faults.py).
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
+
+from bench.errors import UsageError
 
 RESULT = "result.json"
 ATTEMPT = "attempt.json"
@@ -19,23 +28,107 @@ SPEC = "spec.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 LOG = "run.log"
+LOCK = ".job.lock"
 SAFLEX_DIAG = "saflex_diag.npz"
 
+# ---- fault injection (tests only) -------------------------------------------------------------
+FAULT_ENV = "SAFLEX_FAULT"  # "<point>:<n>": os._exit(FAULT_EXIT) the n-th time <point> is reached
+FAULT_EXIT = 86
+_fault_hits: Counter = Counter()
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+
+def fault_point(name: str) -> None:
+    """A named point of a run's life where tests/test_faults.py can kill the process (os._exit: no
+    finally blocks, no flushing, like SIGKILL). A no-op unless $SAFLEX_FAULT names this point."""
+    want = os.environ.get(FAULT_ENV)
+    if not want or not want.startswith(name + ":") and want != name:
+        return
+    _fault_hits[name] += 1
+    if _fault_hits[name] == int(want.partition(":")[2] or 1):
+        os._exit(FAULT_EXIT)
+
+
+def _file_mode() -> int:
+    """What open() would give a new file: 0o666 minus the umask (mkstemp always makes 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_bytes_atomic(path: Path, data: bytes, keep_previous: Path | None = None) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a torn one.
+    keep_previous: first move the current file there (the last good copy until the new one is in)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            half = len(data) // 2
+            f.write(data[:half])
+            fault_point(f"write-{path.name}")  # killed mid-write: a torn temp file
+            f.write(data[half:])
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
+            fault_point(f"between-{path.name}")  # the old copy moved aside, the new one not in yet
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+# ---- locks and the results root ---------------------------------------------------------------
+@contextlib.contextmanager
+def exclusive(lock_path: Path, waiting_msg: str):
+    """Hold an flock on lock_path; say once on stderr why we wait when another process holds it."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print(waiting_msg, file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def run_lock(run_dir: Path):
+    """One process per run at a time, whatever started it (`run` twice, two sweeps sharing a run): the
+    second waits here, then finds the run done (or resumes it). The lock dies with its process."""
+    return exclusive(Path(run_dir) / LOCK,
+                     f"saflex-bench: run {Path(run_dir).name} is being trained by another process; waiting for it")
+
+
+def check_results_root(root: Path, create: bool = True) -> Path:
+    """UsageError unless `root` is (or can become) a writable directory. create=False (dry runs)
+    checks without creating anything."""
+    root = Path(root)
+    hint = "choose another with --results DIR or $SAFLEX_RESULTS"
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"results root {root} is a file, not a directory; {hint}")
+    if not create:
+        probe = root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if probe.exists() and not probe.is_dir():
+            raise UsageError(f"results root {root}: {probe} is a file, not a directory; {hint}")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise UsageError(f"results root {root} is not writable ({probe}: permission denied); {hint}")
+        return root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"results root {root}: a part of the path is a file, not a directory; {hint}") from None
+    except OSError as e:
+        raise UsageError(f"results root {root} is not writable ({e.strerror or type(e).__name__}); {hint}") from None
+    return root
 
 
 def write_npz_atomic(path: Path, **arrays) -> None:

@@ -130,6 +130,9 @@ class WandbTracker(Tracker):
             summary.update(_scalars({"cost": result.get("cost") or {}}))
             summary["status"] = result.get("status", "done")
             self._run.summary.update(summary)
+        from bench.store import fault_point
+
+        fault_point("wandb-finish")  # tests/test_faults.py: killed while wandb closes the run
         self._run.finish(exit_code=exit_code)
 
 

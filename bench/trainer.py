@@ -8,7 +8,9 @@ import copy
 import functools
 import io
 import math
+import os
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,13 +63,16 @@ class TrainState:
 class Trainer:
     def __init__(self, spec: RunSpec, task: Task, data: TaskData, store: store_mod.ResultsStore, *,
                  device: str | None = None, workers: int = 0, progress: bool = True, tracker=None,
-                 on_epoch_end: Callable[[int, dict], None] | None = None):
+                 on_epoch_end: Callable[[int, dict], None] | None = None, echo: bool | None = None):
         import baselines
 
         self.spec, self.task, self.data, self.store = spec, task, data, store
         self.key = spec.key
         self.run_dir = store.run_dir(self.key)
-        self.workers, self.progress = workers, progress
+        self.workers, self.progress = workers, progress  # progress: bars (only on a terminal)
+        self.echo = progress if echo is None else echo  # echo: per-epoch lines on stdout
+        self.saved_epoch = 0  # epochs in the checkpoint on disk (what a re-run resumes from)
+        self.warnings: list[str] = []  # flags for the result record (reports can show them)
         self.tracker, self.on_epoch_end = tracker, on_epoch_end
         self.device = pick_device(device)
         self.amp = self.device.type == "cuda"
@@ -100,8 +105,27 @@ class Trainer:
     def log(self, msg: str) -> None:
         with open(self.run_dir / store_mod.LOG, "a") as f:
             f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + msg + "\n")
-        if self.progress:
+        if self.echo:
             tqdm.write(msg)
+
+    def warn(self, code: str | None, msg: str) -> None:
+        """A one-line warning: run.log and stderr, always; `code` also goes into the result record."""
+        with open(self.run_dir / store_mod.LOG, "a") as f:
+            f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + "warning: " + msg + "\n")
+        tqdm.write(f"saflex-bench: warning: {msg}", file=sys.stderr)
+        if code and code not in self.warnings:
+            self.warnings.append(code)
+
+    def check_batchnorm_steps(self, min_steps: int = 100) -> None:
+        """BatchNorm's running statistics (used at evaluation) need steps to settle: with few optimiser
+        steps a model can score near chance on validation though it learned. Say so and flag the run."""
+        if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            return
+        steps = self.spec.epochs * math.ceil(len(self.trainset) / self.spec.batch_size)
+        if steps < min_steps:
+            self.warn("batchnorm_few_steps",
+                      f"run {self.key}: the model has BatchNorm and the run makes only {steps} optimiser steps "
+                      f"(< {min_steps}); its running statistics may be unsettled and val/test scores misleadingly low")
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
@@ -111,6 +135,10 @@ class Trainer:
     def ckpt_path(self) -> Path:
         return self.run_dir / store_mod.CHECKPOINT
 
+    @property
+    def prev_ckpt_path(self) -> Path:  # the last good checkpoint until the new one is complete
+        return self.run_dir / "checkpoint.prev.pt"
+
     def save_checkpoint(self) -> None:
         s = self.state
         payload = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), sched=self.sched.state_dict(),
@@ -118,12 +146,31 @@ class Trainer:
                        best_state=s.best_state, history=s.history, cost=s.cost, learner=self.learner.state_dict())
         buf = io.BytesIO()
         torch.save(payload, buf)
-        store_mod.write_bytes_atomic(self.ckpt_path, buf.getvalue())
+        store_mod.write_bytes_atomic(self.ckpt_path, buf.getvalue(), keep_previous=self.prev_ckpt_path)
+        self.saved_epoch = s.epoch
+
+    def load_checkpoint(self) -> dict | None:
+        """The newest readable checkpoint (checkpoint.pt, else checkpoint.prev.pt), or None. An unreadable
+        file (truncated copy, full disk) is moved aside as `<name>.corrupt-<time>` with a warning."""
+        for path in (self.ckpt_path, self.prev_ckpt_path):
+            if not path.exists():
+                continue
+            try:
+                ck = torch.load(path, map_location=self.device, weights_only=False)
+                ck["epoch"], ck["model"]  # noqa: B018 - a dict without them is not a checkpoint either
+                return ck
+            except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError...
+                aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+                os.replace(path, aside)
+                why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+                self.warn("corrupt_checkpoint", f"run {self.key}: {path.name} is unreadable ({why}); moved to "
+                          f"{aside.name}; falling back to the previous checkpoint, else starting over")
+        return None
 
     def maybe_resume(self) -> int:
-        if not self.ckpt_path.exists():
+        ck = self.load_checkpoint()
+        if ck is None:
             return 0
-        ck = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["opt"])
         self.sched.load_state_dict(ck["sched"])
@@ -132,6 +179,7 @@ class Trainer:
         self.state = TrainState(epoch=ck["epoch"], step=ck["step"], best_score=ck["best_score"], best_epoch=ck["best_epoch"],
                                 best_state=ck["best_state"], history=ck["history"], cost=cost)
         self.learner.load_state_dict(ck.get("learner", ck.get("saflex")) or {})
+        self.saved_epoch = self.state.epoch
         return self.state.epoch
 
     # ---- evaluation ------------------------------------------------------------------------
@@ -180,7 +228,11 @@ class Trainer:
         t0 = time.perf_counter()
         learner_s0 = self.ctx.seconds["learner_s"]
         self.learner.start_epoch(epoch)
-        for batch in self.batches(epoch):
+        n_batches = math.ceil(len(self.trainset) / spec.batch_size)
+        bar = tqdm(self.batches(epoch), total=n_batches, desc=f"epoch {epoch + 1}/{spec.epochs}", leave=False,
+                   disable=(not self.progress) or None)  # None: off when stderr is not a terminal
+        for batch in bar:
+            store_mod.fault_point("step")
             loss, logits = self.step(batch)
             s.step += 1
             n_steps += 1
@@ -189,6 +241,7 @@ class Trainer:
             if not self.task.multi_label:
                 tot_correct += int((logits.argmax(1) == batch.y_soft.argmax(1)).sum())
             n_seen += n
+        bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
@@ -207,13 +260,14 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         start = self.maybe_resume()
         spec, s = self.spec, self.state
+        self.check_batchnorm_steps()
         self.ctx.seconds["learner_s"] = s.cost["learner_s"]
         if start:
             self.log(f"resumed from checkpoint after epoch {start}/{spec.epochs}")
             self.store.write_metrics(self.key, s.history)
         wall0 = time.perf_counter()
         bar = tqdm(range(start, spec.epochs), initial=start, total=spec.epochs, desc=f"{spec.task} {spec.method} s{spec.seed}",
-                   disable=not self.progress, leave=False)
+                   disable=(not self.progress) or None, leave=False)
         for epoch in bar:
             row = self.train_epoch(epoch)
             val = self.evaluate(self.data.select)
@@ -228,6 +282,7 @@ class Trainer:
             s.cost["wall_s"] += time.perf_counter() - wall0
             wall0 = time.perf_counter()
             self.save_checkpoint()  # checkpoint before the metrics row: a resumed run rewrites metrics from it
+            store_mod.fault_point("after-checkpoint")
             self.store.write_metrics(self.key, s.history)
             if self.tracker is not None:
                 self.tracker.log_epoch(row, step=epoch + 1)
@@ -253,7 +308,7 @@ class Trainer:
         c = s.cost
         cost = dict(wall_s=c["wall_s"], epoch_s=c["train_s"] / max(epochs_run, 1), samples_per_s=c["samples"] / max(c["train_s"], 1e-9),
                     step_s=c["train_s"] / max(c["steps"], 1), learner_s=c["learner_s"], peak_mem_mb=peak_memory_mb(self.device))
-        return dict(metrics=metrics, cost=cost)
+        return dict(metrics=metrics, cost=cost, warnings=list(self.warnings))
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from typing import Any
@@ -26,6 +27,8 @@ def register(subparsers: Any) -> None:
     _common(sw)
     sw.add_argument("--data-root", help="folder with the datasets (default $SAFLEX_DATA)")
     sw.add_argument("--wandb", choices=("online", "offline", "disabled"), help="wandb mode (default $WANDB_MODE or offline)")
+    sw.add_argument("--threads", type=int,
+                    help="torch CPU threads per run (default: the sweep's launcher.cpus_per_task); recorded in result.json")
     sw.set_defaults(func=cmd_sweep)
 
     st = subparsers.add_parser("status", help="done / running / pending / failed per run of a sweep file",
@@ -84,8 +87,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from sweeps.plan import done_keys
     from sweeps.status import ALIVE, run_states
 
+    from bench.store import check_results_root
+
     wandb_mode = resolve_mode(args.wandb)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
     cfg, plan, results, store = _load(args)
+    check_results_root(results, create=not args.dry_run)
     if args.executor:
         kind, why = args.executor, "--executor"
     else:
@@ -107,6 +115,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         done, states, alive, todo = classify()
+        missing = _missing_data(plan, data_root)
+        if kind == "slurm" and shutil.which("srun") is None:
+            missing["*"] = "--executor slurm but no `srun` on PATH (not a SLURM node; use --executor local)"
         axes = [a for g in cfg.grids for a in g if a not in ("task", "method", "seed")]
 
         def extra(point) -> str:  # the run's values on the other grid axes (knobs it ignores are left out)
@@ -125,11 +136,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             else:
                 action = "submit"
                 note = "resubmit: " + st.detail if st.state == "failed" else ""
+                if r.spec.task in missing or "*" in missing:
+                    action = "would fail"
+                    note = (note + "; " if note else "") + missing.get(r.spec.task, missing.get("*", ""))
             print(_row(r.key, action, r.spec, extra(spec_view(r.spec)) + note))
         for s in plan.skipped:
             print(_row("-", "skip", s.point, extra(s.point) + s.reason))
         print(f"planned {len(plan.runs)} | done {len(done)} | skipped by rule {len(plan.skipped)} | "
               f"in flight {len(alive)} | would submit {len(todo)}  (dry run: nothing submitted)")
+        failing = [r for r in todo if r.spec.task in missing]
+        if failing or "*" in missing:
+            problems = sorted(set(missing.values()))
+            raise UsageError(f"{len(failing) if '*' not in missing else len(todo)} of the {len(todo)} runs to submit "
+                             f"cannot start: {problems[0]}" + (f" (and {len(problems) - 1} more problems, listed above)"
+                                                               if len(problems) > 1 else ""))
         return 0
 
     with sweep_lock(results, cfg.name):
@@ -137,7 +157,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         resubmits = sum(1 for r in todo if states[r.key].state == "failed")
         pairs = []
         if todo:
-            pairs = submit_runs(kind, results, cfg.name, cfg.launcher, todo, data_root, wandb_mode)
+            pairs = submit_runs(kind, results, cfg.name, cfg.launcher, todo, data_root, wandb_mode, args.threads)
     print(f"planned {len(plan.runs)} | done {len(done)} | skipped by rule {len(plan.skipped)} | "
           f"in flight {len(alive)} | submitted {len(todo)}" + (f" ({resubmits} failed before)" if resubmits else ""))
     if not pairs:
@@ -157,10 +177,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not wait:
         print(f"follow with: saflex-bench status {args.file} --results {results}")
         return 0
-    return _wait(pairs, kind, store)
+    return _wait(pairs, kind, store, results, cfg.name)
 
 
-def _wait(pairs, kind: str, store) -> int:
+def _missing_data(plan, data_root) -> dict[str, str]:
+    """task -> what its data lacks (Task.check_data), for the tasks of the runs planned."""
+    from bench.tasks import get_task
+
+    out = {}
+    for task in dict.fromkeys(r.spec.task for r in plan.runs):
+        problem = get_task(task).check_data(data_root)
+        if problem:
+            out[task] = problem
+    return out
+
+
+def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) -> int:
     t0 = time.time()
     n = len(pairs)
     remaining = list(pairs)
@@ -201,7 +233,18 @@ def _wait(pairs, kind: str, store) -> int:
             if remaining and not progressed:
                 time.sleep(1.0 if kind != "slurm" else 5.0)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {finished}/{n} finished; rerun `sweep` to resubmit the rest", file=sys.stderr)
+        left = [(r, j) for r, j in remaining]
+        never = []
+        if kind == "local" and left:
+            from sweeps.launcher import mark_cancelled, stop_local_jobs
+
+            print(f"\nstopping {len(left)} local jobs...", file=sys.stderr, flush=True)
+            stop_local_jobs(left)
+            if results is not None and sweep_name:
+                never = mark_cancelled(results, sweep_name, left, store)
+        stopped = len(left) - len(never)
+        print(f"saflex-bench: interrupted: {finished}/{n} finished, {stopped} stopped (they keep their last checkpoint), "
+              f"{len(never)} never started; re-run the same `sweep` command to resume", file=sys.stderr)
         return 130
     print(f"finished {n} jobs in {_fmt_s(time.time() - t0)}: done {n - failed} / failed {failed}")
     return 1 if failed else 0
@@ -225,7 +268,7 @@ def _failure_line(store, key: str, job, err) -> str:
 # ---- status -----------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
     from sweeps.launcher import LEDGER, read_ledger, sweep_dir
-    from sweeps.status import counts, format_counts, run_states
+    from sweeps.status import counts, format_counts, progress_line, run_states
 
     cfg, plan, results, store = _load(args)
     ledger = read_ledger(sweep_dir(results, cfg.name) / LEDGER)
@@ -245,6 +288,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             note = f"test_acc {m.get('test_acc', float('nan')):.4f}"
         elif st.job_id and st.state in ("running", "pending"):
             note = f"job {st.job_id}" + (f" {st.job_state}" if st.job_state else "") + (f", {st.detail}" if st.detail else "")
+            if st.state == "running":
+                last = progress_line(store, r.key)
+                note += f"  {last}" if last else ""
         print(_row(r.key, st.state, r.spec, note))
     c = counts(states)
     print(format_counts(c) + f"  (skipped by rule {len(plan.skipped)})")

@@ -75,27 +75,10 @@ def _slot(slots_dir: str | None, n: int):
         time.sleep(0.5 + rng.random() * 0.5)
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path, waiting_msg: str, to_stderr: bool = False):
-    """Hold an flock on lock_path; say once why we wait when another process holds it."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            print(waiting_msg, file=sys.stderr if to_stderr else sys.stdout, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _run_lock(run_dir: Path):  # kept for callers of the old name: bench.runner.run_spec takes the lock now
+    from bench.store import run_lock
 
-
-def _run_lock(run_dir: Path):
-    """One process per run at a time, whatever launched it: a second job of the same run (two sweeps
-    sharing it) waits here, then finds it done (or resumes it)."""
-    return _exclusive(run_dir / ".job.lock",
-                      f"saflex-bench job: run {run_dir.name} is being trained by another process; waiting")
+    return run_lock(run_dir)
 
 
 class JobTerminated(BaseException):
@@ -150,21 +133,16 @@ class RunJob(submitit.helpers.Checkpointable):
             print(f"saflex-bench job: run {key} is already done", flush=True)
             return _summary(store.read_result(key))
         with _slot(slots_dir, slots):  # heavy imports (torch, data) only once a slot is ours
-            with _run_lock(store.run_dir(key)):
-                spec = RunSpec.from_dict(spec_dict)
-                if spec.key != key:
-                    raise RuntimeError(f"spec of run {key} normalises to a different key {spec.key} "
-                                       "(the package changed since submission?)")
-                return self._run(spec, store, results, data_root, wandb_mode, sweep, threads)
+            spec = RunSpec.from_dict(spec_dict)
+            if spec.key != key:
+                raise RuntimeError(f"spec of run {key} normalises to a different key {spec.key} "
+                                   "(the package changed since submission?)")
+            return self._run(spec, store, results, data_root, wandb_mode, sweep, threads)  # run_spec locks the run
 
     @staticmethod
     def _run(spec, store, results, data_root, wandb_mode, sweep, threads) -> dict:
-        import torch
-
         from bench.runner import run_spec
 
-        if threads:
-            torch.set_num_threads(int(threads))
         env = os.environ
         where = f"slurm job {env['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in env else f"pid {os.getpid()}"
         restarts = env.get("SLURM_RESTART_COUNT")
@@ -178,7 +156,7 @@ class RunJob(submitit.helpers.Checkpointable):
                   f"val_acc {row.get('val_acc', float('nan')):.4f}", flush=True)
 
         record = run_spec(spec, results, data_root, wandb_mode=wandb_mode, sweep=sweep, progress=False,
-                          on_epoch_end=on_epoch_end)
+                          on_epoch_end=on_epoch_end, threads=int(threads) if threads else None)
         print(f"saflex-bench job: run {spec.key} done: test_acc {record['metrics'].get('test_acc')}", flush=True)
         return _summary(record)
 
@@ -213,6 +191,11 @@ def make_executor(kind: str, folder: Path, launcher: Launcher, job_name: str, n_
         tasks_per_node=1,
     )
     if kind == "slurm":
+        if shutil.which("srun") is None:
+            from bench.errors import UsageError
+
+            raise UsageError("--executor slurm: no `srun` on PATH, so this is not a SLURM node "
+                             "(use --executor local, or run `sweep` on the cluster's login node)")
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=launcher.max_num_timeout)
         params.update(slurm_array_parallelism=launcher.array_parallelism, slurm_signal_delay_s=launcher.signal_delay_s)
         for name in ("partition", "account", "qos", "constraint"):
@@ -224,6 +207,9 @@ def make_executor(kind: str, folder: Path, launcher: Launcher, job_name: str, n_
         if launcher.slurm_additional_parameters:
             params["slurm_additional_parameters"] = dict(launcher.slurm_additional_parameters)
     elif kind == "local":
+        import submitit.local.local as _local
+
+        _local.subprocess = _DetachedPopen()  # type: ignore[assignment]
         ex = submitit.AutoExecutor(folder=folder, cluster="local", local_max_num_timeout=launcher.max_num_timeout)
         # every local job starts at once and waits for a slot: its time limit covers the queue ahead of it
         waves = -(-n_jobs // max(1, launcher.array_parallelism))
@@ -256,7 +242,7 @@ def _without_secrets():
 
 
 def submit_runs(kind: str, results: Path, sweep_name: str, launcher: Launcher, runs: Sequence[Any],
-                data_root: Path | None, wandb_mode: str) -> list[tuple[Any, Any]]:
+                data_root: Path | None, wandb_mode: str, threads: int | None = None) -> list[tuple[Any, Any]]:
     """Submit `runs` (PlannedRun) as one job array; append them to the ledger; return (run, job) pairs."""
     results = Path(results).resolve()
     folder = logs_folder(results, sweep_name)
@@ -268,7 +254,7 @@ def submit_runs(kind: str, results: Path, sweep_name: str, launcher: Launcher, r
         with ex.batch():
             for run in runs:
                 jobs.append(ex.submit(fn, run.spec.to_dict(), str(results), str(data_root) if data_root else None,
-                                      wandb_mode, sweep_name, launcher.cpus_per_task, slots_dir,
+                                      wandb_mode, sweep_name, threads or launcher.cpus_per_task, slots_dir,
                                       launcher.array_parallelism))
     entries = []
     t = now_iso()
@@ -315,5 +301,51 @@ def read_ledger(path: Path) -> dict[str, dict]:
 
 def sweep_lock(results: Path, name: str):
     """Serialise `sweep` invocations of one sweep (plan -> submit -> ledger)."""
-    return _exclusive(sweep_dir(results, name) / ".lock",
-                      f"waiting for another `saflex-bench sweep` of '{name}' to finish submitting...", to_stderr=True)
+    from bench.store import exclusive
+
+    return exclusive(sweep_dir(results, name) / ".lock",
+                     f"waiting for another `saflex-bench sweep` of '{name}' to finish submitting...")
+
+
+def mark_cancelled(results: Path, sweep_name: str, pairs: Sequence[tuple[Any, Any]], store: Any) -> list[str]:
+    """Ledger lines for the runs of stopped jobs that never started (no attempt since submission):
+    `status` then calls them 'not submitted' (cancelled), not 'failed'. Returns their keys."""
+    ledger = read_ledger(sweep_dir(results, sweep_name) / LEDGER)
+    entries = []
+    for run, job in pairs:
+        entry = ledger.get(run.key)
+        attempt = store.read_attempt(run.key) or {}
+        if entry and (attempt.get("started_at") or "") < (entry.get("submitted_at") or ""):
+            entries.append({**entry, "cancelled_at": now_iso()})
+    append_ledger(sweep_dir(results, sweep_name) / LEDGER, entries)
+    return [e["key"] for e in entries]
+
+
+def stop_local_jobs(pairs: Sequence[tuple[Any, Any]], grace_s: float = 30.0) -> None:
+    """Stop local jobs the way SLURM would (SIGTERM to the controller, which forwards it to the job:
+    JobTerminated, the attempt is recorded, the checkpoint stays); SIGKILL what is left after grace_s."""
+    procs = [p for _, job in pairs if (p := getattr(job, "_process", None)) is not None and p.poll() is None]
+    for p in procs:
+        with contextlib.suppress(OSError):
+            p.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+class _DetachedPopen:
+    """submitit's local controllers in their own session: a Ctrl-C at the terminal reaches `sweep` only
+    (which stops the jobs cleanly) instead of printing a traceback from every controller and job."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802 - mirrors subprocess.Popen
+        kwargs.setdefault("start_new_session", True)
+        return subprocess.Popen(*args, **kwargs)

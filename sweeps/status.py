@@ -8,7 +8,8 @@ Precedence per run:
                 waiting for a slot)
   failed        its job ended without a result (CANCELLED / FAILED / TIMEOUT / ... or a crash), or
                 attempt.json says failed / interrupted: the detail is the error's last line
-  not submitted no submission in the ledger and no attempt
+  not submitted no submission in the ledger and no attempt, or its job was stopped (Ctrl-C on `sweep`)
+                before the run started (ledger line with cancelled_at)
 `sweep` re-submits failed and not-submitted runs, never done ones nor alive ones.
 """
 from __future__ import annotations
@@ -227,6 +228,9 @@ def run_states(store: Any, keys: list[str], ledger: Mapping[str, dict], done: se
         else:  # debug jobs ran in the process that submitted them, which has ended
             job_state = "ENDED"
         # the job is over and there is no result
+        if entry.get("cancelled_at") and not started_after:
+            out[k] = RunStatus(k, NOT_SUBMITTED, f"job {job_id} was stopped before the run started", job_id, job_state)
+            continue
         if a_state in ("failed", "interrupted") and started_after and a_error:
             detail = a_error
         else:
@@ -235,6 +239,21 @@ def run_states(store: Any, keys: list[str], ledger: Mapping[str, dict], done: se
         detail = f"job {job_id} {word}" + (f": {detail}" if detail else " without a result")
         out[k] = RunStatus(k, FAILED, detail, job_id, job_state)
     return out
+
+
+def progress_line(store: Any, key: str) -> str:
+    """The last epoch of a run in flight, from its metrics.jsonl: 'epoch 3/10 loss 0.41 val_acc 0.87'."""
+    rows = store.read_metrics(key)
+    if not rows:
+        return ""
+    from bench.store import SPEC, read_json
+
+    row = rows[-1]
+    spec = read_json(store.run_dir(key) / SPEC)
+    total = f"/{spec['epochs']}" if isinstance(spec, dict) and spec.get("epochs") else ""
+    shown = [f"loss {row['train_loss']:.4f}"] if isinstance(row.get("train_loss"), (int, float)) else []
+    shown += [f"{k} {v:.4f}" for k, v in row.items() if k in ("val_acc", "val_auc") and isinstance(v, (int, float))]
+    return " ".join([f"epoch {row.get('epoch', len(rows))}{total}", *shown])
 
 
 def counts(states: Mapping[str, RunStatus]) -> dict[str, int]:
