@@ -115,7 +115,7 @@ def _common(p: argparse.ArgumentParser, wandb_source: bool = True) -> None:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="tables X vs every X+LEARNER (Markdown, LaTeX, CSV) from stored results",
-                              description="Per (task, upstream) and learner arm: mean and 95%% t-CI over seeds for X "
+                              description="Per (task, upstream) and learner arm: mean and 95% t-CI over seeds for X "
                                           "and X+LEARNER, paired difference vs X and vs X+ref, cost; average gain "
                                           "per arm. Tables and CSVs in points (x100).")
     _common(p)
