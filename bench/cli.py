@@ -59,7 +59,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"run {spec.key}  {spec.task}  {spec.method}  seed {spec.seed}", flush=True)
     try:
         record = run_spec(spec, results, args.data_root, wandb_mode=args.wandb, progress=not args.quiet, echo=True,
-                          device=args.device, workers=args.workers, threads=args.threads)
+                          device=args.device, workers=args.workers, threads=args.threads,
+                          keep_checkpoints=args.keep_checkpoints, aug_path=args.aug_path)
     except KeyboardInterrupt:
         print(f"saflex-bench: {_interrupted_line(results, spec)}", file=sys.stderr)
         return 130
@@ -120,7 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--results", help="results root (default $SAFLEX_RESULTS or ./results)")
     run.add_argument("--wandb", choices=("online", "offline", "disabled"), help="wandb mode (default $WANDB_MODE or offline)")
     run.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    run.add_argument("--workers", type=int, default=0, help="data-loader worker processes for per-sample augmentation")
+    run.add_argument("--workers", type=int, help="data-loader worker processes for per-sample augmentation "
+                     "(default: from the CPUs the job has: 0 below 4 CPUs on a CPU run; CPUs-1, at most 8, on a GPU)")
+    run.add_argument("--keep-checkpoints", dest="keep_checkpoints", choices=("best", "full", "none"), default="best",
+                     help="what stays once result.json is written: best = the selected epoch's weights (best.pt), "
+                          "full = the resumable checkpoint too, none (default: best)")
+    run.add_argument("--aug-path", dest="aug_path", choices=("auto", "per-image", "batched"), default="auto",
+                     help="per-sample augmentation one image at a time or grouped by op over the batch (same images; "
+                          "auto = batched only where it measured >= 10x faster)")
     run.add_argument("--threads", type=_positive_int,
                      help="torch CPU threads (default: the CPUs the job was given: $SLURM_CPUS_PER_TASK, "
                           "$OMP_NUM_THREADS, else the CPU affinity); recorded in result.json")

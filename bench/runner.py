@@ -105,12 +105,16 @@ def _slurm_ids() -> dict[str, str]:
 
 def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None, *,
              wandb_mode: str | None = None, sweep: str | None = None, progress: bool = True, device: str | None = None,
-             workers: int = 0, on_epoch_end: Callable[[int, dict], None] | None = None,
-             threads: int | None = None, echo: bool | None = None) -> dict[str, Any]:
+             workers: int | None = None, on_epoch_end: Callable[[int, dict], None] | None = None,
+             threads: int | None = None, echo: bool | None = None, keep_checkpoints: str = "best",
+             aug_path: str = "auto") -> dict[str, Any]:
     """Train and evaluate `spec`; return its result record. A done run is returned as is; a run whose
     directory holds a checkpoint resumes from it. One process trains a run at a time (run_lock): a
     second waits, then returns the record the first wrote. `threads`: torch's intra-op threads
-    (default: the CPUs the job was given). `echo`: print the per-epoch lines (default: `progress`)."""
+    (default: the CPUs the job was given). `echo`: print the per-epoch lines (default: `progress`).
+    `workers`: DataLoader workers for the per-sample stage (None: bench.data.default_workers).
+    `keep_checkpoints`: what stays once result.json is written (best: best.pt; full; none).
+    `aug_path`: per-image, batched or auto (per-sample augmentation; the same images either way)."""
     store = ResultsStore(resolve_results_root(results))
     key = spec.key
     done = store.read_result(key)
@@ -119,6 +123,17 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
     # user errors surface before anything is written
     device = resolve_device(device)
     threads = resolve_threads(threads)
+    from bench.data import AUG_PATHS, default_workers
+    from bench.store import KEEP_CHECKPOINTS
+
+    if keep_checkpoints not in KEEP_CHECKPOINTS:
+        raise UsageError(f"unknown keep_checkpoints '{keep_checkpoints}' (valid: {', '.join(KEEP_CHECKPOINTS)})")
+    if aug_path not in AUG_PATHS:
+        raise UsageError(f"unknown aug_path '{aug_path}' (valid: {', '.join(AUG_PATHS)})")
+    if workers is None:
+        workers = default_workers(threads, "cuda" if str(device).startswith("cuda") else "cpu")
+    elif workers < 0:
+        raise UsageError(f"--workers must be >= 0 (got {workers})")
     data_root = resolve_data_root(data_root)
     from bench.tasks import get_task
 
@@ -132,11 +147,12 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
         if done is not None:
             return done
         return _train(spec, store, task, data, device, threads, wandb_mode=wandb_mode, sweep=sweep, progress=progress,
-                      echo=progress if echo is None else echo, workers=workers, on_epoch_end=on_epoch_end)
+                      echo=progress if echo is None else echo, workers=workers, on_epoch_end=on_epoch_end,
+                      keep_checkpoints=keep_checkpoints, aug_path=aug_path)
 
 
 def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads: int, *, wandb_mode, sweep, progress,
-           echo, workers, on_epoch_end) -> dict[str, Any]:
+           echo, workers, on_epoch_end, keep_checkpoints="best", aug_path="auto") -> dict[str, Any]:
     import torch
 
     from bench.trainer import Trainer
@@ -155,17 +171,18 @@ def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads:
         from bench.tracking import start_tracking
 
         tracker = start_tracking(spec.to_dict(), key, run_dir, wandb_mode, sweep)
-        trainer = Trainer(spec, task, data, store, device=device, workers=workers, progress=progress, echo=echo,
+        trainer = Trainer(spec, task, data, store, device=device, workers=workers, aug_path=aug_path, progress=progress, echo=echo,
                           tracker=tracker, on_epoch_end=on_epoch_end)
         out = trainer.fit()
         record = dict(key=key, status="done", sweep=sweep, spec=spec.to_dict(), metrics=out["metrics"], cost=out["cost"],
                       data=split_sizes(data), versions=versions(), host=socket.gethostname(), device=str(trainer.device),
-                      threads=threads, warnings=out.get("warnings", []), finished_at=_now())
+                      threads=threads, workers=workers, warnings=out.get("warnings", []), finished_at=_now())
         fault_point("before-result")
         store.write_result(key, record)  # LAST: from here on the run counts as done
         fault_point("after-result")
         store.write_attempt(key, {**attempt, "state": "done", "ended_at": _now()})
         tracker.finish(record)
+        trainer.prune_checkpoints(keep_checkpoints)
         return record
     except BaseException as e:
         state = "failed" if isinstance(e, Exception) else "interrupted"

@@ -27,6 +27,8 @@ ATTEMPT = "attempt.json"
 SPEC = "spec.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"  # the selected epoch's weights, kept after a run is done (keep_checkpoints=best)
+KEEP_CHECKPOINTS = ("best", "full", "none")
 LOG = "run.log"
 LOCK = ".job.lock"
 SAFLEX_DIAG = "saflex_diag.npz"

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench import store as store_mod
-from bench.data import AugmentedTrainSet, train_loader
+from bench.data import AugmentedTrainSet, train_loader, use_batched_path
 from bench.learners.base import LearnerContext, StepBatch, get_learner_class
 from bench.seeding import generator, seeded_global
 from bench.spec import RunSpec
@@ -57,12 +57,19 @@ class TrainState:
     best_epoch: int = 0
     best_state: dict | None = None
     history: list = field(default_factory=list)
-    cost: dict = field(default_factory=lambda: dict(train_s=0.0, samples=0, steps=0, learner_s=0.0, wall_s=0.0))
+    cost: dict = field(default_factory=lambda: dict(train_s=0.0, samples=0, steps=0, learner_s=0.0, wall_s=0.0,
+                                                    **{k: 0.0 for k in PHASES}))
+
+
+# where an epoch's wall time goes (seconds, per epoch in metrics.jsonl, totals in result.json `cost`):
+# waiting for augmented batches, the model's forward/backward/optimiser step (the learner's own extra
+# work excluded: that is learner_s), validation, checkpoint + metrics writing
+PHASES = ("data_s", "compute_s", "val_s", "ckpt_s")
 
 
 class Trainer:
     def __init__(self, spec: RunSpec, task: Task, data: TaskData, store: store_mod.ResultsStore, *,
-                 device: str | None = None, workers: int = 0, progress: bool = True, tracker=None,
+                 device: str | None = None, workers: int = 0, aug_path: str = "auto", progress: bool = True, tracker=None,
                  on_epoch_end: Callable[[int, dict], None] | None = None, echo: bool | None = None):
         import baselines
 
@@ -90,7 +97,8 @@ class Trainer:
         self.sched = build_scheduler(spec, self.opt)
         train = self.learner.train_split(data)
         self.upstream = self.upstream.bind(train.x, train.y)
-        self.trainset = AugmentedTrainSet(train.x, train.y, self.upstream, spec.seed)
+        self.trainset = AugmentedTrainSet(train.x, train.y, self.upstream, spec.seed,
+                                          batched=use_batched_path(self.upstream, aug_path))
         self.state = TrainState()
 
     @staticmethod
@@ -149,6 +157,18 @@ class Trainer:
         store_mod.write_bytes_atomic(self.ckpt_path, buf.getvalue(), keep_previous=self.prev_ckpt_path)
         self.saved_epoch = s.epoch
 
+    def prune_checkpoints(self, keep: str) -> None:
+        """After result.json: `full` keeps the resumable checkpoint; `best` keeps only the selected
+        epoch's weights (best.pt, a fraction of a checkpoint with optimiser state); `none` keeps nothing."""
+        if keep == "full":
+            return
+        if keep == "best" and self.state.best_state is not None:
+            buf = io.BytesIO()
+            torch.save(self.state.best_state, buf)
+            store_mod.write_bytes_atomic(self.run_dir / store_mod.BEST, buf.getvalue())
+        for path in (self.ckpt_path, self.prev_ckpt_path):
+            path.unlink(missing_ok=True)
+
     def load_checkpoint(self) -> dict | None:
         """The newest readable checkpoint (checkpoint.pt, else checkpoint.prev.pt), or None. An unreadable
         file (truncated copy, full disk) is moved aside as `<name>.corrupt-<time>` with a warning."""
@@ -176,6 +196,8 @@ class Trainer:
         self.sched.load_state_dict(ck["sched"])
         cost = dict(ck["cost"])
         cost.setdefault("learner_s", cost.pop("saflex_s", 0.0))  # checkpoints of the first release
+        for k in PHASES:
+            cost.setdefault(k, 0.0)
         self.state = TrainState(epoch=ck["epoch"], step=ck["step"], best_score=ck["best_score"], best_epoch=ck["best_epoch"],
                                 best_state=ck["best_state"], history=ck["history"], cost=cost)
         self.learner.load_state_dict(ck.get("learner", ck.get("saflex")) or {})
@@ -215,7 +237,8 @@ class Trainer:
     def batches(self, epoch: int):
         """The epoch's augmented batches as StepBatch (the upstream's batch stage applied)."""
         spec, task = self.spec, self.task
-        for b, (aug, clean, y) in enumerate(train_loader(self.trainset, spec.batch_size, epoch, self.workers)):
+        loader = train_loader(self.trainset, spec.batch_size, epoch, self.workers, pin_memory=self.device.type == "cuda")
+        for b, (aug, clean, y) in enumerate(loader):
             out = self.upstream.batch_transform(task.prepare(aug), task.targets(y), generator(spec.seed, "batch", epoch, b))
             yield StepBatch(x=out.x.to(self.device, non_blocking=True), y_soft=out.y.to(self.device, non_blocking=True),
                             clean=task.prepare(clean), y=y, corrupted=out.corrupted, epoch=epoch, index=b,
@@ -231,16 +254,22 @@ class Trainer:
         n_batches = math.ceil(len(self.trainset) / spec.batch_size)
         bar = tqdm(self.batches(epoch), total=n_batches, desc=f"epoch {epoch + 1}/{spec.epochs}", leave=False,
                    disable=(not self.progress) or None)  # None: off when stderr is not a terminal
+        data_s = step_s = 0.0
+        t_fetch = time.perf_counter()
         for batch in bar:
+            t_step = time.perf_counter()
+            data_s += t_step - t_fetch
             store_mod.fault_point("step")
             loss, logits = self.step(batch)
             s.step += 1
             n_steps += 1
             n = len(batch.y_soft)
-            tot_loss += float(loss) * n
+            tot_loss += float(loss) * n  # float(): syncs a GPU, so step_s holds the step's real time
             if not self.task.multi_label:
                 tot_correct += int((logits.argmax(1) == batch.y_soft.argmax(1)).sum())
             n_seen += n
+            t_fetch = time.perf_counter()
+            step_s += t_fetch - t_step
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -254,6 +283,7 @@ class Trainer:
             row["train_acc"] = tot_correct / max(n_seen, 1)
         row.update(self.learner.end_epoch(epoch, last=epoch + 1 == spec.epochs))
         row["learner_s"] = self.ctx.seconds["learner_s"] - learner_s0
+        row["data_s"], row["compute_s"] = data_s, max(step_s - row["learner_s"], 0.0)
         s.cost["learner_s"] += row["learner_s"]
         return row
 
@@ -270,7 +300,9 @@ class Trainer:
                    disable=(not self.progress) or None, leave=False)
         for epoch in bar:
             row = self.train_epoch(epoch)
+            t_val = time.perf_counter()
             val = self.evaluate(self.data.select)
+            row["val_s"] = time.perf_counter() - t_val
             row.update({f"val_{k}": v for k, v in val.items()})
             score = self.selection_score(val)
             if score >= s.best_score or s.best_state is None:
@@ -278,11 +310,17 @@ class Trainer:
                 s.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
             self.sched.step()
             s.epoch = epoch + 1
+            t_ckpt = time.perf_counter()
+            row["ckpt_s"] = 0.0
+            for k in PHASES:
+                s.cost[k] += row[k]  # ckpt_s of this epoch is added once measured, below
             s.history.append(row)
             s.cost["wall_s"] += time.perf_counter() - wall0
             wall0 = time.perf_counter()
             self.save_checkpoint()  # checkpoint before the metrics row: a resumed run rewrites metrics from it
             store_mod.fault_point("after-checkpoint")
+            row["ckpt_s"] = time.perf_counter() - t_ckpt
+            s.cost["ckpt_s"] += row["ckpt_s"]
             self.store.write_metrics(self.key, s.history)
             if self.tracker is not None:
                 self.tracker.log_epoch(row, step=epoch + 1)
@@ -307,7 +345,8 @@ class Trainer:
             metrics["last_val_acc"] = s.history[-1]["val_acc"]
         c = s.cost
         cost = dict(wall_s=c["wall_s"], epoch_s=c["train_s"] / max(epochs_run, 1), samples_per_s=c["samples"] / max(c["train_s"], 1e-9),
-                    step_s=c["train_s"] / max(c["steps"], 1), learner_s=c["learner_s"], peak_mem_mb=peak_memory_mb(self.device))
+                    step_s=c["train_s"] / max(c["steps"], 1), learner_s=c["learner_s"], peak_mem_mb=peak_memory_mb(self.device),
+                    **{k: c.get(k, 0.0) for k in PHASES})
         return dict(metrics=metrics, cost=cost, warnings=list(self.warnings))
 
 

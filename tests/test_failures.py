@@ -273,7 +273,7 @@ def test_run_files_follow_the_umask(tmp_path, mask, mode):
         if mask == 0o022:
             rec = quiet(spec(1), tmp_path / "r")
             run_dir = ResultsStore(tmp_path / "r").run_dir(rec["key"])
-            files = ["result.json", "metrics.jsonl", "spec.json", "attempt.json", "checkpoint.pt", "run.log"]
+            files = ["result.json", "metrics.jsonl", "spec.json", "attempt.json", "best.pt", "run.log"]
             assert {f: oct(stat.S_IMODE((run_dir / f).stat().st_mode)) for f in files} == {f: oct(mode) for f in files}
     finally:
         os.umask(old)

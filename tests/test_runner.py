@@ -30,7 +30,7 @@ def test_run_writes_complete_record(results):
     assert 0.5 < rec["metrics"]["test_acc"] <= 1 and 1 <= rec["metrics"]["best_epoch"] <= 3
     assert [r["epoch"] for r in store.read_metrics(rec["key"])] == [1, 2, 3]
     assert json.loads((d / "spec.json").read_text())["key"] == rec["key"]
-    assert (d / "checkpoint.pt").exists() and (d / "run.log").exists()
+    assert (d / "best.pt").exists() and not (d / "checkpoint.pt").exists() and (d / "run.log").exists()
     # a second call is a no-op that returns the stored record
     assert run_spec(spec(), results, progress=False, wandb_mode="disabled") == rec
 
