@@ -85,7 +85,7 @@ def stratified_split(y, fracs: tuple[float, ...], seed: int) -> tuple[list, list
         n = len(idx)
         if n < len(fracs) + 1:
             parts[0].append(idx)
-            too_small.append(str(c))
+            too_small.append(int(c))
             continue
         sizes = [max(1, int(round(f * n))) for f in fracs]
         while sum(sizes) > n - 1:  # keep at least one row in `rest`
