@@ -192,7 +192,8 @@ class Smote(BoundPolicy):
             pool = train_x[train_y == c]
             if len(pool) == 0:
                 continue
-            dist = torch.cdist(xc[rows], pool)
+            # exact differences (the matrix-product shortcut leaves a row ~1e-3 away from itself)
+            dist = torch.cdist(xc[rows], pool, compute_mode="donot_use_mm_for_euclid_dist")
             dist[dist == 0] = math.inf  # the row itself (and exact copies, a no-op anyway)
             n_nb = min(self.k, len(pool))
             near_d, near = dist.topk(n_nb, dim=1, largest=False)

@@ -240,7 +240,7 @@ def test_scarf_keeps_every_value_inside_the_columns_training_values():
 
 
 def test_tabular_cutmix_label_weight_equals_the_swapped_fraction():
-    n, d = 16, 10
+    n, d = 16, 7  # round(0.3 * 7) = 2 features: the swapped fraction 2/7 is not P itself
     x = torch.arange(n)[:, None] * 100.0 + torch.arange(d)[None]  # every entry names its row
     y = torch.eye(n)  # one class per row: the label says which rows were mixed
     out = TabularCutMix(0.3).batch_transform(x, y, gen())
@@ -250,6 +250,8 @@ def test_tabular_cutmix_label_weight_equals_the_swapped_fraction():
             frac = float((src[i] == r).float().mean())
             assert float(out.y[i, r]) == pytest.approx(frac), (i, r)
     assert torch.allclose(out.y.sum(1), torch.ones(n))
+    moved = (src != torch.arange(n)[:, None]).any(1)
+    assert torch.allclose(out.y[moved].max(1).values, torch.tensor(5 / 7))
 
 
 def test_smote_outputs_lie_on_segments_toward_near_same_class_rows():
@@ -258,6 +260,7 @@ def test_smote_outputs_lie_on_segments_toward_near_same_class_rows():
     up = Smote(k).bind(tx, ty)
     out = up.batch_transform(tx[:40], onehot(ty[:40], 3), gen())
     assert torch.equal(out.y, onehot(ty[:40], 3))  # labels unchanged
+    assert (out.x != tx[:40]).any(1).all()  # every row moved toward another row, never toward itself
     for i in range(40):
         same = torch.nonzero(ty == ty[i]).flatten()
         dist = (tx[same] - tx[i]).norm(dim=1)
