@@ -65,6 +65,7 @@ class GenerationSpec:
     seed: int = 0
     resolution: int = 512
     dtype: str = "float16"
+    limit: int | None = None  # only the first N distinct images (pilots, tests); the others stay real
 
     def __post_init__(self) -> None:
         s = self.splits
@@ -89,14 +90,19 @@ class GenerationSpec:
             self.prompt.format_map({"class": "x", "label": 0})
         except (KeyError, IndexError, ValueError) as e:
             raise UsageError(f"generation prompt {self.prompt!r}: placeholders are {{class}} and {{label}} ({e})") from None
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
+            raise UsageError(f"generation limit: expected an integer >= 1 (or nothing), got {self.limit!r}")
         if not isinstance(self.task, str) or "/" not in self.task:
             raise UsageError(f"generation task: expected FAMILY/DATASET, got {self.task!r}")
 
-    FIELDS = ("task", "model", "splits", "variants", "strength", "guidance", "prompt", "steps", "seed", "resolution", "dtype")
+    FIELDS = ("task", "model", "splits", "variants", "strength", "guidance", "prompt", "steps", "seed", "resolution",
+              "dtype", "limit")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["splits"] = list(self.splits)
+        if d["limit"] is None:  # caches made before `limit` existed keep their id
+            del d["limit"]
         return d
 
     @classmethod
@@ -122,6 +128,8 @@ class GenerationSpec:
                 "--variants", str(self.variants), "--strength", repr(self.strength), "--guidance", repr(self.guidance),
                 "--prompt", self.prompt, "--steps", str(self.steps), "--seed", str(self.seed),
                 "--resolution", str(self.resolution), "--dtype", self.dtype]
+        if self.limit is not None:
+            argv += ["--limit", str(self.limit)]
         if data_root:
             argv += ["--data-root", str(data_root)]
         if root:
@@ -178,6 +186,8 @@ def unique_images(gspec: GenerationSpec, data_root: Path | None):
     xs, ys = [], []
     for part in parts:
         for img, label in zip(part.x, part.y):
+            if gspec.limit is not None and len(xs) == gspec.limit:
+                break
             key = image_key(img)
             if key not in seen:
                 seen[key] = len(xs)

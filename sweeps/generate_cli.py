@@ -32,6 +32,7 @@ def register_generate(subparsers: Any) -> None:
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--resolution", type=int, default=d.resolution, help="pipeline image size (512 for SD 1.5/2.1-base)")
     g.add_argument("--dtype", choices=DTYPES, default=d.dtype, help="pipeline weights dtype (part of the cache id)")
+    g.add_argument("--limit", type=int, help="only the first N distinct images (a pilot); the others stay real")
     g.add_argument("--id", dest="cache_id", help="make the cache with this id, parameters from --from FILE or the shipped sweeps")
     g.add_argument("--from", dest="from_file", metavar="FILE", help="a sweep file with a generate: section")
     g.add_argument("--shard", type=int, default=0, help="this job's shard (chunk c goes to shard c %% shards)")
@@ -71,7 +72,8 @@ def _specs(args: argparse.Namespace) -> list[tuple[Any, dict]]:
         raise UsageError("generate needs --task and --model (or --id ID, or --from SWEEP_FILE)")
     gspec = GenerationSpec(task=args.task, model=args.model, splits=tuple(s for s in args.splits.split(",") if s),
                            variants=args.variants, strength=args.strength, guidance=args.guidance, prompt=args.prompt,
-                           steps=args.steps, seed=args.seed, resolution=args.resolution, dtype=args.dtype)
+                           steps=args.steps, seed=args.seed, resolution=args.resolution, dtype=args.dtype,
+                           limit=args.limit)
     return [(gspec, runtime)]
 
 
