@@ -354,6 +354,9 @@ def generate(gspec: GenerationSpec, data_root: Path | None = None, root: Path | 
     pipe = pipeline if pipeline is not None else load_pipeline(gspec.model, gspec.dtype, device, attention_slicing)
     report.load_seconds = time.perf_counter() - t0
     for c in todo:
+        if c > todo[0] and chunk_ok(directory, (read_json(directory / MANIFEST) or {"chunks": {}})["chunks"].get(chunk_name(c))):
+            report.skipped_chunks += 1  # another job of the same cache (a second sweep, a requeue) wrote it meanwhile
+            continue
         lo, hi = c * chunk, min((c + 1) * chunk, len(keys))
         t1 = time.perf_counter()
         variants = generate_chunk(pipe, gspec, images[lo:hi], labels[lo:hi], keys[lo:hi], names, batch_size, device)
@@ -402,7 +405,7 @@ def make_tiny_pipeline(directory: str | Path, seed: int = 0) -> Path:
         text_encoder = CLIPTextModel(CLIPTextConfig(
             bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
             num_hidden_layers=2, vocab_size=len(vocab), max_position_embeddings=77, projection_dim=16))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1,
                               set_alpha_to_one=False)
     pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                           scheduler=scheduler, safety_checker=None, feature_extractor=None,
