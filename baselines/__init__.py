@@ -12,7 +12,8 @@ from baselines.base import IMAGE, MODALITIES, Augmented, Upstream
 from baselines.registry import PolicyError, create_method, list_methods, method_grammars, register_method
 
 # Registration order is the order of list_methods() and of the grammars in error messages.
-from baselines import identity, image_policies, mixers, noisy  # noqa: E402,F401  (registers families)
+from baselines import identity, image_policies, mixers, noisy, tabular  # noqa: E402,F401  (registers families)
+from baselines import diffusion  # noqa: E402,F401  (after noisy: its grammar nests any method)
 from baselines.identity import NoAugmentation
 from baselines.image_policies import AutoAugment, RandAugment, TrivialAugment
 from baselines.mixers import CutMix, MixUp

@@ -51,6 +51,11 @@ class Noisy(Upstream):
     def sample_transform(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.inner.sample_transform(img, generator)
 
+    def bind(self, x, y) -> "Noisy":
+        """The inner method may need the training split (SCARF, SMOTE): bind it, keep the noise."""
+        inner = self.inner.bind(x, y)
+        return self if inner is self.inner else Noisy(self.p, inner)
+
     def batch_sample_transform(self, imgs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         return self.inner.batch_sample_transform(imgs, generators)
 

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
-import torch
+from baselines._lazy import torch
 
 from baselines.base import Augmented, Upstream
 from baselines.mixers import _mix_labels, sample_beta

@@ -29,6 +29,7 @@ def register(subparsers: Any) -> None:
     sw.add_argument("--wandb", choices=("online", "offline", "disabled"), help="wandb mode (default $WANDB_MODE or offline)")
     sw.add_argument("--threads", type=int,
                     help="torch CPU threads per run (default: the sweep's launcher.cpus_per_task); recorded in result.json")
+    sw.add_argument("--cache", help="diffusion cache root for a generate: stage (default $SAFLEX_CACHE or ~/.cache/saflex-bench)")
     sw.set_defaults(func=cmd_sweep)
 
     st = subparsers.add_parser("status", help="done / running / pending / failed per run of a sweep file",
@@ -38,6 +39,10 @@ def register(subparsers: Any) -> None:
     st.add_argument("--only", choices=("done", "running", "pending", "failed", "not-submitted"),
                     help="list only runs in this state (the totals still count all)")
     st.set_defaults(func=cmd_status)
+
+    from sweeps.generate_cli import register_generate  # the diffusion-cache command, kept in its own module
+
+    register_generate(subparsers)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -104,6 +109,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"results {results}  executor {kind} ({why})  wandb {wandb_mode}")
 
     ledger_path = sweep_dir(results, cfg.name) / LEDGER
+    launcher = cfg.launcher
+    if cfg.generate is not None:  # diffusion caches first (sweeps/generate_stage.py)
+        from sweeps.generate_cli import before_training
+
+        launcher = before_training(cfg, kind, args.cache, data_root, results, args.dry_run)
+        if launcher is None:
+            return 1
 
     def classify():
         keys = plan.keys
@@ -157,7 +169,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         resubmits = sum(1 for r in todo if states[r.key].state == "failed")
         pairs = []
         if todo:
-            pairs = submit_runs(kind, results, cfg.name, cfg.launcher, todo, data_root, wandb_mode, args.threads)
+            pairs = submit_runs(kind, results, cfg.name, launcher, todo, data_root, wandb_mode, args.threads)
     print(f"planned {len(plan.runs)} | done {len(done)} | skipped by rule {len(plan.skipped)} | "
           f"in flight {len(alive)} | submitted {len(todo)}" + (f" ({resubmits} failed before)" if resubmits else ""))
     if not pairs:

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from bench.errors import UsageError
 
 SWEEPS_DIR = Path(__file__).resolve().parent
-TOP_KEYS = ("name", "description", "fixed", "grid", "skip", "launcher")
+TOP_KEYS = ("name", "description", "fixed", "grid", "skip", "launcher", "generate")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # fields a skip rule may test besides the run fields: derived views of the spec
 DERIVED_FIELDS = ("upstream", "learner", "uses_saflex", "family", "dataset")
@@ -156,6 +156,7 @@ class SweepConfig:
     skip: tuple[SkipRule, ...]
     launcher: Launcher
     description: str = ""
+    generate: "GenerateStage | None" = None  # diffusion caches made before the runs (sweeps/generate_stage.py)
 
     @property
     def grid_points(self) -> int:
@@ -240,6 +241,13 @@ def load_sweep(ref: str | os.PathLike) -> SweepConfig:
         if isinstance(v, (dict, list)) and not (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)):
             raise bad(key, "a scalar value (string, number or boolean)", v)
 
+    # ---- generate (before fixed/grid: their method strings may name its caches as @name) ----
+    generate = _generate_stage(doc.get("generate"), where) if doc.get("generate") is not None else None
+    if generate is not None:
+        doc = _with_cache_ids(doc, generate, where)
+    elif _CACHE_REF.search(str(doc.get("fixed")) + str(doc.get("grid"))):
+        raise UsageError(f"{where}: a method names a cache as @name but the file has no generate section")
+
     # ---- fixed ----
     fixed = doc.get("fixed") or {}
     if not isinstance(fixed, dict):
@@ -316,4 +324,103 @@ def load_sweep(ref: str | os.PathLike) -> SweepConfig:
     launcher = Launcher(**values)
 
     return SweepConfig(name=name, path=path, fixed=dict(fixed), grids=tuple(grids), skip=tuple(rules),
-                       launcher=launcher, description=description.strip())
+                       launcher=launcher, description=description.strip(), generate=generate)
+
+
+# ---- the generate stage ----------------------------------------------------------------------------
+_CACHE_REF = re.compile(r"@([A-Za-z_][A-Za-z0-9_-]*)")
+_STAGE_CHECKS: dict[str, tuple[Any, str]] = {
+    "shards": _int(1), "chunk": _int(1), "batch_size": _int(1),
+    "attention_slicing": (lambda v: _bool(v), "true or false"),
+}
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError
+    return v
+
+
+@dataclass(frozen=True)
+class GenerateStage:
+    caches: Mapping[str, Any]  # name -> bench.generate.GenerationSpec
+    shards: int = 1
+    chunk: int = 64
+    batch_size: int = 8
+    attention_slicing: bool = False
+    launcher: Mapping[str, Any] = field(default_factory=dict)  # overrides of the sweep launcher
+
+
+def _generate_stage(raw: Any, where: str) -> GenerateStage:
+    from bench.generate import GenerationSpec
+
+    keys = ("caches", "launcher", *_STAGE_CHECKS)
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where}: generate: expected a mapping with keys {', '.join(keys)}, got {_type_name(raw)}")
+    for k in raw:
+        if k not in keys:
+            raise UsageError(f"{where}: generate.{k}: unknown key (valid: {', '.join(keys)})")
+    values: dict[str, Any] = {}
+    for k, (check, expected) in _STAGE_CHECKS.items():
+        if k in raw:
+            try:
+                values[k] = check(raw[k])
+            except ValueError:
+                raise UsageError(f"{where}: generate.{k}: expected {expected}, got {_type_name(raw[k])}") from None
+    overrides = raw.get("launcher") or {}
+    if not isinstance(overrides, dict):
+        raise UsageError(f"{where}: generate.launcher: expected a mapping of launcher settings, got {_type_name(overrides)}")
+    for k, v in overrides.items():
+        if k not in _LAUNCHER_CHECKS:
+            raise UsageError(f"{where}: generate.launcher.{k}: unknown launcher setting (valid: {', '.join(_LAUNCHER_CHECKS)})")
+        check, expected = _LAUNCHER_CHECKS[k]
+        try:
+            overrides[k] = check(v)
+        except ValueError:
+            raise UsageError(f"{where}: generate.launcher.{k}: expected {expected}, got {_type_name(v)}") from None
+    caches = raw.get("caches")
+    if not isinstance(caches, dict) or not caches:
+        raise UsageError(f"{where}: generate.caches: expected a mapping of name -> generation parameters, got {_type_name(caches)}")
+    specs = {}
+    for name, params in caches.items():
+        if not isinstance(name, str) or not _CACHE_REF.fullmatch("@" + name):
+            raise UsageError(f"{where}: generate.caches: name {name!r} must be letters, digits, '_' or '-'")
+        if not isinstance(params, dict):
+            raise UsageError(f"{where}: generate.caches.{name}: expected a mapping of generation parameters, got {_type_name(params)}")
+        try:
+            specs[name] = GenerationSpec.from_dict(params)
+        except (UsageError, TypeError) as e:
+            raise UsageError(f"{where}: generate.caches.{name}: {e}") from None
+    return GenerateStage(caches=specs, launcher=dict(overrides), **values)
+
+
+def _with_cache_ids(doc: dict, stage: GenerateStage, where: str) -> dict:
+    """`@name` in method / upstream strings -> the cache id of generate.caches.name."""
+
+    def sub(v: Any, key: str) -> Any:
+        if isinstance(v, list):
+            return [sub(x, key) for x in v]
+        if not isinstance(v, str):
+            return v
+
+        def repl(m: re.Match) -> str:
+            if m.group(1) not in stage.caches:
+                raise UsageError(f"{where}: {key}: unknown cache @{m.group(1)} (generate.caches: {', '.join(stage.caches)})")
+            return stage.caches[m.group(1)].cache_id
+
+        return _CACHE_REF.sub(repl, v)
+
+    def section(d: Any, key: str) -> Any:
+        if not isinstance(d, dict):
+            return d
+        return {k: (sub(v, f"{key}.{k}") if k in ("method", "upstream") else v) for k, v in d.items()}
+
+    out = dict(doc)
+    out["fixed"] = section(doc.get("fixed"), "fixed")
+    grid = doc.get("grid")
+    out["grid"] = [section(g, f"grid[{i}]") for i, g in enumerate(grid)] if isinstance(grid, list) else section(grid, "grid")
+    skip = doc.get("skip")
+    if isinstance(skip, list):
+        out["skip"] = [{**r, "when": section(r.get("when"), f"skip[{i}].when")} if isinstance(r, dict) else r
+                       for i, r in enumerate(skip)]
+    return out

@@ -339,7 +339,6 @@ def test_saflex_and_ref_run_on_a_tabular_task(pmlb_root, results, method):
     assert 0 <= rec["metrics"]["test_acc"] <= 1
 
 
-@pytest.mark.xfail(strict=True, reason="baselines/noisy.py: Noisy.bind must forward bind to its inner policy")
 def test_noisy_forwards_bind_to_a_data_bound_policy():
     tx, ty = toy(100)
     up = baselines.create_method("noisy(0.3,scarf-p0.3)").bind(tx, ty)
