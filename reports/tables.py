@@ -196,9 +196,12 @@ def _fmt_num(v: float, spec: str, prefix: str = "", scale: float = 1.0) -> str:
 
 
 def _extra_cols(table: pd.DataFrame) -> list[str]:
+    """Identity columns besides task and upstream that tell rows of one task apart (a column that only
+    follows the task, e.g. a family's task options, would repeat the task in every row)."""
     known = {"task", "upstream", "family", "dataset"}
     cols = list(table.columns)
-    return [c for c in cols[: cols.index("family")] if c not in known] if "family" in cols else []
+    extra = [c for c in cols[: cols.index("family")] if c not in known] if "family" in cols else []
+    return [c for c in extra if (table.groupby("task")[c].nunique(dropna=False) > 1).any()]
 
 
 def _has_ref(table: pd.DataFrame) -> bool:
@@ -280,8 +283,7 @@ def headline(avg: pd.DataFrame, metric: str = "test_acc", confidence: float = 0.
         line = f"Average gain of {method_label(r['arm'])} over X ({metric}): " + part(r, metric, "n_experiments")
         if r["n_without_pairs"]:
             line += f"; {r['n_without_pairs']} without pairs excluded"
-        paper = PAPER_HEADLINE_GAIN.get(r["learner"])
-        line += f"; paper: +{paper} points)" if paper is not None and metric == "test_acc" else ")"
+        line += ")"  # the paper's own figure is quoted once, under its protocol, by the study alone
         if r["n_experiments_ref"]:
             line += "; over X+ref: " + part(r, f"vs_ref_{metric}", "n_experiments_ref") + ")"
         out.append(line)
