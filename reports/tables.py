@@ -238,6 +238,20 @@ def display_table(table: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def average_by_upstream(table: pd.DataFrame, metric: str = "test_acc", confidence: float = 0.95) -> pd.DataFrame:
+    """Per upstream: each arm's average gain over the tasks it ran on (a human table); empty unless
+    some upstream ran on several tasks (otherwise it would repeat the main table)."""
+    if not len(table) or table.groupby("upstream")["task"].nunique().max() < 2:
+        return pd.DataFrame()
+    parts = []
+    for up, sub in table.groupby("upstream", sort=True):
+        disp = display_average(average_gain(sub, metric, confidence), metric)
+        if len(disp):
+            disp.insert(0, "Upstream", up)
+            parts.append(disp)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def display_average(avg: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
     """The per-arm average gains as a human table (points)."""
     ref = bool(len(avg)) and (avg["n_experiments_ref"] > 0).any()
@@ -336,6 +350,10 @@ def to_markdown(df: pd.DataFrame, table: pd.DataFrame, avg: pd.DataFrame, metric
              _md_table(display_table(table, metric)), "", legend(confidence, "seeds", _has_ref(table)), ""]
     if len(avg):
         parts += ["## Average gain per arm", "", _md_table(display_average(avg, metric)), "",
+                  legend(confidence, "experiments"), ""]
+    by_up = average_by_upstream(table, metric, confidence)
+    if len(by_up):
+        parts += ["## Average gain per arm and upstream (over tasks)", "", _md_table(by_up), "",
                   legend(confidence, "experiments"), ""]
     parts += [f"- **{line}**" for line in headline(avg, metric, confidence)]
     used = sorted({f for fl in table["flags"] for f in fl.split(";") if f}) if len(table) else []

@@ -352,3 +352,16 @@ def test_wandb_frame_has_the_learners_and_extra_test_sets(root, df):
     cols = ["key", "learner", "arm", "upstream", "toy.width", "metrics.test_acc", "metrics.ood_usps_acc", "cost.learner_s"]
     pd.testing.assert_frame_equal(wdf[cols].sort_values("key").reset_index(drop=True),
                                   df[cols].sort_values("key").reset_index(drop=True), check_dtype=False)
+
+
+def test_average_per_upstream_over_tasks(table):
+    """rand-m9-n2 ran on two tasks: its per-upstream average is the mean of those two paired gains."""
+    from reports.tables import average_by_upstream
+
+    by = average_by_upstream(table)
+    r = by[(by["Upstream"] == RA) & (by["Arm"] == "X+saflex")].iloc[0]
+    gains = [np.mean([ACC[(t, RA)]["saflex"][s] - ACC[(t, RA)]["none"][s] for s in ACC[(t, RA)]["none"]])
+             for t in (BM, DG)]
+    assert r["experiments"] == "2" and r["avg Δ vs X"].startswith(f"{100 * np.mean(gains):+.2f} ± ")
+    assert set(by["Upstream"]) == {RA, CM}
+    assert average_by_upstream(table[table["upstream"] == CM]).empty  # one task per upstream: nothing to add
