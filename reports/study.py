@@ -302,7 +302,8 @@ def multiple_comparisons_md(fam: pd.DataFrame, n_experiments: int) -> list[str]:
     for r in fam.sort_values("p").itertuples():
         L.append(f"| {_short(r.task)} | {r.upstream} | {r.comparison} | {_pts(r.gain.mean, True, 2)} | {r.p:.3f} | "
                  f"{r.p_holm:.3f} | {'yes' if r.excludes else 'no'} |")
-    return L
+    return L + ["", "Δ = mean paired difference X+SAFLEX − the compared arm, points; p = two-sided paired t-test over "
+                "seeds (the test the 95 % t-CI inverts); Holm p = step-down adjusted over the whole table."]
 
 
 def _extra_cols(table: pd.DataFrame) -> list[str]:
@@ -603,7 +604,7 @@ def noisy_rows(noisy: pd.DataFrame) -> pd.DataFrame:
                      else mean_ci([]))
             kn = run_knobs(sub) if learner == SAFLEX else {}
             name = ("X" if learner == NONE else "X+ref" if learner == REF else f"X+{saflex_name(kn)}")
-            rows.append(dict(task=task, upstream=up, learner=learner, knobs=knobs, name=name, C=C,
+            rows.append(dict(task=task, upstream=up, learner=learner, knobs=knobs, name=name, C=C, per_seed=ss,
                              moves=learner == SAFLEX and moves_labels(kn), n=len(ss), acc=mean_ci(ss), gain=gain,
                              auc=mean_ci(list(logs["saflex_w_auc"].values())),
                              recovered=mean_ci(rec.to_numpy()), clean_moved=mean_ci(moved.to_numpy()),
@@ -612,37 +613,45 @@ def noisy_rows(noisy: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _noisy_sentence(task_rows: pd.DataFrame) -> list[str]:
+def _noisy_sentences(task_rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """Per label-moving SAFLEX setting of one task: (the plain sentence, a short verdict for the summary):
+    does it recover flipped labels better than chance, and does it cost test accuracy."""
     out = []
-    task = task_rows["task"].iloc[0]
+    task = _short(task_rows["task"].iloc[0])
     weights_only = task_rows[(task_rows["learner"] == SAFLEX) & ~task_rows["moves"]]
     for r in task_rows[task_rows["moves"]].itertuples():
         if _is_nan(r.recovered.mean):
-            out.append(f"- {_short(task)}, {r.name}: no label-recovery counters logged.")
+            out.append((f"- {task}, {r.name}: no label-recovery counters logged.", f"{task}: not logged"))
             continue
-        better = "better than chance" if r.above_chance.lo > 0 else (
-            "worse than chance" if r.above_chance.hi < 0 else "not distinguishably better than chance")
-        if _is_nan(r.above_chance.lo):
-            better = "better than chance in the mean only (fewer than 2 seeds: no CI)" if r.above_chance.mean > 0 \
-                else "not better than chance (fewer than 2 seeds: no CI)"
-        hurt = ("its test accuracy is below X's (paired CI below 0)" if r.gain.hi < 0 else
-                "its test accuracy is above X's (paired CI above 0)" if r.gain.lo > 0 else
-                "its paired test-accuracy difference to X has a CI that includes 0")
-        vs_w = ""
+        a = r.above_chance
+        if _is_nan(a.lo):
+            better = "no CI (fewer than 2 seeds)"
+        else:
+            better = "yes" if a.lo > 0 else "no, below chance" if a.hi < 0 else "not distinguishable (CI includes 0)"
+        if _is_nan(r.gain.lo):
+            hurt = "no CI"
+        else:
+            hurt = "it hurts (CI below 0)" if r.gain.hi < 0 else "it helps (CI above 0)" if r.gain.lo > 0 \
+                else "no detectable change (CI includes 0)"
+        text = (f"- {task} (C = {r.C}): {r.name} returns {r.recovered.mean:.3f} of flipped samples to their true class "
+                f"and moves {r.clean_moved.mean:.3f} of clean labels; a label-blind mover with that clean rate would "
+                f"return {r.chance.mean:.3f} (clean moved / {r.C - 1 if r.C else '?'}). Better than chance: {better}; "
+                f"recovered − chance {_frac_ci(a)} over {a.n} seeds. Test accuracy against X: "
+                f"{_ci(r.gain, True)} points, {hurt}.")
         if len(weights_only):
             w = weights_only.iloc[0]
-            vs_w = f"; weights only: {_pts(w.acc.mean)}, moving labels: {_pts(r.acc.mean)} test points"
-        out.append(f"- {_short(task)} (C = {r.C}, chance = clean-moved share / {r.C - 1 if r.C else '?'}): {r.name} "
-                   f"sends {r.recovered.mean:.3f} of flipped samples back to their true class while moving "
-                   f"{r.clean_moved.mean:.3f} of clean labels (chance level {r.chance.mean:.3f}); recovery is {better} "
-                   f"(recovered − chance {_frac_ci(r.above_chance)} over {r.above_chance.n} seeds), and {hurt} "
-                   f"(Δ {_ci(r.gain, True)}{vs_w}).")
+            d, _ = _paired(w.per_seed, r.per_seed)
+            text += f" Against {w['name']}: {_ci(d, True)} points paired."
+        short_better = {"yes": "recovers flipped labels better than chance"}.get(better, "does not recover flipped "
+                                                                                       "labels better than chance" if better.startswith(("no", "not")) else better)
+        out.append((text, f"{task}: {r.name} {short_better}; test accuracy against X {_ci(r.gain, True)} points: {hurt}"))
     return out
 
 
-def noisy_section(noisy: pd.DataFrame, fair: bool) -> list[str]:
+def noisy_section(noisy: pd.DataFrame, fair: bool) -> tuple[list[str], list[str]]:
+    """The section's lines and the short verdicts (one per label-moving setting and task) for the summary."""
     if not len(noisy):
-        return ["## Noisy upstream: label noise with a known flipped flag", "", "_No noisy-upstream runs found._", ""]
+        return ["## Noisy upstream: label noise with a known flipped flag", "", "_No noisy-upstream runs found._", ""], []
     rows = noisy_rows(noisy)
     ups = sorted(rows["upstream"].unique())
     L = [f"## Noisy upstream: {', '.join(f'`{u}` ({_flip_rate(u)} of augmented labels flipped to a uniformly drawn other class)' for u in ups)}", "",
@@ -661,13 +670,14 @@ def noisy_section(noisy: pd.DataFrame, fair: bool) -> list[str]:
                  f"{_frac_ci(r.clean_moved)} | {_frac_ci(r.chance)} |")
     L += ["", LEGEND_SEEDS + " Fractions (AUC, recovered, clean moved, chance): mean ± 95 % t half-width over seeds, "
           "not in points.", ""]
-    sentences = [s for _, tr in rows.groupby("task") for s in _noisy_sentence(tr)]
+    pairs = [p for _, tr in rows.groupby("task") for p in _noisy_sentences(tr)]
+    sentences = [p[0] for p in pairs]
     if sentences:
-        L += ["Does moving labels recover the flipped ones?", "", *sentences, ""]
+        L += ["Does moving labels recover the flipped ones without hurting clean accuracy?", "", *sentences, ""]
     else:
         L += ["No label-moving SAFLEX setting ran on the noisy upstream: label recovery is not tested here "
               "(weights only keep q = y, so nothing is recovered by construction).", ""]
-    return L
+    return L, [p[1] for p in pairs]
 
 
 # ---- noise floor (A/A runs) ------------------------------------------------------------------------
@@ -682,7 +692,7 @@ def noise_floor_section(root: str | Path | None) -> list[str]:
 
 
 # ---- the report -------------------------------------------------------------------------------------
-def _summary(table: pd.DataFrame, fam: pd.DataFrame, avg: dict, main: pd.DataFrame, noisy_md: list[str],
+def _summary(table: pd.DataFrame, fam: pd.DataFrame, avg: dict, main: pd.DataFrame, noisy_verdicts: list[str],
              aa: bool, fair: bool) -> list[str]:
     L = ["## Summary", ""]
     if len(table):
@@ -705,11 +715,22 @@ def _summary(table: pd.DataFrame, fam: pd.DataFrame, avg: dict, main: pd.DataFra
                         f"CI above 0 in {len(up)} ({', '.join(up) or 'none'}), below 0 in {len(down)} "
                         f"({', '.join(down) or 'none'}) of {len(f)} experiments."))
         n_holm = int((fam["p_holm"] < ALPHA).sum()) if len(fam) else 0
-        L.append(f"- After Holm's correction over all {len(fam)} comparisons, {n_holm} remain below {ALPHA:g}.")
+        L.append(f"- After Holm's correction over all {len(fam)} comparisons, {n_holm} remain below {ALPHA:g} "
+                 f"(about {ALPHA * len(fam):.1f} of {len(fam)} uncorrected 95 % CIs would exclude 0 by chance).")
+        ci, _ = avg["ref_gain"]
+        if not _is_nan(ci.mean):
+            L.append(f"- The label-budget control itself (X+ref − X): average {_pts(ci.mean, True)} points, task-clustered "
+                     f"95 % CI [{_pts(ci.lo, True)}, {_pts(ci.hi, True)}].")
+        few = table[[min(r.gain.n, r.gain_ref.n if r.has_ref else r.gain.n) < MIN_SEEDS for r in table.itertuples()]]
+        if len(few):
+            L.append(f"- {len(few)} of {len(table)} experiments have fewer than {MIN_SEEDS} paired seeds: "
+                     + ", ".join(f"{_short(r.task)}/{r.upstream}" for r in few.itertuples()) + ".")
+        if not fair:
+            L.append("- These results are of the first protocol: the arms did not see the same labelled data.")
     else:
         L.append("- No main-comparison runs.")
-    if not fair:
-        L.append("- These results are of the first protocol: the arms did not see the same labelled data.")
+    if noisy_verdicts:
+        L += [f"- Noisy upstream, label moving: {v}." for v in noisy_verdicts]
     L += ["", "What this study cannot show:", ""]
     sizes = split_sizes(main) if len(main) else pd.DataFrame()
     if len(sizes):
@@ -720,10 +741,10 @@ def _summary(table: pd.DataFrame, fam: pd.DataFrame, avg: dict, main: pd.DataFra
                  f"epochs {_epochs(main)}, "
                  f"device(s) {_field(main, 'device', False)}. Whether SAFLEX helps under the paper's models, data and "
                  "schedules is not tested here.")
-    L.append("- With 3 tasks the task-clustered CI has 2 degrees of freedom: it is wide by construction, and "
-             "experiments within a task are not independent evidence."
-             if len(table) and table["task"].nunique() == 3 else
-             f"- The task-clustered CI rests on {table['task'].nunique() if len(table) else 0} task(s): with few tasks it is wide.")
+    if len(table):
+        n_tasks = table["task"].nunique()
+        L.append(f"- With {n_tasks} task(s) the task-clustered CI has {n_tasks - 1} degree(s) of freedom: it is wide by "
+                 "construction, and experiments within a task are not independent evidence.")
     L.append("- Numerical noise across machines (the same spec run twice) is "
              + ("measured in the noise-floor section below." if aa else
                 "not measured in this report (no A/A results given): differences of the order of that noise are not findings."))
@@ -783,7 +804,7 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: str | 
         L += ["_No main-comparison runs found._", ""]
 
     diag = diagnostics_rows(main) if len(main) else pd.DataFrame()
-    if len(diag):
+    if len(diag) and diag[[k for k, _ in DIAG_COLUMNS]].notna().any().any():
         L += [f"## What {sx_name} did (last epoch, mean over seeds)", "",
               "Weights are rescaled to mean 1 over the batch when `normalize` is on, so their mean is not informative; "
               "these columns say how far SAFLEX moved away from the upstream's own weights and labels."
@@ -796,10 +817,10 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: str | 
                      + " | ".join("–" if math.isnan(getattr(r, k)) else f"{getattr(r, k):.3f}" for k, _ in DIAG_COLUMNS) + " |")
         L += ["", "Each cell: mean over the arm's seeds of the last epoch's value (fractions, not points).", ""]
 
-    noisy_md = noisy_section(noisy, noisy_fair)
+    noisy_md, noisy_verdicts = noisy_section(noisy, noisy_fair)
     L += noisy_md
     aa_md = noise_floor_section(aa_root)
-    L += _summary(table, fam, avg, main, noisy_md, bool(aa_md), fair)
+    L += _summary(table, fam, avg, main, noisy_verdicts, bool(aa_md), fair)
     L += aa_md
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
