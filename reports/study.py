@@ -343,6 +343,15 @@ def _epochs(df: pd.DataFrame) -> str:
     return "; ".join(f"{_short(t)} {_field(g, 'epochs', False)}" for t, g in df.groupby("task"))
 
 
+def _ref_from(df: pd.DataFrame) -> str:
+    """`ref_from` of the runs; absent from a spec when it is the default (bench.spec keeps keys stable)."""
+    if "ref_from" in df and df["ref_from"].notna().any():
+        return _field(df, "ref_from", False)
+    from bench.spec import LATER_DEFAULTS
+
+    return str(LATER_DEFAULTS["ref_from"])
+
+
 def _schedule(df: pd.DataFrame) -> str:
     parts = []
     for (sched, ms, gamma), _ in df.groupby(["schedule", "milestones", "gamma"], dropna=False):
@@ -416,7 +425,7 @@ def protocol_lines(main: pd.DataFrame, fair: bool) -> list[str]:
          f"- Seeds: {_seeds(main['seed'])}."]
     if fair:
         L.append(f"- Fair protocol: `ref_frac={_field(main, 'ref_frac', False)}` of the `ref_from="
-                 f"{_field(main, 'ref_from', False) if 'ref_from' in main and main['ref_from'].notna().any() else 'val'}` "
+                 f"{_ref_from(main)}` "
                  "split is set aside per seed (stratified) as the reference part. X ignores it; X+ref trains on train + "
                  "the reference part (the label-budget control); X+SAFLEX uses it as SAFLEX's reference set. All three "
                  "select the best epoch on the rest of the validation split. Every arm therefore has the same "
@@ -499,11 +508,14 @@ def tuning_section(truns: pd.DataFrame, groups: dict[str, pd.DataFrame]) -> list
     chosen, ranking = choose(tune)
     piv = tune.pivot_table(index="knobs", columns="task", values="delta")
     base = tune.groupby("task")["val_x"].first()
-    L += ["| knob setting (vs current defaults) | " + " | ".join(f"Δ val acc {_short(c)} (X = {_pts(base[c])})" for c in piv.columns)
-          + " | mean Δ |", "|---|" + "---:|" * (len(piv.columns) + 1)]
+    sx = truns[truns["learner"] == SAFLEX]
+    names = {k: saflex_name(run_knobs(g)) for k, g in sx.groupby("knobs")}
+    L += ["| knob setting (vs current defaults) | what it is | " + " | ".join(f"Δ val acc {_short(c)} (X = {_pts(base[c])})" for c in piv.columns)
+          + " | mean Δ |", "|---|---|" + "---:|" * (len(piv.columns) + 1)]
     for knobs in (ranking["knobs"] if len(ranking) else piv.index):
         r = piv.loc[knobs]
-        L.append(f"| `{knobs}` | " + " | ".join(_pts(r[c], True) for c in piv.columns) + f" | {_pts(r.mean(), True)} |")
+        L.append(f"| `{knobs}` | {names.get(knobs, '')} | " + " | ".join(_pts(r[c], True) for c in piv.columns)
+                 + f" | {_pts(r.mean(), True)} |")
     n_val = {c: _n_val(truns, c) for c in piv.columns}
     n_gain = int((piv.mean(axis=1) > 0).sum())
     L += ["", f"Δ = validation accuracy of X+SAFLEX − X, points, mean over the tuning seed(s) {_seeds(truns['seed'])}; "
@@ -692,8 +704,20 @@ def noise_floor_section(root: str | Path | None) -> list[str]:
 
 
 # ---- the report -------------------------------------------------------------------------------------
+def _tuning_verdict(truns: pd.DataFrame) -> list[str]:
+    tune = tuning_table(truns) if len(truns) else pd.DataFrame()
+    if not len(tune):
+        return []
+    chosen, ranking = choose(tune)
+    gains = tune.groupby("knobs")["delta"].mean()
+    return [f"- Tuning (validation only, seed(s) {_seeds(truns['seed'])}): {int((gains > 0).sum())} of {len(gains)} SAFLEX "
+            f"settings beat the upstream alone on validation; the selected one is `{chosen}`"
+            + (" (the setting the comparison ran)." if chosen == "default" else
+               ", which is NOT the setting the comparison ran: make it the default and rerun.")]
+
+
 def _summary(table: pd.DataFrame, fam: pd.DataFrame, avg: dict, main: pd.DataFrame, noisy_verdicts: list[str],
-             aa: bool, fair: bool) -> list[str]:
+             aa: bool, fair: bool, tuning: list[str] = ()) -> list[str]:
     L = ["## Summary", ""]
     if len(table):
         sx_name = saflex_name(run_knobs(main[main["learner"] == SAFLEX]))
@@ -715,8 +739,9 @@ def _summary(table: pd.DataFrame, fam: pd.DataFrame, avg: dict, main: pd.DataFra
                         f"CI above 0 in {len(up)} ({', '.join(up) or 'none'}), below 0 in {len(down)} "
                         f"({', '.join(down) or 'none'}) of {len(f)} experiments."))
         n_holm = int((fam["p_holm"] < ALPHA).sum()) if len(fam) else 0
-        L.append(f"- After Holm's correction over all {len(fam)} comparisons, {n_holm} remain below {ALPHA:g} "
-                 f"(about {ALPHA * len(fam):.1f} of {len(fam)} uncorrected 95 % CIs would exclude 0 by chance).")
+        if len(fam):
+            L.append(f"- After Holm's correction over all {len(fam)} comparisons, {n_holm} remain below {ALPHA:g} "
+                     f"(about {ALPHA * len(fam):.1f} of {len(fam)} uncorrected 95 % CIs would exclude 0 by chance).")
         ci, _ = avg["ref_gain"]
         if not _is_nan(ci.mean):
             L.append(f"- The label-budget control itself (X+ref − X): average {_pts(ci.mean, True)} points, task-clustered "
@@ -731,6 +756,7 @@ def _summary(table: pd.DataFrame, fam: pd.DataFrame, avg: dict, main: pd.DataFra
         L.append("- No main-comparison runs.")
     if noisy_verdicts:
         L += [f"- Noisy upstream, label moving: {v}." for v in noisy_verdicts]
+    L += list(tuning)
     L += ["", "What this study cannot show:", ""]
     sizes = split_sizes(main) if len(main) else pd.DataFrame()
     if len(sizes):
@@ -785,10 +811,14 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: str | 
             L.append(f"| {name} | " + " | ".join(_pts(per_task.get(t, math.nan), True, 2) for t in sorted(table["task"].unique()))
                      + f" | {_pts(ci.mean, True, 2)} | " + ("n/a" if _is_nan(ci.lo) else f"[{_pts(ci.lo, True, 2)}, {_pts(ci.hi, True, 2)}]") + " |")
         n_tasks = table["task"].nunique()
-        tq = _st.t.ppf(1 - ALPHA / 2, n_tasks - 1) if n_tasks > 1 else math.nan
-        L += ["", f"Per-task columns: mean of that task's experiment gains, points. The CI uses the t quantile for "
-              f"{n_tasks - 1} degree(s) of freedom ({tq:.2f} against 1.96 for a normal interval): with "
-              f"{n_tasks} tasks it is wide, and it is the honest width for {n_tasks} independent units.", ""]
+        if n_tasks > 1:
+            tq = _st.t.ppf(1 - ALPHA / 2, n_tasks - 1)
+            L += ["", f"Per-task columns: mean of that task's experiment gains, points. The CI uses the t quantile for "
+                  f"{n_tasks - 1} degree(s) of freedom ({tq:.2f} against 1.96 for a normal interval): with "
+                  f"{n_tasks} tasks it is wide, and it is the honest width for {n_tasks} independent units.", ""]
+        else:
+            L += ["", "Per-task columns: mean of that task's experiment gains, points. One task only: no interval "
+                  "over tasks.", ""]
         paper = PAPER_HEADLINE_GAIN.get(SAFLEX)
         if paper is not None:
             L += [f"For context only: the paper reports an average gain of +{paper} points for SAFLEX under its own "
@@ -820,7 +850,7 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: str | 
     noisy_md, noisy_verdicts = noisy_section(noisy, noisy_fair)
     L += noisy_md
     aa_md = noise_floor_section(aa_root)
-    L += _summary(table, fam, avg, main, noisy_verdicts, bool(aa_md), fair)
+    L += _summary(table, fam, avg, main, noisy_verdicts, bool(aa_md), fair, _tuning_verdict(truns))
     L += aa_md
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ import math
 import re
 
 import numpy as np
-import pytest
 from scipy import stats
 
 import saflex_core
@@ -75,7 +74,9 @@ def test_first_protocol_store(tmp_path):
     assert f"| breastmnist | rand-m9-n2 | 3 | {w_std:.3f} | {np.mean([0.25, 0.5]):.3f} |" in md
     # selection uses validation only: eps=0.3 wins (+10 and +5 points) despite its test accuracy
     assert "Selected: **`eps=0.3`**" in md
-    assert "| `eps=0.3` | +10.0 | +5.0 | +7.5 |" in md and "| `default` | -1.0 | +1.0 | +0.0 |" in md
+    assert "1 of 2 SAFLEX settings beat the upstream alone on validation; the selected one is `eps=0.3`, which is NOT" in md
+    assert "| `eps=0.3` | SAFLEX eps=0.3 (moves labels) | +10.0 | +5.0 | +7.5 |" in md
+    assert "| `default` | SAFLEX, weights only (eps=0) | -1.0 | +1.0 | +0.0 |" in md
     # main table (first protocol: the tuning seed 0 is in it too): paired gains +1, +3, +1 points; no X+ref
     row = line(md, "| breastmnist | rand-m9-n2 |")
     assert f"| 3 / – | " in row and pm([0.01, 0.03, 0.01]) in row and "<5 pairs" in row
