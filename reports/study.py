@@ -1,51 +1,106 @@
 """The SAFLEX MedMNIST study, written from stored results (never typed by hand):
 
-    saflex-bench study --results R [--out reports/studies/saflex_medmnist.md]
+    saflex-bench study --results R [--out reports/studies/saflex_medmnist.md] [--aa-results A]
 
-Runs are selected by their specs (how they were launched does not matter):
-- default selection: seed 0, `rand-m9-n2` alone and with each learner that has knobs (SAFLEX, ...)
-  under several knob settings, on the TUNE_TASKS; settings are compared on VALIDATION accuracy only;
-- main comparison: every X in UPSTREAMS alone and with every learner found (`saflex`, `ref`, ...;
-  each at its current default knobs), all seeds; each learner arm against X, and against X+ref
-  when the label-budget control ran;
-- noisy-upstream diagnostic: `noisy(0.3,rand-m9-n2)` alone and with each learner.
+Runs are grouped by their specs (how they were launched does not matter):
+- main comparison: every X in UPSTREAMS alone (`none`), with the label-budget control (`ref`: trained
+  on train + the reference part) and with SAFLEX at its current default knobs. Runs of the fair
+  protocol (spec `ref_frac` set: every arm sees the same labelled data) are used when there are
+  any; otherwise the first study's runs (no `ref_frac`) are, and the report says so;
+- tuning: `rand-m9-n2` (+SAFLEX under several knob settings) on the TUNE_TASKS, first protocol, on
+  the seeds where non-default SAFLEX settings ran; settings compared on VALIDATION accuracy only;
+- noisy-upstream diagnostic: `noisy(P,rand-m9-n2)` alone, with `ref` and with each SAFLEX setting
+  (weights only, label moving), with the label-recovery counters of metrics.jsonl.
 
-Results of the first release (X and X+SAFLEX only) give the same sections as before.
+Every protocol fact in the text (model, schedule, split sizes, seeds, knobs) is read from the run
+records; no path of the machine the study ran on is written.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
+import re
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+from scipy import stats as _st
 
-from reports.load import NONE, REF, arm_order, learner_defaults, load_results, method_label
-from reports.stats import mean_ci, paired_diff_ci
-from reports.tables import PAPER_HEADLINE_GAIN, average_gain, comparison_table, display_table, fmt_points, legend, \
-    _md_table
+from reports.load import NONE, REF, experiment_columns, learner_defaults, load_results
+from reports.stats import CI, mean_ci, paired_diff_ci
+from reports.tables import PAPER_HEADLINE_GAIN, fmt_points, public_source
 
 TASKS = ("medmnist/breastmnist", "medmnist/pneumoniamnist", "medmnist/retinamnist")
 UPSTREAMS = ("rand-m9-n2", "cutmix-a1.0", "mixup-a0.2")
-NOISY = "noisy(0.3,rand-m9-n2)"
 TUNE_TASKS = ("medmnist/breastmnist", "medmnist/retinamnist")
 TUNE_UPSTREAM = "rand-m9-n2"
-MODEL = "small_cnn"
+SAFLEX = "saflex"
+MIN_SEEDS = 5        # paired seeds an experiment should have (the referee's minimum)
+ALPHA = 0.05         # every CI is 95 %
 DEFAULT_OUT = Path("reports/studies/saflex_medmnist.md")
+METRIC = "metrics.test_acc"
+LEGEND_SEEDS = ("± = half-width of the 95 % Student-t interval over seeds, in points (accuracy × 100); n/a: fewer "
+                "than 2 seeds. Δ columns are paired by seed (same data order and upstream draws in both arms).")
 
 
-def knob_label(row: pd.Series, defaults: dict, learner: str = "saflex") -> str:
+# ---- naming -----------------------------------------------------------------------------------
+def _is_nan(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _fmt_val(v: Any) -> str:
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):g}"
+    if isinstance(v, (np.integer,)):
+        return str(int(v))
+    return str(v)
+
+
+def knob_label(row: pd.Series, defaults: dict, learner: str = SAFLEX) -> str:
     """The knobs of a learner's run that differ from the learner's current defaults ('default' if none)."""
     diff = []
     for k, v in defaults.items():
         got = row.get(f"{learner}.{k}")
-        if got is None or (isinstance(got, float) and math.isnan(got) and v is not None):
-            continue
-        same = (got == v) or (v is None and (got is None or (isinstance(got, float) and math.isnan(got))))
+        if _is_nan(got):
+            if v is not None:
+                continue  # knob not recorded: the record predates it, so it ran at the default
+        same = (got == v) or (v is None and _is_nan(got))
         if not same:
-            diff.append(f"{k}={got:g}" if isinstance(got, float) else f"{k}={got}")
+            diff.append(f"{k}={_fmt_val(got)}")
     return ",".join(diff) or "default"
+
+
+def run_knobs(g: pd.DataFrame, learner: str = SAFLEX) -> dict[str, Any]:
+    """The knob values of a learner's runs (first run; a group holds one setting), defaults filled in."""
+    out = dict(learner_defaults(learner))
+    if not len(g):
+        return out
+    r = g.iloc[0]
+    for c in g.columns:
+        if c.startswith(f"{learner}.") and not _is_nan(r[c]):
+            out[c[len(learner) + 1:]] = r[c]
+    return out
+
+
+def moves_labels(knobs: dict) -> bool:
+    """eps=0 with `lp` labels keeps q = y exactly (weights only); any eps > 0, or `kl` labels (which
+    tilt soft upstream labels even at eps=0), can move the training label."""
+    return not (float(knobs.get("eps", 0.0) or 0.0) == 0.0 and knobs.get("labels", "lp") == "lp")
+
+
+def saflex_name(knobs: dict) -> str:
+    """What the SAFLEX arm is, from its knobs: 'SAFLEX, weights only (eps=0)', 'SAFLEX eps=0.6
+    (moves labels)'; other knobs that differ from the current defaults are named too."""
+    defaults = learner_defaults(SAFLEX)
+    eps = float(knobs.get("eps", 0.0) or 0.0)
+    others = [f"{k}={_fmt_val(v)}" for k, v in knobs.items()
+              if k != "eps" and k in defaults and not (v == defaults[k] or (_is_nan(v) and defaults[k] is None))]
+    extra = ("; " + ",".join(others)) if others else ""
+    if not moves_labels(knobs):
+        return f"SAFLEX, weights only (eps=0{extra})"
+    return f"SAFLEX eps={eps:g}{(',' + ','.join(others)) if others else ''} (moves labels)"
 
 
 def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
@@ -57,26 +112,358 @@ def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def tuning_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Validation accuracy of each knob setting of each learner with knobs minus its upstream alone
-    (seed 0), per tuning task."""
-    t = df[df["task"].isin(TUNE_TASKS) & (df["seed"] == 0) & (df["upstream"] == TUNE_UPSTREAM) & (df["model"] == MODEL)]
-    tunable = [lr for lr in t["learner"].unique() if lr != NONE and learner_defaults(lr)]
+def _short(task: str) -> str:
+    return task.split("/", 1)[-1]
+
+
+def _pts(v: float, signed: bool = False, nd: int = 1) -> str:
+    if _is_nan(v):
+        return "–"
+    return f"{100 * v:+.{nd}f}" if signed else f"{100 * v:.{nd}f}"
+
+
+def _ci(c: CI, signed: bool = False) -> str:
+    return fmt_points(c.mean, c.lo, c.hi, signed=signed)
+
+
+def _ci_brackets(c: CI, signed: bool = True) -> str:
+    if _is_nan(c.mean):
+        return "–"
+    ci = "CI n/a" if _is_nan(c.lo) else f"95 % CI [{_pts(c.lo, signed)}, {_pts(c.hi, signed)}]"
+    return f"{_pts(c.mean, signed)} ({ci})"
+
+
+def _frac_ci(c: CI) -> str:
+    if _is_nan(c.mean):
+        return "–"
+    return f"{c.mean:.3f}" + ("" if _is_nan(c.lo) else f" ± {(c.hi - c.lo) / 2:.3f}")
+
+
+def _seeds(s: Iterable) -> str:
+    s = sorted({int(x) for x in s})
+    if not s:
+        return "none"
+    if len(s) > 2 and s == list(range(s[0], s[-1] + 1)):
+        return f"{s[0]}–{s[-1]}"
+    return ", ".join(map(str, s))
+
+
+def _excludes_zero(c: CI) -> bool:
+    return not _is_nan(c.lo) and (c.lo > 0 or c.hi < 0)
+
+
+# ---- grouping runs by spec ----------------------------------------------------------------------
+def _fair(df: pd.DataFrame) -> pd.Series:
+    """Runs of the fair protocol: a reference part was carved out (`ref_frac` set)."""
+    if "ref_frac" not in df:
+        return pd.Series(False, index=df.index)
+    return df["ref_frac"].notna()
+
+
+def _prefer_fair(df: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    fair = _fair(df)
+    return (df[fair], True) if fair.any() else (df, False)
+
+
+def main_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """X, X+ref and X+SAFLEX at its current defaults on UPSTREAMS; fair-protocol runs if any."""
+    sel = df[df["upstream"].isin(UPSTREAMS) & (df["learner"].isin([NONE, REF])
+                                              | ((df["learner"] == SAFLEX) & (df["knobs"] == "default")))]
+    return _prefer_fair(sel)
+
+
+def tuning_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The tuning group: TUNE_UPSTREAM on the TUNE_TASKS under the first protocol (no ref_frac), on
+    the seeds where SAFLEX ran under non-default knob settings (the settings compared)."""
+    t = df[df["task"].isin(TUNE_TASKS) & (df["upstream"] == TUNE_UPSTREAM) & ~_fair(df)]
+    seeds = set(t.loc[(t["learner"] == SAFLEX) & (t["knobs"] != "default"), "seed"])
+    return t[t["seed"].isin(seeds)]
+
+
+def noisy_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    sel = df[df["upstream"].str.startswith("noisy(") & df["learner"].isin([NONE, REF, SAFLEX])]
+    return _prefer_fair(sel)
+
+
+def _per_seed(g: pd.DataFrame, col: str = METRIC) -> pd.Series:
+    if g.empty or col not in g:
+        return pd.Series(dtype=float)
+    return g.groupby("seed")[col].mean().dropna().sort_index()
+
+
+def _paired(a: pd.Series, b: pd.Series) -> tuple[CI, np.ndarray]:
+    """CI of b − a over the seeds both have, and those differences."""
+    common = a.index.intersection(b.index).sort_values()
+    d = (b.loc[common] - a.loc[common]).to_numpy(dtype=float)
+    return paired_diff_ci(a.loc[common], b.loc[common]), d
+
+
+def _p_value(d: np.ndarray) -> float:
+    """Two-sided paired t-test p-value (the test the t-CI inverts); NaN below 2 pairs."""
+    d = d[~np.isnan(d)]
+    if d.size < 2:
+        return math.nan
+    if np.all(d == d[0]):
+        return 1.0 if d[0] == 0 else 0.0
+    return float(_st.ttest_1samp(d, 0.0).pvalue)
+
+
+# ---- main comparison ----------------------------------------------------------------------------
+def main_table(main: pd.DataFrame) -> pd.DataFrame:
+    """One row per experiment (task, upstream and every other protocol column that varies): X, X+ref,
+    X+SAFLEX (mean and CI over seeds), the paired gains SAFLEX − X, SAFLEX − (X+ref), ref − X, their
+    per-seed differences and paired t-test p-values, and the mean step-time ratio SAFLEX / X."""
+    if not len(main):
+        return pd.DataFrame()
+    # `knobs` (this module's label) is not a protocol column: one SAFLEX setting is left in `main`
+    exp_cols = experiment_columns(main.drop(columns="knobs", errors="ignore"))
+    rows = []
+    for key, g in main.groupby(exp_cols, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        x, r, s = (g[g["learner"] == lr] for lr in (NONE, REF, SAFLEX))
+        xs, rs, ss = _per_seed(x), _per_seed(r), _per_seed(s)
+        gain, d_x = _paired(xs, ss)
+        gain_ref, d_r = _paired(rs, ss)
+        ref_gain, _ = _paired(xs, rs)
+        flags = []
+        if gain.n < MIN_SEEDS or (len(r) and gain_ref.n < MIN_SEEDS):
+            flags.append(f"<{MIN_SEEDS} pairs")
+        unpaired = sorted(set(xs.index) ^ set(ss.index) | (set(rs.index) ^ set(ss.index) if len(r) else set()))
+        if unpaired:
+            flags.append("unpaired seeds " + _seeds(unpaired))
+        if g.groupby(["learner", "seed"]).size().gt(1).any():
+            flags.append("duplicate seeds averaged")
+
+        def cost(frame: pd.DataFrame) -> float:
+            for c in ("cost.step_s", "cost.epoch_s"):
+                if c in frame and frame[c].notna().any():
+                    return float(frame[c].mean())
+            return math.nan
+
+        cx, cs = cost(x), cost(s)
+        rows.append(dict(zip(exp_cols, key), x=mean_ci(xs), ref=mean_ci(rs), s=mean_ci(ss), gain=gain,
+                         gain_ref=gain_ref, ref_gain=ref_gain, d_x=d_x, d_ref=d_r, p_x=_p_value(d_x),
+                         p_ref=_p_value(d_r), has_ref=bool(len(r)), overhead=cs / cx if cx else math.nan,
+                         seeds=sorted(set(xs.index) | set(rs.index) | set(ss.index)), flags=", ".join(flags)))
+    return pd.DataFrame(rows)
+
+
+def clustered_average(table: pd.DataFrame, col: str) -> tuple[CI, pd.Series]:
+    """Average of the per-experiment paired gains `col` with a task-clustered CI: experiments of one
+    task share its data, so the gains are first averaged per task and the t-CI is taken over tasks
+    (degrees of freedom = tasks − 1). Returns the CI and the per-task means."""
+    vals = pd.DataFrame({"task": table["task"], "g": [c.mean for c in table[col]]}).dropna()
+    per_task = vals.groupby("task")["g"].mean()
+    return mean_ci(per_task.to_numpy()), per_task
+
+
+def holm(p: Iterable[float]) -> np.ndarray:
+    """Holm step-down adjusted p-values (NaNs kept out of the family)."""
+    p = np.asarray(list(p), dtype=float)
+    out = np.full_like(p, np.nan)
+    idx = np.where(~np.isnan(p))[0]
+    m = idx.size
+    order = idx[np.argsort(p[idx], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def multiple_comparisons(table: pd.DataFrame) -> pd.DataFrame:
+    """The family of SAFLEX comparisons (each experiment: vs X, and vs X+ref where it ran) with the
+    raw paired-t p-value, whether the 95 % CI excludes 0, and the Holm-adjusted p-value."""
+    rows = []
+    for r in table.itertuples():
+        for name, c, p in (("vs X", r.gain, r.p_x), ("vs X+ref", r.gain_ref, r.p_ref)):
+            if c.n >= 2:
+                rows.append(dict(task=r.task, upstream=r.upstream, comparison=name, gain=c, p=p,
+                                 excludes=_excludes_zero(c)))
+    fam = pd.DataFrame(rows, columns=["task", "upstream", "comparison", "gain", "p", "excludes"])
+    fam["p_holm"] = holm(fam["p"]) if len(fam) else []
+    return fam
+
+
+def multiple_comparisons_md(fam: pd.DataFrame, n_experiments: int) -> list[str]:
+    """How many CIs exclude 0, how many would by chance, and the Holm / Bonferroni view."""
+    m = len(fam)
+    if not m:
+        return ["No experiment has 2 or more paired seeds: no comparison to test."]
+    n_excl = int(fam["excludes"].sum())
+    n_bonf = int((fam["p"] < ALPHA / m).sum())
+    n_holm = int((fam["p_holm"] < ALPHA).sum())
+    L = [f"{m} SAFLEX comparisons ({n_experiments} experiments × vs X and vs X+ref where both ran). If SAFLEX changed "
+         f"nothing, about {ALPHA * m:.1f} of {m} 95 % CIs would exclude 0 by chance alone (at least one with "
+         f"probability {1 - (1 - ALPHA) ** m:.0%} if they were independent). Observed: {n_excl} exclude 0. Paired "
+         f"t-test p-values (scipy.stats.ttest_1samp on the per-seed differences), Holm-adjusted over the {m}: "
+         f"{n_holm} below {ALPHA:g}; Bonferroni (p < {ALPHA:g}/{m}): {n_bonf}.", "",
+         "| task | upstream | comparison | Δ (points) | p | Holm p | 95 % CI excludes 0 |", "|---|---|---|---:|---:|---:|---|"]
+    for r in fam.sort_values("p").itertuples():
+        L.append(f"| {_short(r.task)} | {r.upstream} | {r.comparison} | {_pts(r.gain.mean, True, 2)} | {r.p:.3f} | "
+                 f"{r.p_holm:.3f} | {'yes' if r.excludes else 'no'} |")
+    return L + ["", "Δ = mean paired difference X+SAFLEX − the compared arm, points; p = two-sided paired t-test over "
+                "seeds (the test the 95 % t-CI inverts); Holm p = step-down adjusted over the whole table."]
+
+
+def _extra_cols(table: pd.DataFrame) -> list[str]:
+    skip = {"task", "upstream", "x", "ref", "s", "gain", "gain_ref", "ref_gain", "d_x", "d_ref", "p_x", "p_ref",
+            "has_ref", "overhead", "seeds", "flags"}
+    return [c for c in table.columns if c not in skip]
+
+
+def _main_md(table: pd.DataFrame) -> list[str]:
+    extra = _extra_cols(table)
+    head = (["task", "upstream"] + extra + ["pairs (vs X / vs X+ref)", "X", "X+ref", "X+SAFLEX", "Δ SAFLEX − X",
+                                              "Δ SAFLEX − (X+ref)", "Δ (X+ref) − X", "flags"])
+    L = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(extra) + 7) + "---|"]
+    for r in table.itertuples():
+        L.append(f"| {_short(r.task)} | {r.upstream} | " + "".join(f"{getattr(r, c)} | " for c in extra)
+                 + f"{r.gain.n} / {r.gain_ref.n if r.has_ref else '–'} | {_ci(r.x)} | {_ci(r.ref)} | {_ci(r.s)} | "
+                 f"{_ci(r.gain, True)} | {_ci(r.gain_ref, True)} | {_ci(r.ref_gain, True)} | {r.flags} |")
+    return L
+
+
+# ---- protocol, generated from the specs and records -----------------------------------------------
+def _uniq(df: pd.DataFrame, col: str) -> list:
+    if col not in df:
+        return []
+    return sorted({_fmt_val(v) for v in df[col] if not _is_nan(v)})
+
+
+def _field(df: pd.DataFrame, col: str, per_task: bool = True) -> str:
+    """The value of a spec field over a group of runs: one value, or the values per task."""
+    vals = _uniq(df, col)
+    if len(vals) <= 1 or not per_task:
+        return ", ".join(vals) if vals else "not recorded"
+    return "; ".join(f"{_short(t)} {', '.join(_uniq(g, col))}" for t, g in df.groupby("task"))
+
+
+def _epochs(df: pd.DataFrame) -> str:
+    return "; ".join(f"{_short(t)} {_field(g, 'epochs', False)}" for t, g in df.groupby("task"))
+
+
+def _ref_from(df: pd.DataFrame) -> str:
+    """`ref_from` of the runs; absent from a spec when it is the default (bench.spec keeps keys stable)."""
+    if "ref_from" in df and df["ref_from"].notna().any():
+        return _field(df, "ref_from", False)
+    from bench.spec import LATER_DEFAULTS
+
+    return str(LATER_DEFAULTS["ref_from"])
+
+
+def _schedule(df: pd.DataFrame) -> str:
+    parts = []
+    for (sched, ms, gamma), _ in df.groupby(["schedule", "milestones", "gamma"], dropna=False):
+        if sched == "multistep":
+            at = ", ".join(f"{100 * float(m):g} %" for m in str(ms).split(",") if m)
+            parts.append(f"multistep (lr × {_fmt_val(gamma)} at {at} of the epochs)")
+        else:
+            parts.append(str(sched))
+    return "; ".join(parts) or "not recorded"
+
+
+def _official_sizes(task: str) -> dict:
+    try:
+        from bench.tasks import get_task
+
+        return dict(getattr(get_task(task), "n_samples", None) or {})
+    except Exception:
+        return {}
+
+
+def split_sizes(df: pd.DataFrame) -> pd.DataFrame:
+    """Per task, the split sizes the runs recorded (`data` block): train, val (= selection),
+    reference, test; a range when runs differ. Records written before the `data` block: the task's
+    official sizes (`source` says which)."""
+    rows = []
+    for task, g in df.groupby("task"):
+        recorded = any(f"data.{k}" in g and g[f"data.{k}"].notna().any() for k in ("train", "test"))
+        d = {"task": task, "source": "recorded" if recorded else "official"}
+        official = {} if recorded else _official_sizes(task)
+        for k in ("train", "val", "reference", "test"):
+            col = f"data.{k}"
+            v = sorted({int(x) for x in g[col].dropna()}) if recorded and col in g else (
+                [int(official[k])] if k in official else [])
+            d[k] = (str(v[0]) if len(v) == 1 else f"{v[0]}–{v[-1]}") if v else "–"
+            d[f"{k}_min"] = v[0] if v else None
+        rows.append(d)
+    return pd.DataFrame(rows)
+
+
+def _sizes_md(sizes: pd.DataFrame) -> list[str]:
+    L = ["| task | train | val (selection) | reference | test | one test image (points) | sizes from |",
+         "|---|---:|---:|---:|---:|---:|---|"]
+    for r in sizes.itertuples():
+        one = f"{100 / r.test_min:.2f}" if r.test_min else "–"
+        src = "the runs' records" if r.source == "recorded" else "the task's official splits (records predate the `data` block)"
+        L.append(f"| {_short(r.task)} | {r.train} | {r.val} | {r.reference} | {r.test} | {one} | {src} |")
+    return L
+
+
+def _knobs_in_force(runs: pd.DataFrame) -> str:
+    cols = sorted(c for c in runs.columns if c.startswith(f"{SAFLEX}.") and runs[c].notna().any())
+    parts = []
+    for c in cols:
+        vals = _uniq(runs, c)
+        parts.append(f"`{c[len(SAFLEX) + 1:]}={'|'.join(vals) if vals else 'None'}`")
+    return ", ".join(parts) or "no SAFLEX runs"
+
+
+def protocol_lines(main: pd.DataFrame, fair: bool) -> list[str]:
+    """The protocol of the main comparison, every fact read from the run specs and records."""
+    if not len(main):
+        return ["_No main-comparison runs: no protocol to describe._", ""]
+    sx = main[main["learner"] == SAFLEX]
+    L = [f"- Model `{_field(main, 'model')}`; optimiser {_field(main, 'optimizer')}, lr {_field(main, 'lr')}, "
+         f"weight decay {_field(main, 'weight_decay')}, batch size {_field(main, 'batch_size')}; schedule "
+         f"{_schedule(main)}.",
+         "- Epochs per task: " + _epochs(main) + ".",
+         f"- Best epoch chosen on the selection split's `{_field(main, 'select_metric')}`; the test accuracy of that "
+         "epoch is reported. Test sets are read only at the end.",
+         f"- Device(s) recorded by the runs: {_field(main, 'device', False)}.",
+         f"- Seeds: {_seeds(main['seed'])}."]
+    if fair:
+        L.append(f"- Fair protocol: `ref_frac={_field(main, 'ref_frac', False)}` of the `ref_from="
+                 f"{_ref_from(main)}` "
+                 "split is set aside per seed (stratified) as the reference part. X ignores it; X+ref trains on train + "
+                 "the reference part (the label-budget control); X+SAFLEX uses it as SAFLEX's reference set. All three "
+                 "select the best epoch on the rest of the validation split. Every arm therefore has the same "
+                 "labelled images.")
+    else:
+        L.append("- First protocol (no `ref_frac` in the specs): SAFLEX's reference set is the whole validation "
+                 "split, which also selects the best epoch; X never sees those labels, so the arms do NOT see the same "
+                 "labelled data and X+ref is absent unless listed below.")
+    L.append("- Pairs: X, X+ref and X+SAFLEX with the same seed see the same data order and the same upstream draws, "
+             "so a paired difference isolates what the arm adds.")
+    if len(sx):
+        L.append(f"- SAFLEX arm: **{saflex_name(run_knobs(sx))}**; knobs in force in its runs: {_knobs_in_force(sx)}.")
+    L += ["", "Split sizes recorded by the runs (`data` block of each result):", "", *_sizes_md(split_sizes(main)), ""]
+    return L
+
+
+# ---- tuning -------------------------------------------------------------------------------------
+def tuning_table(t: pd.DataFrame) -> pd.DataFrame:
+    """Validation accuracy of each SAFLEX knob setting minus its upstream alone (per seed, then the
+    mean over the tuning seeds), per tuning task."""
     rows = []
     for task, g in t.groupby("task"):
-        base = g[g["learner"] == NONE]
+        base = _per_seed(g[g["learner"] == NONE], "metrics.val_acc")
         if base.empty:
             continue
-        b = float(base["metrics.val_acc"].iloc[0])
-        for (learner, knobs), s in g[g["learner"].isin(tunable)].groupby(["learner", "knobs"]):
-            v = float(s["metrics.val_acc"].mean())
-            rows.append(dict(task=task, learner=learner, knobs=knobs, val_x=b, val_learner=v, delta=v - b))
-    return pd.DataFrame(rows, columns=["task", "learner", "knobs", "val_x", "val_learner", "delta"])
+        for knobs, s in g[g["learner"] == SAFLEX].groupby("knobs"):
+            v = _per_seed(s, "metrics.val_acc")
+            common = base.index.intersection(v.index)
+            if not len(common):
+                continue
+            rows.append(dict(task=task, knobs=knobs, val_x=float(base.loc[common].mean()),
+                             val_learner=float(v.loc[common].mean()),
+                             delta=float((v.loc[common] - base.loc[common]).mean())))
+    return pd.DataFrame(rows, columns=["task", "knobs", "val_x", "val_learner", "delta"])
 
 
 def choose(tune: pd.DataFrame) -> tuple[str, pd.DataFrame]:
-    """The setting with the best mean validation gain over the tuning tasks that ran it on all of them
-    (`tune` holds one learner's rows)."""
+    """The setting with the best mean validation gain over the tuning tasks that ran it on all of them."""
     if tune.empty:
         return "default", pd.DataFrame()
     n_tasks = tune["task"].nunique()
@@ -85,37 +472,70 @@ def choose(tune: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     return (agg["knobs"].iloc[0] if len(agg) else "default"), agg
 
 
-def _pts(v: float, signed: bool = False) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}")
+def _n_val(t: pd.DataFrame, task: str) -> int | None:
+    v = t.loc[t["task"] == task, "data.val"].dropna() if "data.val" in t else pd.Series(dtype=float)
+    if len(v):
+        return int(v.min())
+    try:  # records before the `data` block: the official split size
+        from bench.tasks import get_task
+
+        return int(get_task(task).n_samples["val"])
+    except Exception:
+        return None
 
 
-def noisy_rows(df: pd.DataFrame, root: Path) -> pd.DataFrame:
-    """Per task: test accuracy with / without SAFLEX on the noisy upstream, paired gain, and the
-    ROC-AUC of -w against the flipped flag (last epoch, from metrics.jsonl)."""
-    import json
+def tuning_section(truns: pd.DataFrame, groups: dict[str, pd.DataFrame]) -> list[str]:
+    L = ["## Choosing SAFLEX's defaults (validation split only)", ""]
+    seeds = {name: set(int(s) for s in g["seed"]) for name, g in groups.items() if len(g)}
+    if len(truns):
+        L.append(f"Tuning runs: `{TUNE_UPSTREAM}` on {', '.join(_short(t) for t in sorted(truns['task'].unique()))}, "
+                 f"seed(s) {_seeds(truns['seed'])}, first protocol (no `ref_frac`: SAFLEX's reference set is the "
+                 "validation split itself). Each knob setting is compared with the upstream alone on **validation** "
+                 "accuracy; the setting with the best mean gain over the tasks is the default. Test accuracy is not "
+                 "looked at here.")
+    L.append("Seeds by group of runs: " + "; ".join(f"{name} {_seeds(s)}" for name, s in seeds.items()) + ".")
+    tune_seeds = seeds.get("tuning", set())
+    overlap = {name: tune_seeds & s for name, s in seeds.items() if name != "tuning" and tune_seeds & s}
+    if tune_seeds:
+        L.append("**Overlap**: " + "; ".join(f"seed(s) {_seeds(o)} are in both the tuning and the {name}"
+                                             for name, o in overlap.items())
+                 + ": those runs took part in choosing the defaults they are compared under." if overlap else
+                 "No seed of the comparisons took part in the tuning.")
+    L.append("")
+    tune = tuning_table(truns) if len(truns) else pd.DataFrame()
+    if not len(tune):
+        return L + ["_No tuning runs found._", ""]
+    chosen, ranking = choose(tune)
+    piv = tune.pivot_table(index="knobs", columns="task", values="delta")
+    base = tune.groupby("task")["val_x"].first()
+    sx = truns[truns["learner"] == SAFLEX]
+    names = {k: saflex_name(run_knobs(g)) for k, g in sx.groupby("knobs")}
+    L += ["| knob setting (vs current defaults) | what it is | " + " | ".join(f"Δ val acc {_short(c)} (X = {_pts(base[c])})" for c in piv.columns)
+          + " | mean Δ |", "|---|---|" + "---:|" * (len(piv.columns) + 1)]
+    for knobs in (ranking["knobs"] if len(ranking) else piv.index):
+        r = piv.loc[knobs]
+        L.append(f"| `{knobs}` | {names.get(knobs, '')} | " + " | ".join(_pts(r[c], True) for c in piv.columns)
+                 + f" | {_pts(r.mean(), True)} |")
+    n_val = {c: _n_val(truns, c) for c in piv.columns}
+    n_gain = int((piv.mean(axis=1) > 0).sum())
+    L += ["", f"Δ = validation accuracy of X+SAFLEX − X, points, mean over the tuning seed(s) {_seeds(truns['seed'])}; "
+          "one run per setting and seed, so no CI.", "",
+          f"Selected: **`{chosen}`** (relative to the defaults now in `SaflexConfig`; `default` = the current defaults, "
+          f"i.e. {saflex_name(learner_defaults(SAFLEX))}).", "",
+          f"{n_gain} of {len(piv)} settings gain validation accuracy on average over the tuning tasks. What that "
+          "means: one seed on small validation splits ("
+          + ", ".join(f"{_short(c)} {n} images, one image = {100 / n:.1f} points" for c, n in n_val.items() if n)
+          + ") ranks settings only coarsely, and under that protocol SAFLEX's validation accuracy was measured on the "
+          "very split it fitted its weights against. A setting that loses validation accuracy here can still show a "
+          "positive test gain in the comparison below (other seeds, other protocol, a test split of its own); neither "
+          "number alone is evidence, the paired multi-seed comparison is the test.", ""]
+    return L
 
-    n = df[(df["upstream"] == NOISY) & (df["model"] == MODEL) & ((df["learner"] == NONE) | (df["knobs"] == "default"))]
-    rows = []
-    for task, g in n.groupby("task"):
-        x = g[g["learner"] == NONE].groupby("seed")["metrics.test_acc"].mean()
-        for learner in arm_order(lr for lr in g["learner"].unique() if lr != NONE):
-            sub = g[g["learner"] == learner]
-            s = sub.groupby("seed")["metrics.test_acc"].mean()
-            common = sorted(set(x.index) & set(s.index))
-            aucs = []  # SAFLEX's weights against the flipped flag; other learners log no weights
-            for _, r in sub.iterrows():
-                path = Path(r["run_dir"]) / "metrics.jsonl"
-                if path.exists():
-                    last = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][-1]
-                    aucs.append(last.get(f"{learner}_w_auc", math.nan))
-            rows.append(dict(task=task, learner=learner, x=mean_ci(x), s=mean_ci(s),
-                             gain=paired_diff_ci(x[common], s[common]), auc=mean_ci(aucs)))
-    return pd.DataFrame(rows)
 
-
-def _last_epoch(run_dir: str | Path) -> dict:
-    import json
-
+# ---- per-run logs --------------------------------------------------------------------------------
+def _last_epoch(run_dir: Any) -> dict:
+    if _is_nan(run_dir):
+        return {}
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return {}
@@ -132,7 +552,7 @@ def diagnostics_rows(main: pd.DataFrame) -> pd.DataFrame:
     """Per (task, upstream): what SAFLEX did in the last epoch, averaged over seeds. The weight
     columns come from the per-sample weights the trainer keeps (saflex_diag.npz)."""
     rows = []
-    for (task, up), g in main[main["learner"] == "saflex"].groupby(["task", "upstream"]):
+    for (task, up), g in main[main["learner"] == SAFLEX].groupby(["task", "upstream"]):
         vals: dict[str, list[float]] = {k: [] for k, _ in DIAG_COLUMNS}
         for run_dir in g["run_dir"]:
             last = _last_epoch(run_dir)
@@ -141,8 +561,8 @@ def diagnostics_rows(main: pd.DataFrame) -> pd.DataFrame:
                     vals[k].append(float(last[k]))
             if last.get("saflex_s") is not None and last.get("epoch_s"):
                 vals["saflex_time_frac"].append(float(last["saflex_s"]) / float(last["epoch_s"]))
-            diag = Path(run_dir) / "saflex_diag.npz"
-            if diag.exists():
+            diag = Path(run_dir) / "saflex_diag.npz" if not _is_nan(run_dir) else None
+            if diag is not None and diag.exists():
                 w = np.load(diag)["w"]
                 vals["w_std"].append(float(w.std()))
                 vals["w_low_frac"].append(float((w < 0.5).mean()))
@@ -150,194 +570,288 @@ def diagnostics_rows(main: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _n_val(task: str) -> int | None:
-    """Validation split size of a MedMNIST task, from the medmnist package's INFO."""
+# ---- noisy diagnostic ----------------------------------------------------------------------------
+def _num_classes(task: str) -> int | None:
     try:
-        import medmnist
+        from bench.tasks import get_task
 
-        return int(medmnist.INFO[task.split("/", 1)[1]]["n_samples"]["val"])
-    except (ImportError, KeyError, IndexError):
+        return int(get_task(task).num_classes) or None
+    except Exception:
         return None
 
 
-def _cost_driver(main: pd.DataFrame, defaults: dict) -> str:
-    """Why the overhead differs by task: the validation forward's size against the training batch."""
-    parts = []
-    for t in TASKS:
-        rows = main[main["task"] == t]
-        n_val = _n_val(t)
-        if not len(rows) or n_val is None or "batch_size" not in rows:
+def _flip_rate(upstream: str) -> str:
+    m = re.match(r"noisy\(\s*([0-9.eE+-]+)\s*,", upstream)
+    return f"{100 * float(m.group(1)):g} %" if m else "a fraction"
+
+
+NOISY_LOG = ("saflex_w_auc", "saflex_recovered_frac", "saflex_clean_moved_frac")
+
+
+def noisy_rows(noisy: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, upstream) and arm (X, X+ref, each SAFLEX setting): test accuracy, paired Δ vs X, and
+    for SAFLEX the last-epoch weight AUC and label-recovery counters (mean and CI over seeds); chance
+    = clean_moved / (C − 1): a label-blind mover that moves the same share of samples to a uniformly
+    drawn other class sends a flipped sample to its true class with probability 1/(C − 1)."""
+    rows = []
+    for (task, up), g in noisy.groupby(["task", "upstream"]):
+        C = _num_classes(task)
+        xs = _per_seed(g[g["learner"] == NONE])
+        arms = [(NONE, "", g[g["learner"] == NONE]), (REF, "", g[g["learner"] == REF])]
+        arms += [(SAFLEX, k, s) for k, s in g[g["learner"] == SAFLEX].groupby("knobs")]
+        for learner, knobs, sub in arms:
+            if not len(sub):
+                continue
+            ss = _per_seed(sub)
+            gain, _ = _paired(xs, ss) if learner != NONE else (mean_ci([]), None)
+            logs = {k: {} for k in NOISY_LOG}
+            for _, r in sub.iterrows():
+                last = _last_epoch(r.get("run_dir"))
+                for k in NOISY_LOG:
+                    if k in last and last[k] is not None:
+                        logs[k][int(r["seed"])] = float(last[k])
+            rec, moved = pd.Series(logs["saflex_recovered_frac"]), pd.Series(logs["saflex_clean_moved_frac"])
+            common = rec.index.intersection(moved.index)
+            above = (mean_ci((rec.loc[common] - moved.loc[common] / (C - 1)).to_numpy()) if C and C > 1 and len(common)
+                     else mean_ci([]))
+            kn = run_knobs(sub) if learner == SAFLEX else {}
+            name = ("X" if learner == NONE else "X+ref" if learner == REF else f"X+{saflex_name(kn)}")
+            rows.append(dict(task=task, upstream=up, learner=learner, knobs=knobs, name=name, C=C, per_seed=ss,
+                             moves=learner == SAFLEX and moves_labels(kn), n=len(ss), acc=mean_ci(ss), gain=gain,
+                             auc=mean_ci(list(logs["saflex_w_auc"].values())),
+                             recovered=mean_ci(rec.to_numpy()), clean_moved=mean_ci(moved.to_numpy()),
+                             chance=mean_ci((moved.loc[common] / (C - 1)).to_numpy()) if C and C > 1 and len(common) else mean_ci([]),
+                             above_chance=above))
+    return pd.DataFrame(rows)
+
+
+def _noisy_sentences(task_rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """Per label-moving SAFLEX setting of one task: (the plain sentence, a short verdict for the summary):
+    does it recover flipped labels better than chance, and does it cost test accuracy."""
+    out = []
+    task = _short(task_rows["task"].iloc[0])
+    weights_only = task_rows[(task_rows["learner"] == SAFLEX) & ~task_rows["moves"]]
+    for r in task_rows[task_rows["moves"]].itertuples():
+        if _is_nan(r.recovered.mean):
+            out.append((f"- {task}, {r.name}: no label-recovery counters logged.", f"{task}: not logged"))
             continue
-        parts.append(f"{t.split('/')[1]} {min(int(defaults['val_batch']), n_val)} vs {int(rows['batch_size'].iloc[0])}")
-    if not parts:
-        return ""
-    return ("- What drives the cost: every refresh (`refresh="
-            f"{defaults['refresh']}` steps) SAFLEX runs a forward/backward on min(`val_batch`, validation size) "
-            "reference images against the training batch: " + ", ".join(parts) + ". A reference batch several times "
-            "the training batch makes SAFLEX dominate the step; `saflex.refresh=k` or a smaller `saflex.val_batch` "
-            "amortises it.")
+        a = r.above_chance
+        if _is_nan(a.lo):
+            better = "no CI (fewer than 2 seeds)"
+        else:
+            better = "yes" if a.lo > 0 else "no, below chance" if a.hi < 0 else "not distinguishable (CI includes 0)"
+        if _is_nan(r.gain.lo):
+            hurt = "no CI"
+        else:
+            hurt = "it hurts (CI below 0)" if r.gain.hi < 0 else "it helps (CI above 0)" if r.gain.lo > 0 \
+                else "no detectable change (CI includes 0)"
+        text = (f"- {task} (C = {r.C}): {r.name} returns {r.recovered.mean:.3f} of flipped samples to their true class "
+                f"and moves {r.clean_moved.mean:.3f} of clean labels; a label-blind mover with that clean rate would "
+                f"return {r.chance.mean:.3f} (clean moved / {r.C - 1 if r.C else '?'}). Better than chance: {better}; "
+                f"recovered − chance {_frac_ci(a)} over {a.n} seeds. Test accuracy against X: "
+                f"{_ci(r.gain, True)} points, {hurt}.")
+        if len(weights_only):
+            w = weights_only.iloc[0]
+            d, _ = _paired(w.per_seed, r.per_seed)
+            text += f" Against {w['name']}: {_ci(d, True)} points paired."
+        short_better = {"yes": "recovers flipped labels better than chance"}.get(better, "does not recover flipped "
+                                                                                       "labels better than chance" if better.startswith(("no", "not")) else better)
+        out.append((text, f"{task}: {r.name} {short_better}; test accuracy against X {_ci(r.gain, True)} points: {hurt}"))
+    return out
 
 
-def _summary(table: pd.DataFrame, avg: pd.DataFrame, tune: pd.DataFrame) -> list[str]:
-    """A few sentences a reader can quote, every number taken from the tables above."""
-    if not len(avg):
+def noisy_section(noisy: pd.DataFrame, fair: bool) -> tuple[list[str], list[str]]:
+    """The section's lines and the short verdicts (one per label-moving setting and task) for the summary."""
+    if not len(noisy):
+        return ["## Noisy upstream: label noise with a known flipped flag", "", "_No noisy-upstream runs found._", ""], []
+    rows = noisy_rows(noisy)
+    ups = sorted(rows["upstream"].unique())
+    L = [f"## Noisy upstream: {', '.join(f'`{u}` ({_flip_rate(u)} of augmented labels flipped to a uniformly drawn other class)' for u in ups)}", "",
+         f"Seeds {_seeds(noisy['seed'])}; " + ("fair protocol (`ref_frac` set: same labelled images for every arm)."
+                                                if fair else "first protocol (no `ref_frac`)."),
+         "The flipped samples are known, so SAFLEX's weights and labels can be scored against the truth "
+         "(last epoch of each run's metrics.jsonl): ROC-AUC of −w for the flipped flag (0.5 = blind); recovered = "
+         "share of flipped samples whose argmax(q) is their true class again; clean moved = share of clean samples "
+         "whose argmax(q) left their label. Chance = clean moved / (C − 1): moving the same share of samples blindly "
+         "to a random other class recovers a flipped one with probability 1/(C − 1).", "",
+         "| task | upstream | arm | n seeds | test acc | Δ vs X (paired) | AUC of −w (flipped) | recovered | clean moved | chance |",
+         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows.itertuples():
+        L.append(f"| {_short(r.task)} | {r.upstream} | {r.name} | {r.n} | {_ci(r.acc)} | "
+                 f"{_ci(r.gain, True) if r.learner != NONE else ''} | {_frac_ci(r.auc)} | {_frac_ci(r.recovered)} | "
+                 f"{_frac_ci(r.clean_moved)} | {_frac_ci(r.chance)} |")
+    L += ["", LEGEND_SEEDS + " Fractions (AUC, recovered, clean moved, chance): mean ± 95 % t half-width over seeds, "
+          "not in points.", ""]
+    pairs = [p for _, tr in rows.groupby("task") for p in _noisy_sentences(tr)]
+    sentences = [p[0] for p in pairs]
+    if sentences:
+        L += ["Does moving labels recover the flipped ones without hurting clean accuracy?", "", *sentences, ""]
+    else:
+        L += ["No label-moving SAFLEX setting ran on the noisy upstream: label recovery is not tested here "
+              "(weights only keep q = y, so nothing is recovered by construction).", ""]
+    return L, [p[1] for p in pairs]
+
+
+# ---- noise floor (A/A runs) ------------------------------------------------------------------------
+def noise_floor_section(root: str | Path | None) -> list[str]:
+    """Placeholder for the noise-floor section (A/A runs: the same spec on different machines), to be
+    filled by the lead from another module. Returns [] when no A/A results are given."""
+    if root is None:
         return []
-    L = ["## Summary", ""]
-    for _, r in avg.iterrows():
-        t = table[table["arm"] == r["arm"]]
-        name = method_label(r["arm"])
-        lo, hi = r["avg_gain_test_acc_ci_lo"], r["avg_gain_test_acc_ci_hi"]
-        neg = t[t["gain_test_acc_mean"] < 0]
-        verdict = "excludes zero" if lo > 0 or hi < 0 else "includes zero"
-        any_single = ((t["gain_test_acc_ci_lo"] > 0) | (t["gain_test_acc_ci_hi"] < 0)).any()
-        line = (f"- Averaged over {r['n_experiments']} experiments {name} gains {_pts(r['avg_gain_test_acc'], True)} "
-                f"test points over X; the CI of that average {verdict}."
-                + ("" if any_single else " No single experiment's paired CI excludes zero."))
-        if r["n_experiments_ref"]:
-            line += (f" Over X+ref (same labelled data) it gains {_pts(r['avg_gain_vs_ref_test_acc'], True)} points "
-                     f"({r['n_experiments_ref']} experiment{'s' if r['n_experiments_ref'] != 1 else ''}).")
-        L += [line, f"- Where {name} hurts (negative mean paired gain): "
-              + (", ".join(f"{x.task.split('/')[1]}/{x.upstream} ({_pts(x.gain_test_acc_mean, True)})" for x in neg.itertuples())
-                 or "nowhere") + "."]
-    for learner, tl in tune.groupby("learner") if len(tune) else ():
-        gains = tl.groupby("knobs")["delta"].mean()
-        who = "" if tune["learner"].nunique() == 1 else f" ({learner})"
-        L.append(f"- What we tried to make it help{who}: {len(gains)} knob settings on validation (table above); "
-                 f"{int((gains > 0).sum())} beat the upstream alone there; the best (`{gains.idxmax()}`, "
-                 f"{_pts(gains.max(), True)} validation points) "
-                 + ("is the setting used here." if gains.idxmax() == "default" else
-                    "is not the setting the runs above used: make it the default and rerun them."))
-    L.append("- The validation split is both SAFLEX's reference set and the model-selection set (unless the runs set "
-             "`ref_frac`), and the test sets are small: read the gains as the small-CNN, short-schedule CPU protocol's, "
-             "not the paper's ResNet-18 one.")
-    return L
+    return ["## Noise floor (A/A runs)", "",
+            f"_A/A results were given ({public_source(str(root))}), but the noise-floor analysis is not wired into "
+            "this study yet; until it is, numerical noise across machines is not measured here._", ""]
 
 
-def _ci(c) -> str:
-    return fmt_points(c.mean, c.lo, c.hi)
-
-
-def _tuning_section(tune: pd.DataFrame, learner: str) -> list[str]:
+# ---- the report -------------------------------------------------------------------------------------
+def _tuning_verdict(truns: pd.DataFrame) -> list[str]:
+    tune = tuning_table(truns) if len(truns) else pd.DataFrame()
+    if not len(tune):
+        return []
     chosen, ranking = choose(tune)
-    piv = tune.pivot_table(index="knobs", columns="task", values="delta")
-    base = tune.groupby("task")["val_x"].first()
-    L = ["| knob setting (vs current defaults) | " + " | ".join(f"Δ val acc {c.split('/')[1]} (X = {_pts(base[c])})" for c in piv.columns) + " | mean Δ |",
-         "|---|" + "---:|" * (len(piv.columns) + 1)]
-    for knobs in ranking["knobs"] if len(ranking) else piv.index:
-        r = piv.loc[knobs]
-        L.append(f"| `{knobs}` | " + " | ".join(_pts(r[c], True) for c in piv.columns) + f" | {_pts(r.mean(), True)} |")
-    n_val = ", ".join(f"{t.split('/')[1]} {_n_val(t)}" for t in piv.columns if _n_val(t))
-    n_gain = int((piv.mean(axis=1) > 0).sum())
-    cls = "`SaflexConfig`" if learner == "saflex" else f"the `{learner}` learner's knobs"
-    return L + ["", f"Selected: **`{chosen}`** (relative to the defaults now in {cls}; `default` means the "
-                "current defaults are the selected setting).", "",
-                f"{n_gain} of {len(piv)} settings gain validation accuracy on average over the tuning tasks. "
-                f"One seed on small validation splits ({n_val} images: one image is "
-                + ", ".join(f"{100 / _n_val(t):.1f}" for t in piv.columns if _n_val(t))
-                + " points) separates settings only coarsely; the ranking is a hypothesis for the paired runs below, "
-                "not a finding.", ""]
+    gains = tune.groupby("knobs")["delta"].mean()
+    return [f"- Tuning (validation only, seed(s) {_seeds(truns['seed'])}): {int((gains > 0).sum())} of {len(gains)} SAFLEX "
+            f"settings beat the upstream alone on validation; the selected one is `{chosen}`"
+            + (" (the setting the comparison ran)." if chosen == "default" else
+               ", which is NOT the setting the comparison ran: make it the default and rerun.")]
 
 
-def write_study(root: str | Path, out: str | Path = DEFAULT_OUT) -> Path:
+def _summary(table: pd.DataFrame, fam: pd.DataFrame, avg: dict, main: pd.DataFrame, noisy_verdicts: list[str],
+             aa: bool, fair: bool, tuning: list[str] = ()) -> list[str]:
+    L = ["## Summary", ""]
+    if len(table):
+        sx_name = saflex_name(run_knobs(main[main["learner"] == SAFLEX]))
+        for col, what in (("gain", "X"), ("gain_ref", "X+ref (same labelled data)")):
+            ci, per_task = avg[col]
+            if _is_nan(ci.mean):
+                continue
+            verdict = "excludes 0" if _excludes_zero(ci) else "includes 0"
+            L.append(f"- {sx_name} over {what}: average {_pts(ci.mean, True)} points over {len(per_task)} tasks, "
+                     f"task-clustered 95 % CI [{_pts(ci.lo, True)}, {_pts(ci.hi, True)}] ({verdict}).")
+        for name in ("vs X", "vs X+ref"):
+            f = fam[fam["comparison"] == name]
+            if not len(f):
+                continue
+            up = [f"{_short(r.task)}/{r.upstream}" for r in f.itertuples() if r.excludes and r.gain.lo > 0]
+            down = [f"{_short(r.task)}/{r.upstream}" for r in f.itertuples() if r.excludes and r.gain.hi < 0]
+            L.append(f"- Per experiment {name}: "
+                     + (f"no experiment's CI excludes 0 ({len(f)} experiments)." if not up and not down else
+                        f"CI above 0 in {len(up)} ({', '.join(up) or 'none'}), below 0 in {len(down)} "
+                        f"({', '.join(down) or 'none'}) of {len(f)} experiments."))
+        n_holm = int((fam["p_holm"] < ALPHA).sum()) if len(fam) else 0
+        if len(fam):
+            L.append(f"- After Holm's correction over all {len(fam)} comparisons, {n_holm} remain below {ALPHA:g} "
+                     f"(about {ALPHA * len(fam):.1f} of {len(fam)} uncorrected 95 % CIs would exclude 0 by chance).")
+        ci, _ = avg["ref_gain"]
+        if not _is_nan(ci.mean):
+            L.append(f"- The label-budget control itself (X+ref − X): average {_pts(ci.mean, True)} points, task-clustered "
+                     f"95 % CI [{_pts(ci.lo, True)}, {_pts(ci.hi, True)}].")
+        few = table[[min(r.gain.n, r.gain_ref.n if r.has_ref else r.gain.n) < MIN_SEEDS for r in table.itertuples()]]
+        if len(few):
+            L.append(f"- {len(few)} of {len(table)} experiments have fewer than {MIN_SEEDS} paired seeds: "
+                     + ", ".join(f"{_short(r.task)}/{r.upstream}" for r in few.itertuples()) + ".")
+        if not fair:
+            L.append("- These results are of the first protocol: the arms did not see the same labelled data.")
+    else:
+        L.append("- No main-comparison runs.")
+    if noisy_verdicts:
+        L += [f"- Noisy upstream, label moving: {v}." for v in noisy_verdicts]
+    L += list(tuning)
+    L += ["", "What this study cannot show:", ""]
+    sizes = split_sizes(main) if len(main) else pd.DataFrame()
+    if len(sizes):
+        L.append("- Small test sets: one test image is " + ", ".join(
+            f"{100 / r.test_min:.2f} points on {_short(r.task)} ({r.test} images)" for r in sizes.itertuples() if r.test_min)
+            + "; gains of a point or two are a handful of images.")
+        L.append(f"- Its protocol is not the paper's: model `{_field(main, 'model')}`, "
+                 f"epochs {_epochs(main)}, "
+                 f"device(s) {_field(main, 'device', False)}. Whether SAFLEX helps under the paper's models, data and "
+                 "schedules is not tested here.")
+    if len(table):
+        n_tasks = table["task"].nunique()
+        L.append(f"- With {n_tasks} task(s) the task-clustered CI has {n_tasks - 1} degree(s) of freedom: it is wide by "
+                 "construction, and experiments within a task are not independent evidence.")
+    L.append("- Numerical noise across machines (the same spec run twice) is "
+             + ("measured in the noise-floor section below." if aa else
+                "not measured in this report (no A/A results given): differences of the order of that noise are not findings."))
+    return L + [""]
+
+
+def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: str | Path | None = None) -> Path:
     root = Path(root)
     df = _with_labels(load_results(root))
     df = df[df["task"].isin(TASKS)]
-    tune = tuning_table(df)
-    main = df[df["upstream"].isin(UPSTREAMS) & (df["model"] == MODEL)
-              & ((df["learner"] == NONE) | (df["knobs"] == "default"))].copy()
-    # one setting per learner left: the knob label is not an experiment axis any more
-    main = main.assign(learner_cfg="", arm=main["learner"]).drop(columns="knobs")
-    table = comparison_table(main) if len(main) else pd.DataFrame()
-    avg = average_gain(table) if len(table) else pd.DataFrame()
-    noisy = noisy_rows(df, root)
-    defaults = learner_defaults("saflex")
-    learners = [lr for lr in arm_order(df["learner"].unique()) if lr != NONE]
-    has_ref = REF in learners
+    main, fair = main_runs(df)
+    truns = tuning_runs(df)
+    noisy, noisy_fair = noisy_runs(df)
+    table = main_table(main)
+    fam = multiple_comparisons(table) if len(table) else pd.DataFrame(columns=["comparison", "p", "p_holm", "excludes"])
+    avg = {c: clustered_average(table, c) for c in ("gain", "gain_ref", "ref_gain")} if len(table) else {}
+    sx_knobs = run_knobs(main[main["learner"] == SAFLEX])
+    sx_name = saflex_name(sx_knobs)
 
-    L: list[str] = []
-    L += ["# Does SAFLEX beat the augmentations it sits on? MedMNIST study", "",
-          f"_Generated by `saflex-bench study --results {root}` on "
-          f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC from {len(df)} stored runs; do not edit by hand._", ""]
-    L += ["## Protocol", "",
-          f"- Model `{MODEL}` (3 conv blocks, BatchNorm), CPU, short schedules; Adam, lr x0.1 at 50 % and 75 % of the "
-          "epochs; best epoch on validation AUC (MedMNIST's own Evaluator); test ACC of that epoch reported.",
-          "- Epochs per task: " + ", ".join(f"{t.split('/')[1]} {sorted(set(main.loc[main['task'] == t, 'epochs']))}" for t in TASKS) + ".",
-          "- Learners compared with X (the upstream alone): " + (", ".join(f"`{lr}`" for lr in learners) or "none") + "."
-          + (" `ref` is the label-budget control: X trained on the training split plus SAFLEX's reference images."
-             if has_ref else ""),
-          "- Pairs: X and X+LEARNER with the same seed see the same data order and the same upstream draws (seeded "
-          "per sample / per batch), so the paired difference isolates the learner.",
-          "- SAFLEX's reference set is the validation split unless the runs set `ref_frac` (then a seeded part of it, "
-          "also given to X+ref): the same split model selection uses. Its validation accuracy is therefore optimistic "
-          "for SAFLEX runs; test accuracy is not.",
-          "- SAFLEX defaults in force: " + ", ".join(f"`{k}={v}`" for k, v in defaults.items()) + ".", ""]
+    L: list[str] = ["# Does SAFLEX beat the augmentations it sits on? MedMNIST study", "",
+                    f"_Generated by `saflex-bench study` on {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC from "
+                    f"{len(df)} stored runs ({public_source(str(root))}); do not edit by hand._", ""]
+    L += ["## Protocol (read from the run specs)", "", *protocol_lines(main, fair)]
+    L += tuning_section(truns, {"tuning": truns, "main comparison": main, "noisy diagnostic": noisy})
 
-    L += ["## Choosing SAFLEX's defaults (validation split only)", "",
-          f"Seed 0, `{TUNE_UPSTREAM}`, tasks {', '.join(t.split('/')[1] for t in TUNE_TASKS)}; each knob setting is "
-          "compared with the upstream alone on **validation** accuracy; the setting with the best mean gain over the "
-          "tasks becomes the default. Test accuracy is not looked at here.", ""]
-    if len(tune):
-        several = tune["learner"].nunique() > 1
-        for learner, tl in tune.groupby("learner"):
-            L += ([f"### `{learner}`", ""] if several else []) + _tuning_section(tl, learner)
-    else:
-        L += ["_No tuning runs found._", ""]
-
-    L += ["## X vs X+LEARNER (test accuracy, points)" if learners != ["saflex"] else "## X vs X+SAFLEX (test accuracy, points)", ""]
+    L += [f"## X vs X+ref vs X+{sx_name} (test accuracy, points)", ""]
     if len(table):
-        L += [_md_table(display_table(table)), "", legend(ref=has_ref), ""]
-        for _, r in avg.iterrows():
-            paper = PAPER_HEADLINE_GAIN.get(r["learner"])
-            L.append(f"**Average gain of {method_label(r['arm'])} over X: {_pts(r['avg_gain_test_acc'], True)} points "
-                     f"(95 % CI [{_pts(r['avg_gain_test_acc_ci_lo'], True)}, {_pts(r['avg_gain_test_acc_ci_hi'], True)}], "
-                     f"{r['n_experiments']} experiments)" + (f"; the paper reports +{paper}" if paper else "") + ".**")
-        L.append("")
-        for _, r in avg.iterrows():
-            t = table[table["arm"] == r["arm"]]
-            name = method_label(r["arm"])
-            helps = t[t["gain_test_acc_ci_lo"] > 0]
-            hurts = t[t["gain_test_acc_ci_hi"] < 0]
-            pos = int((t["gain_test_acc_mean"] > 0).sum())
-            L += [f"- {name}: mean paired gain positive in {pos} of {len(t)} experiments; CI above zero (helps): "
-                  + (", ".join(f"{x.task.split('/')[1]}/{x.upstream}" for x in helps.itertuples()) or "none")
-                  + "; CI below zero (hurts): "
-                  + (", ".join(f"{x.task.split('/')[1]}/{x.upstream}" for x in hurts.itertuples()) or "none") + ".",
-                  f"- Cost of {name}: its epoch time / the upstream's epoch time, median over experiments: "
-                  f"{t['overhead_epoch_s'].median():.2f}x (CPU; runs of a sweep share the machine unevenly, so this is "
-                  "indicative; benchmarks/bench_saflex_overhead.py measures the step ratio within one process)."]
-        if "saflex" in learners and defaults:
-            L.append(_cost_driver(main, defaults))
-        L.append("")
-        L += _summary(table, avg, tune) + [""]
+        L += [*_main_md(table), "", LEGEND_SEEDS + " X = the upstream alone; X+ref = X trained on train + the "
+              "reference part (label-budget control); pairs = seeds paired for Δ SAFLEX − X / Δ SAFLEX − (X+ref); "
+              f"flag `<{MIN_SEEDS} pairs`: fewer paired seeds than the study asks for.", ""]
+        L += ["### Average over experiments, clustered by task", "",
+              "Experiments of one task share its data and test set, so they are not independent: each task's "
+              "experiment gains are averaged first, and the 95 % t-interval is taken over tasks.", "",
+              "| comparison | " + " | ".join(_short(t) for t in sorted(table["task"].unique())) + " | average | 95 % CI (over tasks) |",
+              "|---|" + "---:|" * (table["task"].nunique() + 2)]
+        for col, name in (("gain", "Δ SAFLEX − X"), ("gain_ref", "Δ SAFLEX − (X+ref)"), ("ref_gain", "Δ (X+ref) − X")):
+            ci, per_task = avg[col]
+            L.append(f"| {name} | " + " | ".join(_pts(per_task.get(t, math.nan), True, 2) for t in sorted(table["task"].unique()))
+                     + f" | {_pts(ci.mean, True, 2)} | " + ("n/a" if _is_nan(ci.lo) else f"[{_pts(ci.lo, True, 2)}, {_pts(ci.hi, True, 2)}]") + " |")
+        n_tasks = table["task"].nunique()
+        if n_tasks > 1:
+            tq = _st.t.ppf(1 - ALPHA / 2, n_tasks - 1)
+            L += ["", f"Per-task columns: mean of that task's experiment gains, points. The CI uses the t quantile for "
+                  f"{n_tasks - 1} degree(s) of freedom ({tq:.2f} against 1.96 for a normal interval): with "
+                  f"{n_tasks} tasks it is wide, and it is the honest width for {n_tasks} independent units.", ""]
+        else:
+            L += ["", "Per-task columns: mean of that task's experiment gains, points. One task only: no interval "
+                  "over tasks.", ""]
+        paper = PAPER_HEADLINE_GAIN.get(SAFLEX)
+        if paper is not None:
+            L += [f"For context only: the paper reports an average gain of +{paper} points for SAFLEX under its own "
+                  "protocol (other models, data and schedules); it is not a target for this study and not comparable "
+                  "to the numbers above.", ""]
+        L += ["### Multiple comparisons", "", *multiple_comparisons_md(fam, len(table)), ""]
+        over = table["overhead"].dropna()
+        if len(over):
+            L += ["### Cost", "",
+                  f"X+SAFLEX time per step / X's (per epoch where steps were not timed), median over experiments: "
+                  f"{over.median():.2f}× (runs of a sweep share the machine unevenly: indicative).", ""]
     else:
         L += ["_No main-comparison runs found._", ""]
 
     diag = diagnostics_rows(main) if len(main) else pd.DataFrame()
-    if len(diag):
-        L += ["## What SAFLEX did (last epoch, mean over seeds)", "",
-              "Weights are rescaled to mean 1 over the batch (`normalize`), so their mean is not informative; "
+    if len(diag) and diag[[k for k, _ in DIAG_COLUMNS]].notna().any().any():
+        L += [f"## What {sx_name} did (last epoch, mean over seeds)", "",
+              "Weights are rescaled to mean 1 over the batch when `normalize` is on, so their mean is not informative; "
               "these columns say how far SAFLEX moved away from the upstream's own weights and labels."
-              + (" With `eps=0` the label step keeps q = y by construction, so the label columns are 0: SAFLEX "
-                 "acts through the weights alone here (settings that move labels were tried in the tuning above)."
-                 if defaults.get("eps") == 0 else ""), "",
+              + ("" if moves_labels(sx_knobs) else " Its runs have eps=0 with `lp` labels: the label step keeps q = y "
+                 "by construction, so the label columns are 0 and SAFLEX acts through the weights alone."), "",
               "| task | upstream | n | " + " | ".join(label for _, label in DIAG_COLUMNS) + " |",
               "|---|---|---:|" + "---:|" * len(DIAG_COLUMNS)]
         for r in diag.itertuples():
-            L.append(f"| {r.task.split('/')[1]} | {r.upstream} | {r.n} | "
+            L.append(f"| {_short(r.task)} | {r.upstream} | {r.n} | "
                      + " | ".join("–" if math.isnan(getattr(r, k)) else f"{getattr(r, k):.3f}" for k, _ in DIAG_COLUMNS) + " |")
-        L.append("")
+        L += ["", "Each cell: mean over the arm's seeds of the last epoch's value (fractions, not points).", ""]
 
-    L += ["## Noisy upstream: 30 % of augmented labels flipped (design section 8.4 on real data)", ""]
-    if len(noisy):
-        L += ["| task | arm | n seeds | X test acc | arm test acc | Δ paired | ROC-AUC of −w for flipped samples (last epoch) |",
-              "|---|---|---:|---:|---:|---:|---:|"]
-        for r in noisy.itertuples():
-            auc = "–" if math.isnan(r.auc.mean) else f"{r.auc.mean:.3f}" + ("" if math.isnan(r.auc.lo) else f" [{r.auc.lo:.3f}, {r.auc.hi:.3f}]")
-            L.append(f"| {r.task.split('/')[1]} | {method_label(r.learner)} | {r.gain.n} | {_ci(r.x)} | {_ci(r.s)} | "
-                     f"{fmt_points(r.gain.mean, r.gain.lo, r.gain.hi, signed=True)} | {auc} |")
-        L += ["", legend(), ""]
-    else:
-        L += ["_No noisy-upstream runs found._", ""]
+    noisy_md, noisy_verdicts = noisy_section(noisy, noisy_fair)
+    L += noisy_md
+    aa_md = noise_floor_section(aa_root)
+    L += _summary(table, fam, avg, main, noisy_verdicts, bool(aa_md), fair, _tuning_verdict(truns))
+    L += aa_md
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(L) + "\n")

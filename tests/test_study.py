@@ -1,33 +1,59 @@
-"""reports/study.py on a synthetic store: default selection on validation only, paired table, noisy rows."""
+"""reports/study.py on synthetic stores: the fair protocol's main table (X, X+ref, X+saflex), the
+task-clustered average, the multiple-comparison view, protocol text read from the specs, the tuning
+seeds, the noisy diagnostic with label recovery, naming by knobs, and no machine path in the output.
+The first protocol's stores (no ref_frac, no X+ref) still give a report."""
+import argparse
 import json
 import math
+import re
 
 import numpy as np
-import pytest
 from scipy import stats
 
 import saflex_core
-from reports.study import write_study
+from reports.study import holm, noise_floor_section, write_study
 
 DEF = saflex_core.SaflexConfig().to_dict()
 BASE = dict(model="small_cnn", epochs=4, optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.9, schedule="multistep",
             milestones=[0.5, 0.75], gamma=0.1, batch_size=128, select_metric="auc", as_rgb=False)
+B, P, R = "medmnist/breastmnist", "medmnist/pneumoniamnist", "medmnist/retinamnist"
+UPS = ("rand-m9-n2", "cutmix-a1.0", "mixup-a0.2")
+SIZES = {B: dict(train=546, val=39, reference=39, test=156), P: dict(train=4708, val=262, reference=262, test=624),
+         R: dict(train=1080, val=60, reference=60, test=400)}
 
 
-def put(root, key, task, method, seed, test, val, knobs=None, w_auc=None, **spec_over):
+def put(root, key, task, method, seed, test, val=None, knobs=None, w_auc=None, last=None, data=None, **spec_over):
     d = root / "runs" / key
     d.mkdir(parents=True)
+    val = test if val is None else val
     spec = dict(BASE, task=task, method=method, seed=seed, saflex=({**DEF, **(knobs or {})} if "+saflex" in method else None),
                 **spec_over)
+    rows = []
     if w_auc is not None:
-        (d / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "saflex_w_auc": 0.5}) + "\n" + json.dumps({"epoch": 2, "saflex_w_auc": w_auc}) + "\n")
+        rows = [{"epoch": 1, "saflex_w_auc": 0.5}, {"epoch": 2, "saflex_w_auc": w_auc}]
+    if last is not None:  # the last epoch's logged values (earlier epochs must not count)
+        rows = [{"epoch": 1, **{k: 0.0 for k in last}}, {"epoch": 2, **last}]
+    if rows:
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "result.json").write_text(json.dumps(dict(key=key, status="done", sweep=None, spec=spec,
         metrics=dict(test_acc=test, test_auc=test, val_acc=val, val_auc=val, best_epoch=1, epochs_run=4),
-        cost=dict(wall_s=1.0, epoch_s=1.0 if "+saflex" not in method else 1.5, samples_per_s=1.0, peak_mem_mb=1.0, saflex_s=0.0, step_s=0.01))))
+        cost=dict(wall_s=1.0, epoch_s=1.0 if "+saflex" not in method else 1.5, samples_per_s=1.0, peak_mem_mb=1.0,
+                  saflex_s=0.0, step_s=0.01 if "+saflex" not in method else 0.02),
+        data=data, device="cpu", host="somehost")))
 
 
-def test_study_numbers(tmp_path):
-    B, R = "medmnist/breastmnist", "medmnist/retinamnist"
+def pm(d):
+    d = np.asarray(d, float)
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return f"{100 * d.mean():+.2f} ± {100 * half:.2f}"
+
+
+def line(md, prefix):
+    return next(ln for ln in md.splitlines() if ln.startswith(prefix))
+
+
+# ---- the first protocol (no ref_frac): old stores still load -------------------------------------
+def test_first_protocol_store(tmp_path):
     # tuning (seed 0): eps=0.3 has the best validation gain on both tasks, but the worst test accuracy
     put(tmp_path, "t1", B, "rand-m9-n2", 0, test=0.80, val=0.80)
     put(tmp_path, "t2", B, "rand-m9-n2+saflex", 0, test=0.81, val=0.79)
@@ -35,15 +61,12 @@ def test_study_numbers(tmp_path):
     put(tmp_path, "t4", R, "rand-m9-n2", 0, test=0.50, val=0.50)
     put(tmp_path, "t5", R, "rand-m9-n2+saflex", 0, test=0.52, val=0.51)
     put(tmp_path, "t6", R, "rand-m9-n2+saflex", 0, test=0.10, val=0.55, knobs={"eps": 0.3})
-    # main: breast rand seeds 1, 2 as well (seed 0 above); SAFLEX default knobs
     for s, (x, y) in {1: (0.82, 0.85), 2: (0.79, 0.80)}.items():
-        put(tmp_path, f"m{s}x", B, "rand-m9-n2", s, test=x, val=x)
-        put(tmp_path, f"m{s}s", B, "rand-m9-n2+saflex", s, test=y, val=y)
-    # noisy diagnostic
+        put(tmp_path, f"m{s}x", B, "rand-m9-n2", s, test=x)
+        put(tmp_path, f"m{s}s", B, "rand-m9-n2+saflex", s, test=y)
     for s, (x, y, a) in {0: (0.60, 0.70, 0.8), 1: (0.62, 0.69, 0.9)}.items():
-        put(tmp_path, f"n{s}x", B, "noisy(0.3,rand-m9-n2)", s, test=x, val=x)
-        put(tmp_path, f"n{s}s", B, "noisy(0.3,rand-m9-n2)+saflex", s, test=y, val=y, w_auc=a)
-    # per-sample weights of the last epoch: the diagnostics table averages their spread over seeds
+        put(tmp_path, f"n{s}x", B, "noisy(0.3,rand-m9-n2)", s, test=x)
+        put(tmp_path, f"n{s}s", B, "noisy(0.3,rand-m9-n2)+saflex", s, test=y, w_auc=a)
     for s, w in {1: [0.2, 1.0, 1.8, 1.0], 2: [0.4, 0.4, 1.6, 1.6]}.items():
         np.savez(tmp_path / "runs" / f"m{s}s" / "saflex_diag.npz", w=np.array(w, np.float32))
     md = write_study(tmp_path, tmp_path / "study.md").read_text()
@@ -51,45 +74,221 @@ def test_study_numbers(tmp_path):
     assert f"| breastmnist | rand-m9-n2 | 3 | {w_std:.3f} | {np.mean([0.25, 0.5]):.3f} |" in md
     # selection uses validation only: eps=0.3 wins (+10 and +5 points) despite its test accuracy
     assert "Selected: **`eps=0.3`**" in md
-    assert "| `eps=0.3` | +10.0 | +5.0 | +7.5 |" in md and "| `default` | -1.0 | +1.0 | +0.0 |" in md
-    # main table: paired gains over seeds 0,1,2 = +1, +3, +1 points
-    d = np.array([0.01, 0.03, 0.01])
-    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
-    assert f"+{100 * d.mean():.2f} ± {100 * half:.2f}" in md
-    assert "| medmnist/breastmnist | rand-m9-n2 | X+saflex | 3/3/3 |" in md
-    # the retina tuning pair (seed 0 only) is an n<2 experiment, flagged
-    assert "| medmnist/retinamnist | rand-m9-n2 | X+saflex | 1/1/1 |" in md and "n<2" in md
+    assert "1 of 2 SAFLEX settings beat the upstream alone on validation; the selected one is `eps=0.3`, which is NOT" in md
+    assert "| `eps=0.3` | SAFLEX eps=0.3 (moves labels) | +10.0 | +5.0 | +7.5 |" in md
+    assert "| `default` | SAFLEX, weights only (eps=0) | -1.0 | +1.0 | +0.0 |" in md
+    # main table (first protocol: the tuning seed 0 is in it too): paired gains +1, +3, +1 points; no X+ref
+    row = line(md, "| breastmnist | rand-m9-n2 |")
+    assert f"| 3 / – | " in row and pm([0.01, 0.03, 0.01]) in row and "<5 pairs" in row
+    assert "| retinamnist | rand-m9-n2 | 1 / – |" in md
+    assert "First protocol (no `ref_frac` in the specs)" in md and "did not see the same labelled data" in md
+    # the tuning seed is also a comparison seed under this protocol: flagged
+    assert "**Overlap**: seed(s) 0 are in both the tuning and the main comparison" in md
     # noisy: weight AUC from the LAST epoch of metrics.jsonl, mean of 0.8 and 0.9
-    assert "| breastmnist | X+saflex | 2 |" in md and "0.850" in md
-    # summary: numbers from the tables, the tuning winner differs from the default the paired runs used
-    assert "Where X+saflex hurts (negative mean paired gain): nowhere." in md
-    assert "2 knob settings on validation (table above); 1 beat the upstream alone there; the best (`eps=0.3`, +7.5" in md
-    assert "is not the setting the runs above used" in md
-    # cost driver: reference batch = min(val_batch, MedMNIST's validation size) against the training batch
-    assert f"breastmnist {min(DEF['val_batch'], 78)} vs 128" in md
+    assert re.search(r"\| breastmnist \| noisy\(0.3,rand-m9-n2\) \| X\+SAFLEX, weights only \(eps=0\) \| 2 \| .* \| 0\.850 ±", md)
+    # records before the `data` block: the official split sizes, said so
+    assert "| breastmnist | 546 | 78 | – | 156 | 0.64 | the task's official splits" in md
 
 
-def test_study_with_ref_learner(tmp_path):
-    """X vs each learner: X+saflex and X+ref get a row each, X+saflex also a Δ vs X+ref."""
-    B = "medmnist/breastmnist"
-    acc = {"rand-m9-n2": {0: 0.80, 1: 0.82, 2: 0.79},
-           "rand-m9-n2+saflex": {0: 0.81, 1: 0.85, 2: 0.80},
-           "rand-m9-n2+ref": {0: 0.805, 1: 0.83, 2: 0.78}}
-    for method, seeds in acc.items():
-        for s, a in seeds.items():
-            put(tmp_path, f"{method}-{s}".replace("+", "_"), B, method, s, test=a, val=a, ref_frac=0.5)
+# ---- the fair protocol ------------------------------------------------------------------------------
+# per (task, upstream): (X base, SAFLEX effect, ref effect); breast/rand has a large consistent effect
+EFFECTS = {(B, "rand-m9-n2"): (0.80, 0.05, 0.0), (B, "cutmix-a1.0"): (0.82, 0.0, 0.01), (B, "mixup-a0.2"): (0.81, 0.01, 0.0),
+           (P, "rand-m9-n2"): (0.85, 0.0, 0.0), (P, "cutmix-a1.0"): (0.84, -0.01, 0.0), (P, "mixup-a0.2"): (0.86, 0.0, 0.01),
+           (R, "rand-m9-n2"): (0.52, 0.0, 0.0), (R, "cutmix-a1.0"): (0.53, 0.01, 0.0), (R, "mixup-a0.2"): (0.51, 0.0, -0.01)}
+SEEDS = (1, 2, 3, 4, 5)
+
+
+def fair_store(root, lr=1e-3, batch_size=128, tuning=True, stale=True):
+    """X, X+ref, X+saflex x 9 experiments x seeds 1-5 (ref_frac 0.5, with data blocks), a tuning group
+    (seed 0, first protocol) and a stale first-protocol main run that must stay out of the table."""
+    rng = np.random.default_rng(0)
+    acc = {}
+    for (task, up), (x0, se, re_) in EFFECTS.items():
+        ep = 5 if task == P else 20
+        for s in SEEDS:
+            x = round(x0 + rng.normal(0, 0.01), 4)
+            vals = {up: x, f"{up}+ref": round(x + re_ + rng.normal(0, 0.01), 4),
+                    f"{up}+saflex": round(x + se + (rng.normal(0, 0.002) if se == 0.05 else rng.normal(0, 0.01)), 4)}
+            for m, v in vals.items():
+                acc[(task, m, s)] = v
+                put(root, f"{task.split('/')[1]}-{m}-{s}".replace("+", "_").replace("(", "").replace(")", ""), task, m, s,
+                    test=v, data=SIZES[task], ref_frac=0.5, epochs=ep, lr=lr, batch_size=batch_size)
+    if tuning:
+        for task in (B, R):
+            put(root, f"tune-{task[9:]}-x", task, "rand-m9-n2", 0, test=0.7, val=0.80, epochs=20)
+            put(root, f"tune-{task[9:]}-s", task, "rand-m9-n2+saflex", 0, test=0.7, val=0.79, epochs=20)
+            put(root, f"tune-{task[9:]}-e", task, "rand-m9-n2+saflex", 0, test=0.7, val=0.78, knobs={"eps": 0.1}, epochs=20)
+    if stale:  # first-protocol runs of seed 3: not the same labelled data, never mixed into the fair table
+        put(root, "old-x", B, "rand-m9-n2", 3, test=0.10, epochs=20)
+        put(root, "old-s", B, "rand-m9-n2+saflex", 3, test=0.99, epochs=20)
+    return acc
+
+
+def _ci(d):
+    d = np.asarray(d, float)
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return d.mean(), d.mean() - half, d.mean() + half
+
+
+def test_fair_main_table_and_clustered_average(tmp_path):
+    acc = fair_store(tmp_path)
     md = write_study(tmp_path, tmp_path / "study.md").read_text()
-    x, sx, rf = (np.array(list(acc[m].values())) for m in acc)
+    # one row per experiment: X, X+ref, X+saflex and the paired gains, hand-computed
+    for task, up in [(B, "rand-m9-n2"), (R, "mixup-a0.2")]:
+        x = np.array([acc[(task, up, s)] for s in SEEDS])
+        rf = np.array([acc[(task, f"{up}+ref", s)] for s in SEEDS])
+        sx = np.array([acc[(task, f"{up}+saflex", s)] for s in SEEDS])
+        row = line(md, f"| {task.split('/')[1]} | {up} |")
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        half = lambda v: stats.t.ppf(0.975, 4) * np.std(v, ddof=1) / math.sqrt(5)  # noqa: E731
+        assert cells[3] == "5 / 5"
+        assert cells[4] == f"{100 * x.mean():.2f} ± {100 * half(x):.2f}"
+        assert cells[5] == f"{100 * rf.mean():.2f} ± {100 * half(rf):.2f}"
+        assert cells[6] == f"{100 * sx.mean():.2f} ± {100 * half(sx):.2f}"
+        assert cells[7] == pm(sx - x) and cells[8] == pm(sx - rf) and cells[9] == pm(rf - x)
+        assert "<5 pairs" not in row
+    # the stale first-protocol pair (seed 3, 10 % vs 99 %) is not in the fair table
+    assert "| breastmnist | rand-m9-n2 | 20 | 5 / 5 |" in md
+    assert "Fair protocol: `ref_frac=0.5`" in md
+    # task-clustered average: per task the mean of its experiments' mean gains, then a t-CI over 3 tasks
+    for name, arm, base in (("Δ SAFLEX − X", "+saflex", ""), ("Δ SAFLEX − (X+ref)", "+saflex", "+ref")):
+        per_task = []
+        for task in (B, P, R):
+            g = [np.mean([acc[(task, up + arm, s)] - acc[(task, up + base, s)] for s in SEEDS]) for up in UPS]
+            per_task.append(np.mean(g))
+        m, lo, hi = _ci(per_task)
+        row = line(md, f"| {name} |")
+        assert f"| {100 * m:+.2f} | [{100 * lo:+.2f}, {100 * hi:+.2f}] |" in row, row
+        assert f"| {100 * per_task[0]:+.2f} |" in row
+    assert "2 degree(s) of freedom (4.30" in md and "with 3 tasks it is wide" in md
 
-    def pm(d):
-        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-        return f"{100 * d.mean():+.2f} ± {100 * half:.2f}"
 
-    assert "Learners compared with X (the upstream alone): `ref`, `saflex`." in md
-    assert "## X vs X+LEARNER (test accuracy, points)" in md
-    row_s = next(line for line in md.splitlines() if line.startswith("| medmnist/breastmnist | rand-m9-n2 | X+saflex |"))
-    row_r = next(line for line in md.splitlines() if line.startswith("| medmnist/breastmnist | rand-m9-n2 | X+ref |"))
-    assert "3/3/3/3" in row_s and pm(sx - x) in row_s and pm(sx - rf) in row_s
-    assert "3/3/3/0" in row_r and pm(rf - x) in row_r
-    assert "Average gain of X+ref over X" in md and "Average gain of X+saflex over X" in md
-    assert f"Over X+ref (same labelled data) it gains {100 * (sx - rf).mean():+.1f} points (1 experiment)" in md
+def test_fair_multiple_comparisons(tmp_path):
+    acc = fair_store(tmp_path)
+    md = write_study(tmp_path, tmp_path / "study.md").read_text()
+    p, excl = [], 0
+    for (task, up) in EFFECTS:
+        for base in ("", "+ref"):
+            d = np.array([acc[(task, up + "+saflex", s)] - acc[(task, up + base, s)] for s in SEEDS])
+            p.append(stats.ttest_rel([acc[(task, up + "+saflex", s)] for s in SEEDS],
+                                     [acc[(task, up + base, s)] for s in SEEDS]).pvalue)
+            _, lo, hi = _ci(d)
+            excl += lo > 0 or hi < 0
+    p = np.array(p)
+    # Holm by hand: the k-th smallest p against alpha / (m - k), stop at the first failure
+    n_holm = 0
+    for k, pk in enumerate(np.sort(p)):
+        if pk >= 0.05 / (len(p) - k):
+            break
+        n_holm += 1
+    assert excl >= 2 and n_holm >= 1  # the store's strong experiment (breast/rand, +5 points) shows
+    assert f"18 SAFLEX comparisons (9 experiments × vs X and vs X+ref where both ran)" in md
+    assert "about 0.9 of 18 95 % CIs would exclude 0 by chance" in md
+    assert f"Observed: {excl} exclude 0." in md
+    assert f"Holm-adjusted over the 18: {n_holm} below 0.05; Bonferroni (p < 0.05/18): {int((p < 0.05 / 18).sum())}." in md
+    assert len(re.findall(r"^\| \w+ \| [\w.-]+ \| vs X(\+ref)? \|", md, flags=re.M)) == 18
+
+
+def test_holm_matches_hand_computation():
+    p = [0.01, 0.04, 0.03, 0.005, float("nan")]
+    # sorted 0.005, 0.01, 0.03, 0.04 (m = 4): 4*0.005, max(., 3*0.01), max(., 2*0.03), max(., 1*0.04)
+    np.testing.assert_allclose(holm(p)[:4], [0.03, 0.06, 0.06, 0.02])
+    assert math.isnan(holm(p)[4])
+
+
+def test_fair_protocol_text_from_specs_no_paths_and_naming(tmp_path):
+    fair_store(tmp_path)
+    md = write_study(tmp_path, tmp_path / "study.md").read_text()
+    # generated protocol: model, optimiser, lr, batch, schedule, epochs per task, select metric, seeds, sizes
+    assert "- Model `small_cnn`; optimiser adam, lr 0.001, weight decay 0, batch size 128; schedule multistep " \
+           "(lr × 0.1 at 50 %, 75 % of the epochs)." in md
+    assert "- Epochs per task: breastmnist 20; pneumoniamnist 5; retinamnist 20." in md
+    assert "selection split's `auc`" in md and "- Seeds: 1–5." in md
+    assert "| breastmnist | 546 | 39 | 39 | 156 | 0.64 | the runs' records |" in md
+    assert "| pneumoniamnist | 4708 | 262 | 262 | 624 | 0.16 | the runs' records |" in md
+    # knobs in force read from the runs; the arm named for what it is
+    assert "SAFLEX arm: **SAFLEX, weights only (eps=0)**" in md and "`eps=0`" in md and "`weights=sigmoid`" in md
+    assert "## X vs X+ref vs X+SAFLEX, weights only (eps=0) (test accuracy, points)" in md
+    # tuning seeds vs comparison seeds
+    assert "Seeds by group of runs: tuning 0; main comparison 1–5." in md
+    assert "No seed of the comparisons took part in the tuning." in md
+    assert "Selected: **`default`**" in md
+    # the paper's figure named once, as the paper's; never a match
+    assert md.count("the paper reports") == 1 and "match" not in md.lower()
+    # no path of the machine (results root, run dirs) and no host name
+    assert str(tmp_path) not in md and "/tmp" not in md and "/work" not in md and "somehost" not in md
+    # a ± legend under every table with ± cells
+    blocks = md.split("\n\n")
+    for i, b in enumerate(blocks):
+        if b.startswith("|") and "±" in b:
+            assert "± = half-width" in blocks[i + 1] or "±" in blocks[i + 1], b[:80]
+    # change spec values: the protocol text follows
+    other = tmp_path / "other"
+    fair_store(other, lr=5e-4, batch_size=64, tuning=False, stale=False)
+    md2 = write_study(other, other / "study.md").read_text()
+    assert "lr 0.0005" in md2 and "batch size 64" in md2 and "lr 0.001" not in md2
+    assert "_No tuning runs found._" in md2
+
+
+def test_noisy_label_recovery(tmp_path):
+    up = "noisy(0.3,rand-m9-n2)"
+    # breast (C=2): eps=0.6 recovers ~40 % of flipped labels, moves ~5 % of clean ones (chance 5 %)
+    # retina (C=5): eps=0.6 recovers 2 %, moves 10 % of clean ones (chance 10 %/4 = 2.5 %)
+    rec = {B: [0.40, 0.42, 0.38, 0.41, 0.39], R: [0.02, 0.03, 0.02, 0.025, 0.02]}
+    mov = {B: [0.05, 0.06, 0.04, 0.05, 0.05], R: [0.10, 0.10, 0.12, 0.09, 0.10]}
+    acc = {}
+    for task in (B, R):
+        for i, s in enumerate(SEEDS):
+            x = 0.7 + 0.01 * i
+            acc[(task, s)] = x
+            kw = dict(data=SIZES[task], ref_frac=0.5, epochs=20)
+            put(tmp_path, f"{task[9:]}-x-{s}", task, up, s, test=x, **kw)
+            put(tmp_path, f"{task[9:]}-r-{s}", task, up + "+ref", s, test=x + 0.01, **kw)
+            put(tmp_path, f"{task[9:]}-w-{s}", task, up + "+saflex", s, test=x + 0.02, last={"saflex_w_auc": 0.7 + 0.01 * i},
+                knobs={"eps": 0.0}, **kw)
+            put(tmp_path, f"{task[9:]}-m-{s}", task, up + "+saflex", s, test=x - 0.03 + 0.002 * (i % 2), knobs={"eps": 0.6},
+                last={"saflex_w_auc": 0.6, "saflex_recovered_frac": rec[task][i], "saflex_clean_moved_frac": mov[task][i]}, **kw)
+    md = write_study(tmp_path, tmp_path / "study.md").read_text()
+    assert "`noisy(0.3,rand-m9-n2)` (30 % of augmented labels flipped" in md
+    rows = {arm: line(md, f"| breastmnist | {up} | {arm} |") for arm in
+            ("X", "X+ref", "X+SAFLEX, weights only (eps=0)", "X+SAFLEX eps=0.6 (moves labels)")}
+    auc = np.array([0.7 + 0.01 * i for i in range(5)])
+    assert f"| {auc.mean():.3f} ± {(_ci(auc)[2] - _ci(auc)[1]) / 2:.3f} |" in rows["X+SAFLEX, weights only (eps=0)"]
+    r, m = np.array(rec[B]), np.array(mov[B])
+    cells = [c.strip() for c in rows["X+SAFLEX eps=0.6 (moves labels)"].strip("|").split("|")]
+    assert cells[7] == f"{r.mean():.3f} ± {(_ci(r)[2] - _ci(r)[1]) / 2:.3f}"
+    assert cells[8] == f"{m.mean():.3f} ± {(_ci(m)[2] - _ci(m)[1]) / 2:.3f}"
+    assert cells[9].startswith(f"{m.mean():.3f}")  # C = 2: chance = clean moved / 1
+    rr, mr = np.array(rec[R]), np.array(mov[R])
+    retina = line(md, f"| retinamnist | {up} | X+SAFLEX eps=0.6 (moves labels) |")
+    assert f"| {(mr / 4).mean():.3f} ±" in retina  # C = 5: chance = clean moved / 4
+    # the plain sentences: breast recovers better than chance but costs test accuracy (-3 points paired);
+    # retina's recovery is not above chance
+    breast = line(md, "- breastmnist (C = 2")
+    assert "Better than chance: yes" in breast and "it hurts (CI below 0)" in breast
+    assert f"recovered − chance {(r - m).mean():.3f} ±" in breast
+    # against weights only, paired: -3 - 2 = -5 points on even seeds, -4.8 on odd ones
+    assert f"Against X+SAFLEX, weights only (eps=0): {pm([-0.05, -0.048, -0.05, -0.048, -0.05])} points paired" in breast
+    retina_s = line(md, "- retinamnist (C = 5")
+    lo, hi = _ci(rr - mr / 4)[1:]
+    assert lo < 0 < hi and "Better than chance: not distinguishable (CI includes 0)" in retina_s
+    # the summary repeats the verdicts
+    assert "- Noisy upstream, label moving: breastmnist: X+SAFLEX eps=0.6 (moves labels) recovers flipped labels " \
+           "better than chance" in md
+    assert "- Noisy upstream, label moving: retinamnist: X+SAFLEX eps=0.6 (moves labels) does not recover" in md
+
+
+def test_noise_floor_placeholder_and_cli_argument(tmp_path):
+    assert noise_floor_section(None) == []
+    aa = noise_floor_section(tmp_path / "aa")
+    assert aa and str(tmp_path) not in "\n".join(aa)
+    from reports.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["study", "--results", "R", "--aa-results", "A"])
+    assert args.aa_results == "A"
+    fair_store(tmp_path, tuning=False, stale=False)
+    md = write_study(tmp_path, tmp_path / "study.md").read_text()
+    assert "not measured in this report (no A/A results given)" in md
+    assert "one test image is 0.64 points on breastmnist (156 images)" in md
