@@ -48,6 +48,7 @@ def test_office31_test_is_the_images_not_drawn():
     assert (len(data.train), len(data.select), len(data.tests["test"])) == (496, 496, 1000 - 992)
     assert tuple(data.train.x.shape[1:]) == (3, 32, 32) and int(data.train.y.max()) == 30
     test = _rows(data.tests["test"])
+    assert not _rows(data.train) & _rows(data.select)  # K train + K val of 32-33 per class: disjoint by construction
     assert not test & _rows(data.train) and not test & _rows(data.select)
 
 

@@ -129,7 +129,7 @@ def _cifar_torchvision(root: Path, dataset: str, path: Path) -> Pools:
 
 
 def _cifar_shared(path: Path) -> Pools:
-    from bench.tasks._imagefiles import decode_jpeg_split, open_npz
+    from bench.tasks._imagefiles import open_npz
 
     d = open_npz(path, [f"{s}_{k}" for s in ("train", "test") for k in ("jpeg", "offsets", "labels")])
     tr_y, te_y = (_labels(path, d, s, 10) for s in ("train", "test"))
@@ -158,7 +158,7 @@ def _decoded(path: Path, d, split: str, index, size: int):
 
 
 def _tiny_shared(path: Path, seed: int) -> Pools:
-    from bench.tasks._imagefiles import decode_jpeg_split, holdout, open_npz, split_generator
+    from bench.tasks._imagefiles import holdout, open_npz, split_generator
 
     d = open_npz(path, ["val_jpeg", "val_offsets", "val_labels"])
     y = _labels(path, d, "val", 200)
