@@ -145,3 +145,21 @@ def test_one_epoch_on_cifar10(cifar_root, results):
     assert rec["data"] == {"train": 80, "val": 20, "test": 50, "reference": 20}
     m = rec["metrics"]
     assert 0 <= m["test_acc"] <= 1 and 0 <= m["test_auc"] <= 1 and 0 <= m["val_acc"] <= 1 and m["epochs_run"] == 1
+
+
+@pytest.mark.parametrize("name, runs, skipped, reason", [
+    ("natural", 36, 1, "AutoAugment's CIFAR-10 policy"),
+    ("fewshot", 72, 18, "K=1: one selection image per class"),
+    ("ood", 72, 9, "natural-image policy"),
+])
+def test_sweep_files_plan_with_skip_reasons(name, runs, skipped, reason):
+    from conftest import REPO
+
+    from sweeps.config import load_sweep
+    from sweeps.plan import plan_sweep
+
+    plan = plan_sweep(load_sweep(REPO / "sweeps" / f"{name}.yaml"))
+    assert (len(plan.runs), len(plan.skipped)) == (runs, skipped)
+    assert all(reason in s.reason for s in plan.skipped)
+    assert {r.spec.ref_frac for r in plan.runs} == {0.5} and {r.spec.seed for r in plan.runs} == {0, 1, 2}
+    assert {r.spec.learner for r in plan.runs} == {"none", "ref", "saflex"}

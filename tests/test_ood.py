@@ -39,6 +39,8 @@ def test_mnist_to_usps_sizes_and_labels():
     assert usps[:, :, :2].mean() > 5 * data.train.x[:, :, :2].float().mean()
     full = _load("ood/mnist-to-usps")
     assert len(full.tests["ood_usps"]) == 2007
+    rgb = _load("ood/mnist-to-usps", **{**SMALL, "as_rgb": True})  # as_rgb: every split 3 channels, as the model
+    assert all(tuple(s.x.shape[1:]) == (3, 28, 28) for s in (rgb.train, *rgb.tests.values()))
 
 
 def test_mnist_to_mnistm_is_32px_rgb():
@@ -167,3 +169,21 @@ def test_one_epoch_reports_source_and_target(results, task, parts, extra):
     assert len(targets) == 1 and "test_acc" in m and "val_acc" in m
     for k in ("test_acc", "test_auc", targets[0], targets[0].replace("_acc", "_auc")):
         assert 0 <= m[k] <= 1
+
+
+@pytest.mark.parametrize("task, shape", [("ood/mnist-to-usps", (1, 28, 28)), ("ood/mnist-to-mnistm", (3, 32, 32)),
+                                         ("fewshot/tinyimagenet-k1", (3, 64, 64)), ("ood/amazon-to-webcam", (3, 300, 300))])
+def test_every_image_upstream_takes_each_family_shape(task, shape):
+    """Stored images of 28-300 px, 1 or 3 channels, through the same policies (no resizing in the trainer)."""
+    import baselines
+
+    t = get_task(task)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, *shape), dtype=torch.uint8, generator=g)
+    y = torch.arange(4) % t.num_classes
+    for method in ("rand-m9-n2", "autoaug-cifar10", "trivialaug", "cutmix-a1.0", "mixup-a0.2", "noisy(0.3,rand-m9-n2)"):
+        up = baselines.create_method(method).bind(x, y)
+        aug = torch.stack([up.sample_transform(im, torch.Generator().manual_seed(i)) for i, im in enumerate(x)])
+        assert aug.shape == x.shape and aug.dtype == torch.uint8, method
+        out = up.batch_transform(t.prepare(aug), t.targets(y), g)
+        assert out.x.shape == x.shape and out.y.shape == (4, t.num_classes), method

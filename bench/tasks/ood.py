@@ -264,10 +264,10 @@ class OODTask(ImageTask):
             px, py, tx, ty = px[pool], py[pool], px[test], py[test]
         pool = per_class(py, opt.train_per_class, g("train-subset"))
         kept, held = holdout(py[pool], opt.val_frac, g("val"))
-        size = self.size or opt.image_size
+        size, channels = self.size or opt.image_size, self.channels(spec)  # 3 with as_rgb
 
         def fit(x):  # the family's common size and channel count
-            return to_channels(resize_uint8(x, size), self.in_channels)
+            return to_channels(resize_uint8(x, size), channels)
 
         def split(x, y, idx):
             return Split(as_tensor(fit(x[idx])), as_tensor(np.asarray(y[idx], dtype=np.int64)))
