@@ -198,7 +198,8 @@ class FewShotTask(ImageTask):
         train = lambda i: Split(as_tensor(pools.train_images(i)), as_tensor(pools.train_y[i]))  # noqa: E731
         test = Split(as_tensor(pools.test_images(test_idx)), as_tensor(pools.test_y[test_idx]))
         return TaskData(train(train_idx), train(val_idx), {"test": test},
-                        info=dict(origin=pools.origin, draw_seed=seed, k=self.k, regime=opt.regime))
+                        info=dict(origin=pools.origin, draw_seed=seed, k=self.k, regime=opt.regime,
+                                  drawn=dict(train=train_idx, val=val_idx)))  # pool indices of the draw
 
     def build_model(self, spec: Any):
         opt = self._options(spec)
