@@ -54,6 +54,13 @@ def test_metrics_equal_medmnist_evaluator(flag, medmnist_root):
         assert ours["auc"] == pytest.approx(np.mean([roc_auc_score(y == c, scores[:, c]) for c in range(task.num_classes)]))
 
 
+def test_one_data_root_serves_every_family(medmnist_root):
+    """--data-root may be the folder holding medmnist/ (as for the other families) or medmnist's own."""
+    a = get_task("medmnist/breastmnist").load(medmnist_root)
+    b = get_task("medmnist/breastmnist").load(medmnist_root.parent)
+    assert torch.equal(a.train.x, b.train.x) and get_task("medmnist/breastmnist").check_data(medmnist_root.parent) is None
+
+
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(UsageError, match=r"missing data file .*breastmnist\.npz"):
         get_task("medmnist/breastmnist").load(tmp_path)

@@ -49,9 +49,13 @@ class MedMNISTTask(ImageTask):
                     schedule="multistep", milestones=(0.5, 0.75), gamma=0.1, select_metric="auc")
 
     def _file(self, data_root: Path | None) -> Path:
+        """`DIR/<flag>.npz` (medmnist's own root), or `DIR/medmnist/<flag>.npz` so that one data root
+        can serve every task family."""
         if data_root is None:
             raise UsageError(f"task {self.name} needs a data root (--data-root DIR or $SAFLEX_DATA)")
-        return Path(data_root) / f"{self.flag}.npz"
+        direct = Path(data_root) / f"{self.flag}.npz"
+        nested = Path(data_root) / "medmnist" / f"{self.flag}.npz"
+        return nested if not direct.exists() and nested.exists() else direct
 
     def check_data(self, data_root: Path | None) -> str | None:
         try:
