@@ -21,10 +21,12 @@ Training objective (objective=flyp, FLYP, Goyal et al. 2023): the symmetric cont
 the batch's images and their captions, a caption being the class prompt of the image's label (a
 mixture of class prompts for mixed labels). Because an embedding's logits are linear in the caption
 embedding, the [B, B] image-caption logit matrix is `logits @ targets^T`: the trainer's plain path
-(class logits + task.loss) trains text tower, image tower and logit scale together. Captions of the
-same class count as positives (FLYP's batches repeat class prompts; treating repeats as negatives
-bounds the loss below by log(#repeats), degenerate with 2-class data). Evaluation losses (no graph)
-are the image->class-prompt cross-entropy.
+(class logits + task.loss) trains text tower, image tower and logit scale together. A batch repeats
+class prompts; captions of the image's class count as positives in both directions (supervised-
+contrastive style). Image->caption this changes nothing but a constant (repeated captions are
+identical columns, so the gradient is FLYP's); caption->image it stops FLYP's plain CLIP loss from
+pushing a caption away from the other images of its class. Evaluation losses (no graph) are the
+image->class-prompt cross-entropy.
 """
 from __future__ import annotations
 
