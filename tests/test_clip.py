@@ -336,3 +336,46 @@ def test_saflex_clip_step_uses_weighted_flyp_loss(tmp_path):
     w, q = tr.learner.last_w, tr.learner.last_q
     assert float(loss) == pytest.approx(float(flyp_loss(logits, q, w)), rel=1e-5)
     assert set(w.tolist()) <= {0.0, 1.0} and 0 < float(w.sum()) < len(w)  # some samples dropped, not all
+
+
+# ---- composition with other image families: inner options and OOD test sets pass through -------------
+@pytest.fixture
+def ood_inner_task():
+    """A registered image task with its own Options and an extra OOD test set (as ood/* tasks have)."""
+    from bench.config import Knobs
+    from bench.tasks import REGISTRY
+    from bench.tasks.base import TaskData
+    from bench.tasks.digits import SklearnDigits
+
+    class Opts(Knobs):
+        n_train: int = 300
+
+    class DigitsWithOOD(SklearnDigits):
+        Options = Opts
+        name = "testonly/digits-ood"
+
+        def load(self, data_root=None, spec=None):
+            d = super().load(data_root, spec)
+            n = spec.option("n_train")
+            assert set(spec.options) == {"n_train"} and spec.task == self.name  # only its own options
+            flipped = type(d.train)(d.tests["test"].x.flip(-1), d.tests["test"].y)
+            return TaskData(d.train.subset(slice(0, n)), d.select, {**d.tests, "ood_flip": flipped})
+
+    REGISTRY.register("testonly/digits-ood")(DigitsWithOOD)
+    yield "testonly/digits-ood"
+    for name in ("testonly/digits-ood", "clip/testonly/digits-ood"):
+        REGISTRY._entries.pop(name, None)
+        REGISTRY._cache.pop(name, None)
+
+
+def test_inner_options_and_ood_test_sets_pass_through(ood_inner_task, tmp_path):
+    from bench.runner import run_spec
+
+    assert f"clip/{ood_inner_task}" in list_tasks()
+    spec = make_spec(f"clip/{ood_inner_task}", "none+zeroshot", 0, {**TINY, "epochs": 1, "task.n_train": 100})
+    assert spec.option("n_train") == 100 and spec.option("arch") == "tiny-vit"
+    with pytest.raises(UsageError, match="n_train"):
+        make_spec(f"clip/{ood_inner_task}", "none", 0, {**TINY, "task.n_train": "many"})
+    record = run_spec(spec, tmp_path / "results", progress=False, device="cpu")
+    assert record["data"]["train"] == 100 and record["data"]["ood_flip"] == record["data"]["test"]
+    assert {"test_acc", "ood_flip_acc", "ood_flip_auc"} <= set(record["metrics"])
