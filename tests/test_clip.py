@@ -379,3 +379,17 @@ def test_inner_options_and_ood_test_sets_pass_through(ood_inner_task, tmp_path):
     record = run_spec(spec, tmp_path / "results", progress=False, device="cpu")
     assert record["data"]["train"] == 100 and record["data"]["ood_flip"] == record["data"]["test"]
     assert {"test_acc", "ood_flip_acc", "ood_flip_auc"} <= set(record["metrics"])
+
+
+def test_grad_checkpointing_switch_reaches_open_clip():
+    task = get_task("clip/digits/sklearn")
+    on = task.build_model(spec_for(**{"task.grad_checkpointing": True}))
+    off = task.build_model(spec_for())
+    assert on.clip.visual.transformer.grad_checkpointing and on.clip.transformer.grad_checkpointing
+    assert not off.clip.visual.transformer.grad_checkpointing
+    x = task.prepare(torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8))
+    on.train()
+    on.load_state_dict(off.state_dict())
+    loss = on(x).logsumexp(1).sum()
+    loss.backward()  # the checkpointed graph runs backward
+    assert on.clip.visual.conv1.weight.grad is not None
