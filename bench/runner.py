@@ -37,6 +37,20 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "saflex_bench": __version__}
 
 
+def _jsonable(info: dict) -> dict:
+    """The task's load info (split seeds, drawn indices, weight hashes) that JSON can hold."""
+    import json
+
+    out = {}
+    for k, v in (info or {}).items():
+        try:
+            json.dumps(v)
+        except (TypeError, ValueError):
+            continue
+        out[k] = v
+    return out
+
+
 def split_sizes(data) -> dict[str, int]:
     sizes = {"train": len(data.train), "val": len(data.select), **{k: len(v) for k, v in data.tests.items()}}
     if data.reference is not None:
@@ -175,7 +189,7 @@ def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads:
                           tracker=tracker, on_epoch_end=on_epoch_end)
         out = trainer.fit()
         record = dict(key=key, status="done", sweep=sweep, spec=spec.to_dict(), metrics=out["metrics"], cost=out["cost"],
-                      data=split_sizes(data), versions=versions(), host=socket.gethostname(), device=str(trainer.device),
+                      data=split_sizes(data), info=_jsonable(data.info), versions=versions(), host=socket.gethostname(), device=str(trainer.device),
                       threads=threads, workers=workers, warnings=out.get("warnings", []), finished_at=_now())
         fault_point("before-result")
         store.write_result(key, record)  # LAST: from here on the run counts as done

@@ -75,8 +75,8 @@ def test_learner_rules():
         spec_for(method="rand-m9-n2+zeroshot")
     with pytest.raises(UsageError, match="no zero-shot classifier"):
         make_spec("digits/sklearn", "none+zeroshot", 0, {})
-    with pytest.raises(UsageError, match="saflex-clip"):
-        spec_for(method="rand-m9-n2+saflex")
+    # the plain saflex learner takes the task's contrastive adapter (uses_task_adapter): allowed on clip
+    assert spec_for(method="rand-m9-n2+saflex").learner == "saflex"
     with pytest.raises(UsageError, match="needs a clip"):
         make_spec("digits/sklearn", "rand-m9-n2+saflex-clip", 0, {})
     assert spec_for(method="rand-m9-n2+saflex-clip").learner == "saflex-clip"
@@ -393,3 +393,14 @@ def test_grad_checkpointing_switch_reaches_open_clip():
     loss = on(x).logsumexp(1).sum()
     loss.backward()  # the checkpointed graph runs backward
     assert on.clip.visual.conv1.weight.grad is not None
+
+
+def test_plain_saflex_learner_uses_the_contrastive_adapter_on_clip(tmp_path):
+    """`X+saflex` on a clip task computes exactly what `X+saflex-clip` does (the task's adapter)."""
+    from bench.runner import run_spec
+
+    recs = [run_spec(spec_for(method=m, batch_size=64), tmp_path,
+                     progress=False, wandb_mode="disabled", threads=1)
+            for m in ("rand-m9-n2+saflex", "rand-m9-n2+saflex-clip")]
+    assert recs[0]["key"] != recs[1]["key"]
+    assert recs[0]["metrics"] == recs[1]["metrics"]

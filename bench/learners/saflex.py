@@ -17,6 +17,7 @@ from bench.learners.base import Learner, StepBatch, register_learner
 @register_learner("saflex")
 class SaflexLearner(Learner):
     uses_reference = True
+    uses_task_adapter = True  # a task whose head is not linear-with-bias (CLIP prompts) supplies its own Saflex
     description = "SAFLEX: per-sample weights and soft labels from the reference gradient (saflex_core)"
 
     @classmethod
@@ -39,7 +40,8 @@ class SaflexLearner(Learner):
         super().__init__(ctx, None)
         self.core = saflex_core
         self.cfg = saflex_core.SaflexConfig.from_dict(dict(knobs or {}))  # validated at spec time
-        self.sfx = saflex_core.Saflex(self.cfg)
+        adapter = getattr(ctx.task, "saflex_adapter", None)
+        self.sfx = adapter(self.cfg) if adapter is not None else saflex_core.Saflex(self.cfg)
         ref = ctx.reference
         if ref is None and self.cfg.reference != "clean":
             raise ValueError("the saflex learner needs a reference split")
