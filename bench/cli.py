@@ -55,6 +55,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"saflex-bench: warning: {', '.join(ignored)} ignored: method '{spec.method}' does not use that learner",
               file=sys.stderr)
     results = resolve_results_root(args.results)
+    if args.deterministic:
+        from bench.numerics import enable_deterministic
+
+        enable_deterministic()  # threads: torch's count (OMP_NUM_THREADS), pinned; recorded in result.json
     print(f"run {spec.key}  {spec.task}  {spec.method}  seed {spec.seed}", flush=True)
     record = run_spec(spec, results, args.data_root, wandb_mode=args.wandb, progress=not args.quiet,
                       device=args.device, workers=args.workers)
@@ -90,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     run.add_argument("--workers", type=int, default=0, help="data-loader worker processes for per-sample augmentation")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--deterministic", action="store_true",
+                     help="deterministic algorithms, no cuDNN autotuning, fixed threads: reruns on the same "
+                          "machine kind give identical metrics (see docs/reproducibility.md)")
     run.set_defaults(func=_run)
 
     for ep in entry_points(group="saflex_bench.commands"):

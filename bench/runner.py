@@ -54,6 +54,7 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
     """Train and evaluate `spec`; return its result record. A done run is returned as is; a run whose
     directory holds a checkpoint resumes from it."""
     from bench.data import with_reference
+    from bench.numerics import numerics_info
     from bench.tasks import get_task
     from bench.trainer import Trainer
 
@@ -81,6 +82,7 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
         out = trainer.fit()
         record = dict(key=key, status="done", sweep=sweep, spec=spec.to_dict(), metrics=out["metrics"], cost=out["cost"],
                       data=split_sizes(data), versions=versions(), host=socket.gethostname(), device=str(trainer.device), finished_at=_now())
+        record["numerics"] = numerics_info(trainer.device)  # what decides the float order (not identity)
         store.write_result(key, record)  # LAST: from here on the run counts as done
         store.write_attempt(key, {**attempt, "state": "done", "ended_at": _now()})
         tracker.finish(record)

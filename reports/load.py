@@ -12,6 +12,7 @@ Columns (``df.attrs`` also carries ``source``, ``sweep``, ``skipped``):
 - derived: ``family``, ``dataset`` (from task), ``upstream``, ``saflex`` (bool, from method) and
   ``saflex_cfg`` (label of the SAFLEX knob setting; "" for X runs, see `_saflex_cfg_labels`);
 - ``metrics.<name>`` and ``cost.<name>`` (raw values, accuracies as fractions), ``versions.<name>``,
+  ``numerics.<name>`` (thread count, device, library builds: bench/numerics.py; not identity),
   ``host``, ``device``, ``finished_at``, ``run_dir`` (local store only).
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ NON_SPEC_COLUMNS = (
     "key", "sweep", "status", "family", "dataset", "upstream", "saflex", "saflex_cfg",
     "host", "device", "finished_at", "run_dir",
 )
-RESULT_PREFIXES = ("metrics.", "cost.", "versions.", "saflex.")
+RESULT_PREFIXES = ("metrics.", "cost.", "versions.", "saflex.", "numerics.")
 METRIC_NAMES = ("test_acc", "test_auc", "val_acc", "val_auc", "best_epoch", "epochs_run")
 SINGLE_SAFLEX_CFG = "saflex"  # label when all loaded SAFLEX runs share one knob setting
 
@@ -141,7 +142,7 @@ def record_to_row(rec: Mapping[str, Any], run_dir: Path | None = None) -> dict[s
     task = str(spec.get("task", ""))
     family, sep, dataset = task.partition("/")
     row["family"], row["dataset"] = (family, dataset) if sep else ("", task)
-    for section in ("metrics", "cost", "versions"):
+    for section in ("metrics", "cost", "versions", "numerics"):
         for k, v in dict(rec.get(section) or {}).items():
             row[f"{section}.{k}"] = v
     for k in ("host", "device", "finished_at"):
@@ -204,7 +205,7 @@ def frame_from_records(records: Iterable[tuple[Mapping[str, Any], Path | None]])
     df["saflex"] = df["saflex"].astype(bool)
     df["saflex_cfg"] = _saflex_cfg_labels(df)
     spec_cols = [c for c in df.columns if c not in NON_SPEC_COLUMNS and not c.startswith(RESULT_PREFIXES)]
-    rank = {p: i for i, p in enumerate(("saflex.", "metrics.", "cost.", "versions."))}
+    rank = {p: i for i, p in enumerate(("saflex.", "metrics.", "cost.", "versions.", "numerics."))}
     tail = sorted((c for c in df.columns if c.startswith(RESULT_PREFIXES)),
                   key=lambda c: rank[c.split(".", 1)[0] + "."])
     order = ([c for c in _FRONT if c in df.columns]
