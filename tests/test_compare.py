@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bench.cli import main
 from reports.compare import (classify_gains, compare_roots, experiment_noise, gain_noise_verdict, noise_floor,
@@ -18,8 +20,8 @@ from reports.load import identity_columns, load_results
 DG = "digits/sklearn"
 SPEC = dict(model="small_cnn", epochs=2, optimizer="adam", lr=0.003, batch_size=64, select_metric="acc")
 # (upstream, learner) -> seed -> test_acc, in A and in B
-A = {("none", "none"): {0: 0.90, 1: 0.91, 2: 0.92, 3: 0.95},  # seed 3: only in A
-     ("none", "saflex"): {0: 0.93, 1: 0.935, 2: 0.96},          # gains .03 .025 .04: CI excludes 0
+A = {("none", "none"): {0: 0.90, 1: 0.91, 2: 0.92, 3: 0.95},  # seed 3 (both arms): only in A
+     ("none", "saflex"): {0: 0.93, 1: 0.935, 2: 0.96, 3: 0.90},  # gains .03 .025 .04: CI excludes 0
      ("cutmix-a1.0", "none"): {0: 0.80, 1: 0.82, 2: 0.81},
      ("cutmix-a1.0", "saflex"): {0: 0.79, 1: 0.80, 2: 0.805}}   # gains -.01 -.02 -.005: negative
 B = {("none", "none"): {0: 0.905, 1: 0.91, 2: 0.915},
@@ -73,7 +75,7 @@ def test_per_key_differences_and_noise_floor(roots):
     assert got.keys() == expected.keys()  # seed 3 (only in A) is not compared
     for k, v in expected.items():
         assert got[k] == pytest.approx(v)
-    assert (c.only_a, c.only_b) == (1, 0)
+    assert (c.only_a, c.only_b) == (2, 0)
     d = np.array(list(expected.values()))
     f = c.floor
     assert f.n == 12 and f.n_differ == int((np.abs(d) > 1e-12).sum())
@@ -87,7 +89,7 @@ def test_agreement_verdicts(roots):
     conc = c.conclusions.set_index("upstream")
     assert set(conc["learner"]) == {"saflex"}
     none = conc.loc["none"]
-    # gains on seeds 0-2 only: seed 3 of the none arm is only in A and must not enter A's conclusion
+    # gains on seeds 0-2 only: seed 3 (gain -.05) is only in A and must not enter A's conclusion
     assert none["gain_a"] == pytest.approx(np.mean([0.03, 0.025, 0.04]))
     assert none["gain_b"] == pytest.approx(np.mean([-0.005, 0.02, 0.015]))
     assert none["excludes_0_a"] and not none["excludes_0_b"]
@@ -161,11 +163,43 @@ def test_gain_noise_verdicts():
 
 
 def test_experiment_noise_adds_a_verdict_per_arm(roots):
-    df = load_results(roots[0])
-    c = compare_roots(*roots)
-    t = experiment_noise(df, c.floor).set_index("upstream")
-    # none arm of A: gain .0317, seed sd .01 -> seed scale .0082 (x2 = .0163): above seed noise; floor
-    # sd ~.016 over sqrt(3) -> .0093 (x2 = .0185): above numerics too
-    assert t.loc["none", "noise"] == "both"
-    assert t.loc["cutmix-a1.0", "noise"] == gain_noise_verdict(t.loc["cutmix-a1.0", "gain"], t.loc["cutmix-a1.0", "seed_sd"],
-                                                               c.floor.sd, 3)
+    c = compare_roots(*roots)  # floor sd of the 12 differences: 0.01586 -> numerical scale x2 = 0.0183 (n=3)
+    t = experiment_noise(load_results(roots[1]), c.floor).set_index("upstream")
+    # B, none: gain .01; seed sd .005 -> 2 x .005 x sqrt(2/3) = .0082 < .01 < .0183
+    assert t.loc["none", "noise"] == "seed only"
+    # B, cutmix: gain .0067 below both (.0125 seed, .0183 numerics)
+    assert t.loc["cutmix-a1.0", "noise"] == "neither"
+
+
+# ---- a real regeneration ----------------------------------------------------------------------
+REGEN = """\
+name: regen
+fixed: {{task: digits/sklearn, epochs: 2}}
+grid: {{method: [cutmix-a1.0, cutmix-a1.0+saflex], seed: [0, 1, 2]}}
+launcher: {{cpus_per_task: {threads}}}
+"""
+
+
+@pytest.mark.slow
+def test_compare_two_real_regenerations_under_1_and_2_threads(tmp_path, capsys):
+    """The same digits sweep (2 methods x 3 seeds, 2 epochs) into two roots under 1 and 2 threads (the
+    launcher pins cpus_per_task threads), then `compare` from the CLI."""
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            f = tmp_path / f"regen_t{n}.yaml"
+            f.write_text(REGEN.format(threads=n))
+            assert main(["sweep", str(f), "--executor", "debug", "--results", str(tmp_path / f"t{n}"),
+                         "--wandb", "disabled"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "t1"), str(tmp_path / "t2"), "--sweep", "regen", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    print(text)  # the measured floor, for the record (pytest -s)
+    assert "A numerics: threads 1;" in text and "B numerics: threads 2;" in text
+    runs = pd.read_csv(out / "compare_runs.csv")
+    assert len(runs) == 6 and runs["diff"].notna().all()
+    conc = pd.read_csv(out / "compare_conclusions.csv")
+    assert list(conc["upstream"]) == ["cutmix-a1.0"] and list(conc["learner"]) == ["saflex"]
