@@ -97,3 +97,15 @@ def test_deterministic_runs_of_one_spec_give_identical_metrics(restore_numerics,
     for r in (ra, rb):
         assert r["numerics"]["deterministic"] is True and r["numerics"]["threads"] == 1
     assert ra["metrics"] == rb["metrics"]
+
+
+@pytest.mark.slow
+def test_sweep_with_launcher_deterministic_runs_every_job_deterministic(restore_numerics, tmp_path, capsys):
+    f = tmp_path / "det.yaml"
+    f.write_text("name: det\nfixed: {task: digits/sklearn, epochs: 1}\ngrid: {method: [none], seed: [0]}\n"
+                 "launcher: {cpus_per_task: 1, deterministic: true}\n")
+    torch.set_num_threads(2)
+    assert main(["sweep", str(f), "--executor", "debug", "--results", str(tmp_path / "r"), "--wandb", "disabled"]) == 0
+    key = make_spec("digits/sklearn", "none", 0, {"epochs": 1}).key
+    numerics = _result(tmp_path / "r", key)["numerics"]
+    assert numerics["deterministic"] is True and numerics["threads"] == 1
