@@ -293,8 +293,11 @@ def to_markdown(c: Comparison) -> str:
     else:
         lines += ["| task | upstream | learner | n | gain A | gain B | sign agrees | CI verdict agrees | "
                   "above noise A / B |", "|---|---|---|---|---|---|---|---|---|"]
+        extra = [k for k in c.conclusions.columns if k not in ("task", "upstream", "learner", "sign_agrees", "ci_agrees",
+                                                                 "agrees") and not k.endswith(("_a", "_b"))]
         for r in c.conclusions.itertuples():
-            lines.append(f"| {r.task} | {r.upstream} | {r.learner} | {r.n_a} | {_ci_cell(r.gain_a, r.lo_a, r.hi_a)} | "
+            task = r.task + (f" ({', '.join(f'{k}={getattr(r, k)}' for k in extra)})" if extra else "")
+            lines.append(f"| {task} | {r.upstream} | {r.learner} | {r.n_a} | {_ci_cell(r.gain_a, r.lo_a, r.hi_a)} | "
                          f"{_ci_cell(r.gain_b, r.lo_b, r.hi_b)} | {'yes' if r.sign_agrees else 'NO'} | "
                          f"{'yes' if r.ci_agrees else 'NO'} | {r.noise_a} / {r.noise_b} |")
         n_ok = int(c.conclusions["agrees"].sum())
