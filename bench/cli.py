@@ -56,6 +56,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"saflex-bench: warning: {', '.join(ignored)} ignored: method '{spec.method}' does not use that learner",
               file=sys.stderr)
     results = resolve_results_root(args.results)
+    if args.deterministic:
+        from bench.numerics import enable_deterministic
+
+        enable_deterministic()  # threads: torch's count (OMP_NUM_THREADS), pinned; recorded in result.json
     print(f"run {spec.key}  {spec.task}  {spec.method}  seed {spec.seed}", flush=True)
     try:
         record = run_spec(spec, results, args.data_root, wandb_mode=args.wandb, progress=not args.quiet, echo=True,
@@ -133,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch CPU threads (default: the CPUs the job was given: $SLURM_CPUS_PER_TASK, "
                           "$OMP_NUM_THREADS, else the CPU affinity); recorded in result.json")
     run.add_argument("--quiet", action="store_true", help="no progress bars (the per-epoch lines stay)")
+    run.add_argument("--deterministic", action="store_true",
+                     help="deterministic algorithms, no cuDNN autotuning, fixed threads: reruns on the same "
+                          "machine kind give identical metrics (see docs/reproducibility.md)")
     run.set_defaults(func=_run)
 
     for ep in entry_points(group="saflex_bench.commands"):

@@ -191,6 +191,9 @@ def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads:
         record = dict(key=key, status="done", sweep=sweep, spec=spec.to_dict(), metrics=out["metrics"], cost=out["cost"],
                       data=split_sizes(data), info=_jsonable(data.info), versions=versions(), host=socket.gethostname(), device=str(trainer.device),
                       threads=threads, workers=workers, warnings=out.get("warnings", []), finished_at=_now())
+        from bench.numerics import numerics_info
+
+        record["numerics"] = numerics_info(trainer.device)  # what decides the float order (not identity)
         fault_point("before-result")
         store.write_result(key, record)  # LAST: from here on the run counts as done
         fault_point("after-result")

@@ -106,6 +106,16 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from reports.compare import compare_roots, to_markdown, write_comparison
+
+    c = compare_roots(args.results_a, args.results_b, args.sweep, args.metric)
+    print(to_markdown(c))
+    for p in write_comparison(c, args.out or Path(args.results_b) / "compare"):
+        print(f"wrote {p}")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, wandb_source: bool = True) -> None:
     p.add_argument("--results", metavar="R", help="results root (default: $SAFLEX_RESULTS or ./results)")
     p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep (result.json 'sweep')")
@@ -137,6 +147,19 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="FILE", help="markdown file (default: reports/studies/saflex_medmnist.md)")
     p.add_argument("--aa-results", metavar="A", help="results root of A/A runs (the same specs rerun) for the noise-floor section")
     p.set_defaults(func=cmd_study)
+
+    p = subparsers.add_parser("compare", help="two regenerations of the same runs: per-run differences, "
+                                              "numerical noise floor, whether conclusions agree",
+                              description="Per spec key done in both results roots: the metric in each and "
+                                          "B - A; their summary (the numerical noise floor); per experiment and "
+                                          "learner arm vs none, whether the sign of the paired gain and its "
+                                          "95%% t-CI verdict agree. See docs/reproducibility.md.")
+    p.add_argument("results_a", metavar="RESULTS_A", help="first results root")
+    p.add_argument("results_b", metavar="RESULTS_B", help="second results root (same specs, other numerics)")
+    p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep (in both roots)")
+    p.add_argument("--metric", default="test_acc", help="metric compared (default: test_acc)")
+    p.add_argument("--out", metavar="DIR", help="where compare.md and the CSVs go (default: RESULTS_B/compare)")
+    p.set_defaults(func=cmd_compare)
 
     p = subparsers.add_parser("wandb-report", help="build a wandb Report (saved online; JSON spec offline)")
     p.add_argument("--project", required=True, metavar="ENTITY/PROJECT", help="wandb project of the runs")

@@ -19,6 +19,7 @@ Columns (``df.attrs`` also carries ``source``, ``sweep``, ``skipped``):
 - ``metrics.<name>`` (``val_<m>``, ``test_<m>``, ``<testset>_<m>``, ``best_epoch``, ...; raw values,
   accuracies as fractions), ``cost.<name>`` (``cost.learner_s`` filled from ``cost.saflex_s`` for
   records before the learner redesign), ``data.<split>`` (split sizes), ``versions.<name>``,
+- ``numerics.<name>`` (thread count, device, library builds: bench/numerics.py; not identity),
   ``host``, ``device``, ``finished_at``, ``run_dir`` (local store only).
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ NON_SPEC_COLUMNS = (
     "key", "sweep", "status", "family", "dataset", "upstream", "learner", "learner_cfg", "arm",
     "saflex", "saflex_cfg", "host", "device", "finished_at", "run_dir",
 )
-RESULT_PREFIXES = ("metrics.", "cost.", "versions.", "data.")
+RESULT_PREFIXES = ("metrics.", "cost.", "versions.", "data.", "numerics.")
 METRIC_NAMES = ("test_acc", "test_auc", "val_acc", "val_auc", "best_epoch", "epochs_run")
 SINGLE_SAFLEX_CFG = "saflex"  # saflex_cfg when all loaded SAFLEX runs share one knob setting
 
@@ -176,7 +177,7 @@ def record_to_row(rec: Mapping[str, Any], run_dir: Path | None = None) -> dict[s
     task = str(spec.get("task", ""))
     family, sep, dataset = task.partition("/")
     row["family"], row["dataset"] = (family, dataset) if sep else ("", task)
-    for section in ("metrics", "cost", "versions", "data"):
+    for section in ("metrics", "cost", "versions", "data", "numerics"):
         for k, v in dict(rec.get(section) or {}).items():
             row[f"{section}.{k}"] = v
     if "cost.learner_s" not in row and "cost.saflex_s" in row:  # records before the learner redesign
@@ -277,7 +278,7 @@ def frame_from_records(records: Iterable[tuple[Mapping[str, Any], Path | None]])
     df["saflex_cfg"] = _saflex_cfg_labels(df)
     knobs = set(knob_columns(df))
     spec_cols = [c for c in identity_columns(df)]
-    rank = {p: i for i, p in enumerate(("metrics.", "cost.", "data.", "versions."))}
+    rank = {p: i for i, p in enumerate(("metrics.", "cost.", "data.", "versions.", "numerics."))}
     tail = sorted((c for c in df.columns if c.startswith(RESULT_PREFIXES)), key=lambda c: rank[c.split(".", 1)[0] + "."])
     order = ([c for c in _FRONT if c in df.columns]
              + [c for c in spec_cols if c not in _FRONT] + sorted(knobs) + tail

@@ -54,6 +54,8 @@ class Launcher:
     constraint: str | None = None
     setup: tuple[str, ...] = ()
     slurm_additional_parameters: Mapping[str, Any] = field(default_factory=dict)
+    # every run of the sweep trains in bench.numerics' deterministic mode (threads = cpus_per_task)
+    deterministic: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -76,6 +78,12 @@ def _pos_number(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
         raise ValueError
     return float(v)
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError
+    return v
 
 
 def _opt_str(v: Any) -> str | None:
@@ -118,6 +126,7 @@ _LAUNCHER_CHECKS: dict[str, tuple[Any, str]] = {
     "constraint": (_opt_str, "a string"),
     "setup": (_str_list, "a list of shell lines"),
     "slurm_additional_parameters": (_scalar_map, "a mapping of sbatch option -> scalar"),
+    "deterministic": (_bool, "true or false"),
 }
 
 

@@ -122,7 +122,7 @@ class RunJob(submitit.helpers.Checkpointable):
 
     def __call__(self, spec_dict: dict, results: str, data_root: str | None = None, wandb_mode: str = "offline",
                  sweep: str | None = None, threads: int | None = None, slots_dir: str | None = None,
-                 slots: int = 1) -> dict:
+                 slots: int = 1, deterministic: bool = False) -> dict:
         from bench.spec import RunSpec  # stdlib-only imports: cheap while waiting for a slot
         from bench.store import ResultsStore
 
@@ -137,12 +137,16 @@ class RunJob(submitit.helpers.Checkpointable):
             if spec.key != key:
                 raise RuntimeError(f"spec of run {key} normalises to a different key {spec.key} "
                                    "(the package changed since submission?)")
-            return self._run(spec, store, results, data_root, wandb_mode, sweep, threads)  # run_spec locks the run
+            return self._run(spec, store, results, data_root, wandb_mode, sweep, threads, deterministic)  # run_spec locks
 
     @staticmethod
-    def _run(spec, store, results, data_root, wandb_mode, sweep, threads) -> dict:
+    def _run(spec, store, results, data_root, wandb_mode, sweep, threads, deterministic=False) -> dict:
         from bench.runner import run_spec
 
+        if deterministic:  # launcher.deterministic: recorded in result.json numerics.deterministic
+            from bench.numerics import enable_deterministic
+
+            enable_deterministic(int(threads) if threads else None)
         env = os.environ
         where = f"slurm job {env['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in env else f"pid {os.getpid()}"
         restarts = env.get("SLURM_RESTART_COUNT")
@@ -255,7 +259,7 @@ def submit_runs(kind: str, results: Path, sweep_name: str, launcher: Launcher, r
             for run in runs:
                 jobs.append(ex.submit(fn, run.spec.to_dict(), str(results), str(data_root) if data_root else None,
                                       wandb_mode, sweep_name, threads or launcher.cpus_per_task, slots_dir,
-                                      launcher.array_parallelism))
+                                      launcher.array_parallelism, launcher.deterministic))
     entries = []
     t = now_iso()
     for i, (run, job) in enumerate(zip(runs, jobs)):
