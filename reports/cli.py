@@ -97,11 +97,12 @@ def cmd_study(args: argparse.Namespace) -> int:
         from bench.errors import UsageError
 
         raise UsageError(f"results root {root} does not exist")
-    aa = Path(args.aa_results) if args.aa_results else None
-    if aa is not None and not aa.is_dir():
-        from bench.errors import UsageError
+    aa = tuple(Path(p) for p in args.aa_results) if args.aa_results else None
+    for p in aa or ():
+        if not (p / "runs").is_dir():
+            from bench.errors import UsageError
 
-        raise UsageError(f"A/A results root {aa} does not exist")
+            raise UsageError(f"A/A results root {p} has no runs/ (give two regenerations of the same sweep)")
     print(f"wrote {write_study(root, args.out or 'reports/studies/saflex_medmnist.md', aa_root=aa)}")
     return 0
 
@@ -145,7 +146,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("study", help="write the SAFLEX MedMNIST study (markdown) from stored results")
     p.add_argument("--results", metavar="R", help="results root (default: $SAFLEX_RESULTS or ./results)")
     p.add_argument("--out", metavar="FILE", help="markdown file (default: reports/studies/saflex_medmnist.md)")
-    p.add_argument("--aa-results", metavar="A", help="results root of A/A runs (the same specs rerun) for the noise-floor section")
+    p.add_argument("--aa-results", metavar=("A", "B"), nargs=2,
+                   help="two results roots of the same specs run under different numerics (e.g. 1 vs 2 threads) "
+                        "for the noise-floor section")
     p.set_defaults(func=cmd_study)
 
     p = subparsers.add_parser("compare", help="two regenerations of the same runs: per-run differences, "

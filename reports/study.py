@@ -693,14 +693,47 @@ def noisy_section(noisy: pd.DataFrame, fair: bool) -> tuple[list[str], list[str]
 
 
 # ---- noise floor (A/A runs) ------------------------------------------------------------------------
-def noise_floor_section(root: str | Path | None) -> list[str]:
-    """Placeholder for the noise-floor section (A/A runs: the same spec on different machines), to be
-    filled by the lead from another module. Returns [] when no A/A results are given."""
-    if root is None:
+def noise_floor_section(aa_roots, main: pd.DataFrame | None = None) -> list[str]:
+    """The numerical noise floor (A/A): two regenerations of the same specs under a different float
+    order (e.g. 1 vs 2 threads, `saflex-bench compare A B`), their per-key differences, whether their
+    conclusions agree, and which of this study's paired gains stand above numerical noise, seed noise,
+    both or neither. [] when no A/A pair is given."""
+    if not aa_roots:
         return []
-    return ["## Noise floor (A/A runs)", "",
-            f"_A/A results were given ({public_source(str(root))}), but the noise-floor analysis is not wired into "
-            "this study yet; until it is, numerical noise across machines is not measured here._", ""]
+    from reports.compare import compare_roots, experiment_noise
+
+    a, b = aa_roots
+    c = compare_roots(a, b)
+    f = c.floor
+    L = ["## Noise floor: what numerics alone move", "",
+         f"The same {f.n} specs were run twice (A: {public_source(str(a))}, B: {public_source(str(b))}); the "
+         f"runs differ only in floating-point order (A numerics: {c.numerics_a}; B numerics: {c.numerics_b}).",
+         "",
+         f"- {f.n_differ} of {f.n} runs end with a different test accuracy; mean |Δ| {100 * f.mean_abs:.2f}, "
+         f"sd {100 * f.sd:.2f}, max |Δ| {100 * f.max_abs:.2f} points (Δ = B − A).", ""]
+    concl = c.conclusions
+    if len(concl):
+        agree = int(concl["agrees"].sum())
+        L += [f"- Conclusions of the paired comparisons in that slice (sign of the gain and whether its 95 % CI "
+              f"excludes 0): {agree} of {len(concl)} agree between A and B.", ""]
+        L += ["| experiment | learner | gain A | gain B | agree |", "|---|---|---:|---:|---|"]
+        for r in concl.itertuples():
+            L.append(f"| {_short(getattr(r, 'task', ''))} {getattr(r, 'upstream', '')} | {r.learner} | "
+                     f"{100 * r.gain_a:+.2f} | {100 * r.gain_b:+.2f} | {'yes' if r.agrees else 'NO'} |")
+        L.append("")
+    if main is not None and len(main):
+        noise = experiment_noise(main, f)
+        noise = noise[noise["learner"] != NONE]
+        if len(noise):
+            L += ["Each paired gain of this study against both noise sources (a gain counts as above a source when it "
+                  "exceeds twice that source's scale for a mean over its n seeds: numerics = floor sd / √n; seeds = "
+                  "the X arm's sd × √(2/n)):", "",
+                  "| task | upstream | learner | n | gain | verdict (above ...) |", "|---|---|---|---:|---:|---|"]
+            for r in noise.itertuples():
+                L.append(f"| {_short(r.task)} | {r.upstream} | {r.learner} | {r.n} | {100 * r.gain:+.2f} | {r.noise} |")
+            counts = noise["noise"].value_counts()
+            L += ["", "Verdicts: " + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ".", ""]
+    return L
 
 
 # ---- the report -------------------------------------------------------------------------------------
@@ -849,7 +882,7 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: str | 
 
     noisy_md, noisy_verdicts = noisy_section(noisy, noisy_fair)
     L += noisy_md
-    aa_md = noise_floor_section(aa_root)
+    aa_md = noise_floor_section(aa_root, main)
     L += _summary(table, fam, avg, main, noisy_verdicts, bool(aa_md), fair, _tuning_verdict(truns))
     L += aa_md
     out = Path(out)

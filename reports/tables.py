@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from reports.load import NONE, REF, arm_order, describe_skipped, experiment_columns, method_label
+from reports.compare import numerics_mismatch
 from reports.stats import mean_ci, paired_diff_ci
 
 PAPER_HEADLINE_GAIN = {"saflex": 1.2}  # points: a learner's paper's average gain, quoted next to ours
@@ -29,6 +30,10 @@ FLAG_HELP = {
     "n<2": "an arm or the pairs have fewer than 2 seeds: no CI",
     "n<3": "only 2 seeds or pairs: CI very wide (the t-quantile for 1 degree of freedom is 12.7)",
     "dup_seed": "several runs share a seed (e.g. from wandb); they were averaged per seed",
+    "mixed_numerics": "X and the arm ran under different numerics (threads, device, library builds, deterministic "
+                      "mode; see the runs' numerics.*): part of their difference can be float order, not the method",
+    "mixed_cost": "X and the arm were timed under different thread counts or devices: the overhead column compares "
+                  "unlike measurements",
 }
 
 
@@ -137,6 +142,11 @@ def comparison_table(df: pd.DataFrame, metric: str = "test_acc", confidence: flo
                 flags.append("n<3")
             if base["seed"].duplicated().any() or a["seed"].duplicated().any():
                 flags.append("dup_seed")
+            both = pd.concat([base, a])
+            if numerics_mismatch(both):
+                flags.append("mixed_numerics")
+            if any(c in both and both[c].dropna().nunique() > 1 for c in ("numerics.threads", "numerics.device", "device")):
+                flags.append("mixed_cost")
             ex, ea = _mean(base, "cost.epoch_s"), _mean(a, "cost.epoch_s")
             tx, ta = _mean(base, "cost.step_s"), _mean(a, "cost.step_s")
             rows.append({

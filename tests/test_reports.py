@@ -291,7 +291,7 @@ def test_write_tables_formats(df, tmp_path):
     avg_m, avg_lo, avg_hi = t_ci([v[0] for v in expected_gains().values()])
     assert f"{100 * avg_m:+.2f} points" in md and f"[{100 * avg_lo:+.2f}, {100 * avg_hi:+.2f}]" in md
     assert "paper" not in md and lines[0].startswith("Average gain of X+saflex over X (test_acc)")  # the study alone quotes the paper
-    assert md.count("± = half-width of the 95 % Student-t interval") == 2  # a legend under each table
+    assert md.count("± = half-width of the 95 % Student-t interval") == md.count("\n|---")  # a legend under each table
     tex = paths[1].read_text()
     assert "\\toprule" in tex and "$\\pm$" in tex and "missing\\_pair" in tex and "n\\textless{}2" in tex
     # CSVs in points like the tables, and the column names say so

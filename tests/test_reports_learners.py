@@ -253,7 +253,7 @@ def test_written_tables(df, tmp_path):
     assert "| Δ vs X+ref |" in md and f"{100 * m:+.2f} ± {100 * h:.2f}" in md
     assert "| medmnist/breastmnist | rand-m9-n2 | X+toy | 3/3/3/3 |" in md
     assert "| digits/sklearn | rand-m9-n2 | X+saflex | 2/2/2/0 |" in md
-    assert md.count("± = half-width of the 95 % Student-t interval") == 2
+    assert md.count("± = half-width of the 95 % Student-t interval") == md.count("\n|---")
     assert "`n<3`: only 2 seeds or pairs: CI very wide" in md and "`no_ref`" in md
     assert "## Average gain per arm" in md and f"| X+toy | 3 | {100 * AVG['toy']:+.2f} ±" in md
     tex = paths[1].read_text()
@@ -365,3 +365,24 @@ def test_average_per_upstream_over_tasks(table):
     assert r["experiments"] == "2" and r["avg Δ vs X"].startswith(f"{100 * np.mean(gains):+.2f} ± ")
     assert set(by["Upstream"]) == {RA, CM}
     assert average_by_upstream(table[table["upstream"] == CM]).empty  # one task per upstream: nothing to add
+
+
+def test_mixed_numerics_and_cost_are_flagged(tmp_path):
+    """X timed/computed with 1 thread and X+saflex with 2: the report says so (issues 12 and 19)."""
+    for seed in range(3):
+        for learner, threads in (("none", 1), ("saflex", 2)):
+            d = put(tmp_path, f"{learner}{seed}", BM, learner, seed, 0.8 + 0.01 * seed)
+            rec = json.loads((d / "result.json").read_text())
+            rec["numerics"] = {"threads": threads, "device": "cpu", "torch": "2.14.1"}
+            (d / "result.json").write_text(json.dumps(rec))
+    flags = comparison_table(load_results(tmp_path)).iloc[0]["flags"]
+    assert "mixed_numerics" in flags and "mixed_cost" in flags
+    same = tmp_path / "same"
+    for seed in range(3):
+        for learner in ("none", "saflex"):
+            d = put(same, f"{learner}{seed}", BM, learner, seed, 0.8)
+            rec = json.loads((d / "result.json").read_text())
+            rec["numerics"] = {"threads": 1, "device": "cpu", "torch": "2.14.1"}
+            (d / "result.json").write_text(json.dumps(rec))
+    flags = comparison_table(load_results(same)).iloc[0]["flags"]
+    assert "mixed_numerics" not in flags and "mixed_cost" not in flags

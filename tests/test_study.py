@@ -278,17 +278,34 @@ def test_noisy_label_recovery(tmp_path):
     assert "- Noisy upstream, label moving: retinamnist: X+SAFLEX eps=0.6 (moves labels) does not recover" in md
 
 
-def test_noise_floor_placeholder_and_cli_argument(tmp_path):
+def test_noise_floor_section_from_an_aa_pair(tmp_path):
+    """Two regenerations of the same specs (A, B) -> per-key differences, agreement of conclusions, and a
+    verdict for each of the study's gains against numerics and seeds; no machine path."""
     assert noise_floor_section(None) == []
-    aa = noise_floor_section(tmp_path / "aa")
-    assert aa and str(tmp_path) not in "\n".join(aa)
+    a, b = tmp_path / "aa1", tmp_path / "aa2"
+    xa, sa = [0.80, 0.82, 0.84], [0.85, 0.86, 0.90]
+    xb, sb = [0.80, 0.83, 0.84], [0.85, 0.86, 0.88]  # two runs moved: +1 and -2 points
+    for root, xs, ss in ((a, xa, sa), (b, xb, sb)):
+        for seed in range(3):
+            put(root, f"x{seed}", B, "mixup-a0.2", seed, test=xs[seed])
+            put(root, f"s{seed}", B, "mixup-a0.2+saflex", seed, test=ss[seed])
+    from reports.load import load_results
+
+    main = load_results(a)
+    md = "\n".join(noise_floor_section((a, b), main))
+    diffs = np.array([0, 0.01, 0, 0, 0, -0.02])
+    assert f"2 of 6 runs end with a different test accuracy; mean |Δ| {100 * np.abs(diffs).mean():.2f}, " \
+           f"sd {100 * diffs.std(ddof=1):.2f}, max |Δ| 2.00 points" in md
+    assert "1 of 1 agree between A and B" in md  # the gain's sign and CI verdict are the same in A and B
+    assert "| breastmnist | mixup-a0.2 | saflex | 3 | +5.00 |" in md
+    assert str(tmp_path) not in md and "results store 'aa1'" in md
     from reports.cli import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    args = parser.parse_args(["study", "--results", "R", "--aa-results", "A"])
-    assert args.aa_results == "A"
-    fair_store(tmp_path, tuning=False, stale=False)
-    md = write_study(tmp_path, tmp_path / "study.md").read_text()
+    args = parser.parse_args(["study", "--results", "R", "--aa-results", "A", "B"])
+    assert args.aa_results == ["A", "B"]
+    fair_store(tmp_path / "fair", tuning=False, stale=False)
+    md = write_study(tmp_path / "fair", tmp_path / "study.md").read_text()
     assert "not measured in this report (no A/A results given)" in md
     assert "one test image is 0.64 points on breastmnist (156 images)" in md
