@@ -175,7 +175,9 @@ def start_tracking(
             tags=tags,
             config=dict(spec_dict),
             settings=settings,
-            reinit="create_new",  # several runs in one process (debug executor, tests) stay separate
+            # one run at a time per process (debug executor, tests): a run left open by an interrupted
+            # run in the same process is closed first, so its id (= run key) can be opened again
+            reinit="finish_previous",
         )
     except Exception as e:  # wandb's own errors: no login for online, bad project name, ...
         if mode == "online":

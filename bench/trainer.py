@@ -65,6 +65,9 @@ class TrainState:
 # waiting for augmented batches, the model's forward/backward/optimiser step (the learner's own extra
 # work excluded: that is learner_s), validation, checkpoint + metrics writing
 PHASES = ("data_s", "compute_s", "val_s", "ckpt_s")
+# the per-epoch fields that are wall-clock measurements: a resumed or repeated run reproduces every
+# other field of metrics.jsonl exactly, never these
+TIMING_KEYS = frozenset({"epoch_s", "samples_per_s", "learner_s", "saflex_s", *PHASES})
 
 
 class Trainer:

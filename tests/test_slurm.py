@@ -38,12 +38,13 @@ from bench.tracking import offline_run_dirs, read_offline_run, segment_run_id  #
 from sweeps import load_sweep, plan_sweep  # noqa: E402
 from sweeps.launcher import LEDGER, read_ledger, sweep_dir  # noqa: E402
 from sweeps.status import run_states  # noqa: E402
+from bench.trainer import TIMING_KEYS  # noqa: E402
 
 NODE_CPUS = int(subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True, text=True).stdout.split()[0])
 # long enough to be interrupted mid-training (batch 16: ~1 s per epoch on one core)
 PREEMPT = {"task": "digits/sklearn", "method": "none", "seed": 0, "epochs": 20, "batch_size": 16}
 REQUEUE = {"task": "digits/sklearn", "method": "none", "seed": 1, "epochs": 30, "batch_size": 16}
-TIMING_FIELDS = {"epoch_s", "samples_per_s"}
+TIMING_FIELDS = TIMING_KEYS  # wall-clock fields: never reproduced exactly
 
 
 def sweep_file(tmp: Path, name: str, fixed: dict, grid: dict, **launcher) -> Path:
