@@ -248,6 +248,34 @@ def display_table(table: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def ood_table(df: pd.DataFrame, metric: str = "acc", confidence: float = 0.95) -> pd.DataFrame:
+    """In-distribution vs out-of-distribution, side by side (a human table, points): per experiment and
+    arm, the ID test metric, each OOD test set's (``metrics.ood_<target>_<metric>``), and the ID -> OOD
+    drop (ID minus the mean over the OOD sets; per seed, then mean ± CI). Empty without OOD metrics."""
+    ood_cols = sorted(c for c in df.columns if c.startswith("metrics.ood_") and c.endswith(f"_{metric}"))
+    id_col = f"metrics.test_{metric}"
+    if not ood_cols or id_col not in df.columns:
+        return pd.DataFrame()
+    rows = []
+    exp_cols = experiment_columns(df)
+    for key, g in _groups(df[df[ood_cols].notna().any(axis=1)], exp_cols):
+        for arm in arm_order(g["arm"].unique()):
+            a = g[g["arm"] == arm]
+            d = {"Task": key["task"], "Upstream": key["upstream"], "Arm": method_label(arm), "n": str(a["seed"].nunique())}
+            ci = mean_ci(_per_seed(a, id_col), confidence)
+            d["ID"] = fmt_points(ci.mean, ci.lo, ci.hi)
+            present = [c for c in ood_cols if a[c].notna().any()]
+            for c in present:
+                ci = mean_ci(_per_seed(a, c), confidence)
+                d[c[len("metrics."):-len(metric) - 1]] = fmt_points(ci.mean, ci.lo, ci.hi)
+            per_seed = a.groupby("seed").apply(lambda r: float(r[id_col].mean() - r[present].mean(axis=1).mean()),
+                                               include_groups=False) if present else pd.Series(dtype=float)
+            ci = mean_ci(per_seed.dropna(), confidence)
+            d["ID→OOD drop"] = fmt_points(ci.mean, ci.lo, ci.hi, signed=True)
+            rows.append(d)
+    return pd.DataFrame(rows).fillna("–")
+
+
 def average_by_upstream(table: pd.DataFrame, metric: str = "test_acc", confidence: float = 0.95) -> pd.DataFrame:
     """Per upstream: each arm's average gain over the tasks it ran on (a human table); empty unless
     some upstream ran on several tasks (otherwise it would repeat the main table)."""
@@ -361,6 +389,11 @@ def to_markdown(df: pd.DataFrame, table: pd.DataFrame, avg: pd.DataFrame, metric
     if len(avg):
         parts += ["## Average gain per arm", "", _md_table(display_average(avg, metric)), "",
                   legend(confidence, "experiments"), ""]
+    ood = ood_table(df, metric.split("_", 1)[-1] if metric.startswith("test_") else "acc", confidence)
+    if len(ood):
+        parts += ["## In-distribution vs out-of-distribution test sets", "", _md_table(ood), "",
+                  legend(confidence, "seeds").split(" X = ")[0] + " ID = the source domain's test split; "
+                  "ID→OOD drop = ID minus the mean over the OOD test sets, per seed.", ""]
     by_up = average_by_upstream(table, metric, confidence)
     if len(by_up):
         parts += ["## Average gain per arm and upstream (over tasks)", "", _md_table(by_up), "",

@@ -17,7 +17,7 @@ import pytest
 from bench.config import Knobs
 from bench.learners import Learner, register_learner
 from bench.learners.base import REGISTRY
-from reports.figures import FIGURES, arm_colors, write_figures
+from reports.figures import FAMILY_FIGURES, FIGURES, arm_colors, write_figures
 from reports.load import experiment_columns, load_results
 from reports.tables import average_gain, comparison_table, headline, to_markdown, write_tables
 
@@ -283,7 +283,7 @@ def test_knob_settings_of_a_made_up_learner_are_separate_arms(tmp_path):
 # ---- figures ----------------------------------------------------------------------------------
 def _written(out: Path, results) -> dict:
     whys = {name: why for name, _, why in results}
-    assert list(whys) == list(FIGURES)
+    assert list(whys) == [n for n in FIGURES if n not in FAMILY_FIGURES]  # no few-shot runs: no fig6
     for name in whys:
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert (out / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
@@ -386,3 +386,30 @@ def test_mixed_numerics_and_cost_are_flagged(tmp_path):
             (d / "result.json").write_text(json.dumps(rec))
     flags = comparison_table(load_results(same)).iloc[0]["flags"]
     assert "mixed_numerics" not in flags and "mixed_cost" not in flags
+
+
+def test_ood_table_and_fewshot_figure(tmp_path):
+    """OOD: ID and each OOD test set side by side with the per-seed drop; few-shot: accuracy against K."""
+    from reports.figures import fig_fewshot
+    from reports.tables import ood_table
+
+    for seed, (idv, oodv) in enumerate([(0.90, 0.60), (0.80, 0.60), (0.85, 0.55)]):
+        d = put(tmp_path, f"o{seed}", "ood/mnist-to-usps", "none", seed, idv)
+        rec = json.loads((d / "result.json").read_text())
+        rec["metrics"]["ood_usps_acc"] = oodv
+        (d / "result.json").write_text(json.dumps(rec))
+    for k, base in ((4, 0.3), (16, 0.5)):
+        for seed in range(2):
+            put(tmp_path, f"f{k}{seed}", f"fewshot/cifar10-k{k}", "none", seed, base + 0.02 * seed)
+            put(tmp_path, f"f{k}{seed}s", f"fewshot/cifar10-k{k}", "saflex", seed, base + 0.05)
+    df = load_results(tmp_path)
+    t = ood_table(df)
+    row = t[t["Task"] == "ood/mnist-to-usps"].iloc[0]
+    drops = [0.30, 0.20, 0.30]
+    half = T3 * np.std(drops, ddof=1) / math.sqrt(3)
+    assert row["ID→OOD drop"] == f"{100 * np.mean(drops):+.2f} ± {100 * half:.2f}"
+    assert row["ood_usps"].startswith(f"{100 * np.mean([0.6, 0.6, 0.55]):.2f} ± ")
+    fig, data = fig_fewshot(df)
+    x = data[(data["method"] == RA) & (data["dataset"] == "cifar10")].sort_values("K")
+    assert list(x["K"]) == [4, 16] and near(x["test_acc_mean"].iloc[1], 0.51)
+    assert set(data["method"]) == {RA, f"{RA}+saflex"}
