@@ -209,6 +209,17 @@ def build_tabular_model(name: str, d_in: int, num_classes: int, depth: int, widt
 class TabularTask(Task):
     modality: ClassVar[str] = "tabular"
     metric_names = ("acc", "auc", "bacc", "f1")
+
+    def _folder(self, data_root: Path | None) -> Path:
+        raise NotImplementedError
+
+    def check_data(self, data_root: Path | None) -> str | None:
+        try:
+            self._folder(data_root)
+        except UsageError as e:
+            return str(e)
+        return None
+
     def __init__(self, pmlb: bool = False):
         _ensure_tabular_policies()
         self.Options = options_schema(pmlb)  # read by bench.spec.task_options
@@ -321,13 +332,6 @@ class PmlbTask(TabularTask):
                              f"(expected {self.dataset}/{self.dataset}.tsv.gz; {hint})")
         return folder / self.dataset
 
-    def check_data(self, data_root: Path | None) -> str | None:
-        try:
-            self._folder(data_root)
-        except UsageError as e:
-            return str(e)
-        return None
-
     def load(self, data_root: Path | None, spec: Any = None) -> TaskData:
         import numpy as np
         import pandas as pd
@@ -402,13 +406,6 @@ class AdultTask(TabularTask):
                 return folder
         raise UsageError(f"missing UCI Adult files {', '.join(ADULT_FILES)} under {root} "
                          f"(looked in {ADULT_SUBDIR}/, uci_adult/ and the root itself)")
-
-    def check_data(self, data_root: Path | None) -> str | None:
-        try:
-            self._folder(data_root)
-        except UsageError as e:
-            return str(e)
-        return None
 
     def load(self, data_root: Path | None, spec: Any = None) -> TaskData:
         import numpy as np
