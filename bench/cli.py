@@ -56,14 +56,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"saflex-bench: warning: {', '.join(ignored)} ignored: method '{spec.method}' does not use that learner",
               file=sys.stderr)
     results = resolve_results_root(args.results)
+    threads = args.threads
     if args.deterministic:
         from bench.numerics import enable_deterministic
+        from bench.runner import resolve_threads
 
-        enable_deterministic()  # threads: torch's count (OMP_NUM_THREADS), pinned; recorded in result.json
+        threads = resolve_threads(threads)  # pinned: the run uses exactly this count; recorded in result.json
+        enable_deterministic(threads)
     print(f"run {spec.key}  {spec.task}  {spec.method}  seed {spec.seed}", flush=True)
     try:
         record = run_spec(spec, results, args.data_root, wandb_mode=args.wandb, progress=not args.quiet, echo=True,
-                          device=args.device, workers=args.workers, threads=args.threads,
+                          device=args.device, workers=args.workers, threads=threads,
                           keep_checkpoints=args.keep_checkpoints, aug_path=args.aug_path)
     except KeyboardInterrupt:
         print(f"saflex-bench: {_interrupted_line(results, spec)}", file=sys.stderr)

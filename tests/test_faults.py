@@ -150,6 +150,9 @@ def test_10_injected_faults(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("SAFLEX_LONG_FAULTS") != "1",
+                    reason="17 min on 2 cores: SAFLEX_LONG_FAULTS=1 pytest tests/test_faults.py (the 10-fault "
+                           "campaign runs by default)")
 def test_60_injected_faults(tmp_path):
     counts = _run_campaign(tmp_path, 60, seed=2)
     _check(counts, 60)

@@ -87,7 +87,7 @@ def test_deterministic_runs_of_one_spec_give_identical_metrics(restore_numerics,
     torch.set_num_threads(1)
     a, b = tmp_path / "a", tmp_path / "b"
     args = ["run", "--task", DIGITS["task"], "--method", DIGITS["method"], "--seed", str(DIGITS["seed"]),
-            "--epochs", str(DIGITS["epochs"]), "--results", str(a), "--wandb", "disabled", "--quiet", "--deterministic"]
+            "--epochs", str(DIGITS["epochs"]), "--results", str(a), "--wandb", "disabled", "--quiet", "--deterministic", "--threads", "1"]
     assert main(args) == 0
     spec = make_spec(DIGITS["task"], DIGITS["method"], DIGITS["seed"], {"epochs": DIGITS["epochs"]})
     torch.use_deterministic_algorithms(False)

@@ -158,7 +158,7 @@ def test_job_array_completes_and_second_sweep_submits_nothing(tmp_path, results,
     out = cli(capsys, "sweep", path, "--executor", "slurm", "--results", results)
     assert "submitted 0" in out and ("in flight 3" in out or "done 3" in out or "in flight" in out)
 
-    wait_for(lambda: all(s.state == "done" for s in states_of(results, path).values()), 300, "the array to finish", 2)
+    wait_for(lambda: all(s.state == "done" for s in states_of(results, path).values()), 600, "the array to finish", 2)
     store = ResultsStore(results)
     plan = plan_sweep(load_sweep(path))
     ledger = read_ledger(sweep_dir(results, "slurm-array") / LEDGER)

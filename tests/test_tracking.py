@@ -107,7 +107,9 @@ def test_run_spec_logs_every_epoch_to_wandb(tmp_path, monkeypatch):
     from bench.spec import make_spec
 
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
-    spec = make_spec("digits/sklearn", "none", 0, {"epochs": 2})
+    # a seed no other test uses: wandb refuses an id still open in this process (an interrupted run of
+    # the same spec earlier in the session), and the run id is the run key
+    spec = make_spec("digits/sklearn", "none", 11, {"epochs": 2})
     rec = run_spec(spec, tmp_path / "results", wandb_mode="offline", sweep="unit", progress=False)
     run_dir = tmp_path / "results" / "runs" / spec.key
     (r,) = [read_offline_run(d, wait_s=10) for d in offline_run_dirs(run_dir)]
