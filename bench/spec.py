@@ -30,8 +30,20 @@ LEGACY_FIELDS = ("task", "method", "model", "seed", "epochs", "optimizer", "lr",
                  "schedule", "milestones", "gamma", "batch_size", "select_metric", "as_rgb")
 # later fields: in the key only when they differ from the value that reproduces the old behaviour
 LATER_DEFAULTS = {"ref_frac": None, "ref_from": "val", "options": None}
-# SAFLEX knobs added after the first release: in the key only when they differ from these
+# SAFLEX knobs added after the first release: in the key only when they differ from these values,
+# which reproduce the behaviour before the knob existed; a stored spec without one ran at that value
 LATER_SAFLEX_KNOBS = {"ref_ema": 0.0}
+# the SAFLEX default knobs of the first release, replaced by val_batch=32, refresh=4, ref_ema=0.5 (issue
+# 18): sweeps that reproduce the first study pin these
+FIRST_SAFLEX_DEFAULTS = {"val_batch": 512, "refresh": 1, "ref_ema": 0.0}
+
+
+def stored_knobs(learner: str, knobs: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A stored spec's knobs as they ran: knobs added after the record was written take the value
+    that reproduces the old behaviour (not today's default, which may have moved since)."""
+    if knobs is None:
+        return None
+    return {**LATER_SAFLEX_KNOBS, **dict(knobs)} if learner == "saflex" else dict(knobs)
 
 
 @dataclass(frozen=True)
@@ -136,7 +148,7 @@ def _fields_from_dict(d: Mapping[str, Any]) -> dict[str, Any]:
     if learner != "saflex":
         knobs = d.pop(learner, None) if learner != NONE else None
     if knobs is not None:
-        d["knobs"] = knobs
+        d["knobs"] = stored_knobs(learner, knobs)
     unknown = sorted(set(d) - names)
     if unknown:
         raise UsageError(f"unknown run field(s) {', '.join(unknown)} (valid: {', '.join(sorted(names - {'knobs'}))})")

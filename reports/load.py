@@ -168,8 +168,10 @@ def record_to_row(rec: Mapping[str, Any], run_dir: Path | None = None) -> dict[s
         knobs = own if isinstance(own, Mapping) else None
     for k, v in spec.items():
         row[k] = _scalar(v)
-    if knobs is not None:  # knobs added after a record was written are stored only when set: default
-        knobs = {**learner_defaults(learner), **dict(knobs)}
+    if knobs is not None:  # knobs added after a record was written are stored only when set
+        from bench.spec import stored_knobs  # absent = the value before the knob existed, not today's default
+
+        knobs = {**learner_defaults(learner), **stored_knobs(learner, knobs)}
     for k, v in dict(knobs or {}).items():
         row[f"{learner}.{k}"] = _scalar(v)
     row["upstream"], row["learner"] = upstream, learner

@@ -165,11 +165,40 @@ def _prefer_fair(df: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     return (df[fair], True) if fair.any() else (df, False)
 
 
-def main_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
-    """X, X+ref and X+SAFLEX at its current defaults on UPSTREAMS; fair-protocol runs if any."""
+def first_default_label() -> str:
+    """The `knobs` label of SAFLEX's first-release default (val_batch=512, refresh=1, ref_ema=0)
+    relative to today's defaults."""
+    from bench.spec import FIRST_SAFLEX_DEFAULTS
+
+    defaults = learner_defaults(SAFLEX)
+    row = pd.Series({f"{SAFLEX}.{k}": v for k, v in {**defaults, **FIRST_SAFLEX_DEFAULTS}.items()})
+    return knob_label(row, defaults)
+
+
+def main_runs(df: pd.DataFrame, setting: str = "default") -> tuple[pd.DataFrame, bool]:
+    """X, X+ref and X+SAFLEX at one knob setting (`knobs` label) on UPSTREAMS; fair-protocol runs if any."""
     sel = df[df["upstream"].isin(UPSTREAMS) & (df["learner"].isin([NONE, REF])
-                                              | ((df["learner"] == SAFLEX) & (df["knobs"] == "default")))]
+                                              | ((df["learner"] == SAFLEX) & (df["knobs"] == setting)))]
     return _prefer_fair(sel)
+
+
+def _experiments(main: pd.DataFrame) -> dict[tuple, int]:
+    """(task, upstream) -> SAFLEX seeds run, for one setting's main runs."""
+    sx = main[main["learner"] == SAFLEX]
+    return {k: len(g["seed"].unique()) for k, g in sx.groupby(["task", "upstream"])}
+
+
+def main_setting(df: pd.DataFrame) -> str:
+    """The SAFLEX setting of the main comparison: today's default once it has run every experiment
+    (with at least as many seeds) that the first-release default ran; until then the first default,
+    so a half-finished rerun never replaces a complete comparison."""
+    first = first_default_label()
+    if first == "default":
+        return "default"
+    have_new, have_old = _experiments(main_runs(df)[0]), _experiments(main_runs(df, first)[0])
+    if have_old and not all(have_new.get(k, 0) >= n for k, n in have_old.items()):
+        return first
+    return "default"
 
 
 def tuning_runs(df: pd.DataFrame) -> pd.DataFrame:
@@ -322,6 +351,72 @@ def _main_md(table: pd.DataFrame) -> list[str]:
                  + f"{r.gain.n} / {r.gain_ref.n if r.has_ref else '–'} | {_ci(r.x)} | {_ci(r.ref)} | {_ci(r.s)} | "
                  f"{_ci(r.gain, True)} | {_ci(r.gain_ref, True)} | {_ci(r.ref_gain, True)} | {r.flags} |")
     return L
+
+
+# ---- the default change: first-release default vs today's, paired ------------------------------
+def default_change_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per experiment where both SAFLEX defaults ran (fair protocol when there is one): the paired
+    gain over X of the first-release default and of today's, their paired difference, and each one's
+    step time over X's."""
+    first = first_default_label()
+    if first == "default":
+        return pd.DataFrame()
+    old, fair_old = main_runs(df, first)
+    new, fair_new = main_runs(df, "default")
+    if fair_old != fair_new:
+        return pd.DataFrame()
+    t_old, t_new = main_table(old), main_table(new)
+    if not len(t_old) or not len(t_new):
+        return pd.DataFrame()
+    cols = [c for c in t_old.columns if c in t_new.columns and c in ("task", "upstream", *_extra_cols(t_old))]
+    both = t_old.merge(t_new, on=cols, suffixes=("_old", "_new"))
+    rows = []
+    for r in both.itertuples():
+        key = {c: getattr(r, c) for c in cols}
+        sel = np.logical_and.reduce([new[c] == v for c, v in key.items() if c in new]) & (new["learner"] == SAFLEX)
+        sel_old = np.logical_and.reduce([old[c] == v for c, v in key.items() if c in old]) & (old["learner"] == SAFLEX)
+        diff, d = _paired(_per_seed(old[sel_old]), _per_seed(new[sel]))
+        rows.append({**key, "old": r.gain_old, "new": r.gain_new, "diff": diff, "p": _p_value(d),
+                     "cost_old": r.overhead_old, "cost_new": r.overhead_new})
+    return pd.DataFrame(rows)
+
+
+def default_change_section(df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The report's side-by-side of SAFLEX's first-release default and today's (issue 18), and the
+    summary's line about it."""
+    t = default_change_table(df)
+    if not len(t):
+        return [], []
+    from bench.spec import FIRST_SAFLEX_DEFAULTS
+
+    now = learner_defaults(SAFLEX)
+    old_s = ", ".join(f"{k}={_fmt_val(v)}" for k, v in FIRST_SAFLEX_DEFAULTS.items())
+    new_s = ", ".join(f"{k}={_fmt_val(now.get(k))}" for k in FIRST_SAFLEX_DEFAULTS)
+    L = ["## SAFLEX's default: first release vs today (paired)", "",
+         f"The first release's reference step ({old_s}: a forward over up to {FIRST_SAFLEX_DEFAULTS['val_batch']} "
+         f"reference images at every step) and today's default ({new_s}) ran on the same experiments and seeds; "
+         "X and X+ref are shared. Gains are paired by seed; cost = mean SAFLEX step time / X's in the same sweep.", "",
+         "| task | upstream | pairs | Δ first default − X | Δ today's default − X | Δ today − first | p | cost first | cost today |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in t.itertuples():
+        L.append(f"| {_short(r.task)} | {r.upstream} | {r.diff.n} | {_ci(r.old, True)} | {_ci(r.new, True)} | "
+                 f"{_ci(r.diff, True)} | {r.p:.3f} | {r.cost_old:.2f}× | {r.cost_new:.2f}× |")
+    ca_old, _ = clustered_average(t.rename(columns={"old": "g"}), "g")
+    ca_new, _ = clustered_average(t.rename(columns={"new": "g"}), "g")
+    ca_d, _ = clustered_average(t.rename(columns={"diff": "g"}), "g")
+
+    def avg(c: CI) -> str:
+        return f"{_pts(c.mean, True, 2)} " + ("(no interval)" if _is_nan(c.lo) else f"[{_pts(c.lo, True, 2)}, {_pts(c.hi, True, 2)}]")
+    L += ["", LEGEND_SEEDS + " p = paired t-test of today − first over seeds (uncorrected).", "",
+          f"Task-clustered averages over {t['task'].nunique()} task(s) (95 % CI over tasks): first default − X "
+          f"{avg(ca_old)}; today's default − X {avg(ca_new)}; today − first {avg(ca_d)}. Median cost over experiments: "
+          f"first {t['cost_old'].median():.2f}×, today {t['cost_new'].median():.2f}× (sweep timings share the machine "
+          "unevenly; benchmarks/bench_saflex_overhead.py measures the ratio side by side).", ""]
+    kept = "includes 0" if not _excludes_zero(ca_d) else ("is above 0" if ca_d.lo > 0 else "is below 0")
+    verdict = [f"- SAFLEX's default moved from {old_s} to {new_s}: the paired change in gain over X averages "
+               f"{_pts(ca_d.mean, True)} points over {t['task'].nunique()} task(s), task-clustered CI {kept}; "
+               f"median step-time ratio {t['cost_old'].median():.2f}× → {t['cost_new'].median():.2f}×."]
+    return L, verdict
 
 
 # ---- protocol, generated from the specs and records -----------------------------------------------
@@ -814,7 +909,8 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: str | 
     root = Path(root)
     df = _with_labels(load_results(root))
     df = df[df["task"].isin(TASKS)]
-    main, fair = main_runs(df)
+    setting = main_setting(df)
+    main, fair = main_runs(df, setting)
     truns = tuning_runs(df)
     noisy, noisy_fair = noisy_runs(df)
     table = main_table(main)
@@ -880,10 +976,12 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: str | 
                      + " | ".join("–" if math.isnan(getattr(r, k)) else f"{getattr(r, k):.3f}" for k, _ in DIAG_COLUMNS) + " |")
         L += ["", "Each cell: mean over the arm's seeds of the last epoch's value (fractions, not points).", ""]
 
+    change_md, change_verdict = default_change_section(df)
+    L += change_md
     noisy_md, noisy_verdicts = noisy_section(noisy, noisy_fair)
     L += noisy_md
     aa_md = noise_floor_section(aa_root, main)
-    L += _summary(table, fam, avg, main, noisy_verdicts, bool(aa_md), fair, _tuning_verdict(truns))
+    L += _summary(table, fam, avg, main, noisy_verdicts, bool(aa_md), fair, _tuning_verdict(truns) + change_verdict)
     L += aa_md
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

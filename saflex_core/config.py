@@ -117,11 +117,15 @@ class SaflexConfig:
         kl: q ∝ ((1-eps) y + eps/C) * exp(-u / label_T)   (entropic regulariser).
     label_T : float > 0, default 1.0
         Temperature of the kl soft-label rule.
-    val_batch : int >= 1, default 512
+    val_batch : int >= 1, default 32
         Reference batch for (G, g): the whole validation split if it has <= val_batch samples,
         otherwise a fresh random val_batch-sample subset at every refresh.
-    refresh : int >= 1, default 1
+    refresh : int >= 1, default 4
         Steps between refreshes of (G, g).
+        The defaults val_batch=32, refresh=4, ref_ema=0.5 replace the first release's 512 / 1 / 0
+        (a forward over up to 512 reference images next to every 128-image training step): they keep
+        the step within ~1.10x the upstream's (benchmarks/bench_saflex_overhead.py); the study report
+        (reports/studies/saflex_medmnist.md) compares both settings' paired gains.
     bn_mode : "train" | "eval", default "train"
         BatchNorm during the reference forward: train = batch statistics without updating the
         running statistics; eval = running statistics (model.eval()).
@@ -139,10 +143,11 @@ class SaflexConfig:
         the margin residual undefined; added so the margin is a knob rather than a constant.)
     clean_weight : float >= 0, default 0.0
         Weight of an extra clean-sample CE term added to the SAFLEX loss.
-    ref_ema : float in [0, 1), default 0.0
+    ref_ema : float in [0, 1), default 0.5
         Running average of (G, g) across refreshes: summary <- ref_ema * summary + (1 - ref_ema) * new.
         With a small val_batch (a reference batch sized like the training batch) it keeps the summary's
-        variance down at a fraction of the cost of a large reference forward. 0 = replace.
+        variance down at a fraction of the cost of a large reference forward (0.5 with refresh 4:
+        the summary reflects roughly the last 8 steps and 96 reference samples). 0 = replace.
     """
 
     eps: float = 0.0
@@ -152,8 +157,8 @@ class SaflexConfig:
     normalize: bool = True
     labels: str = "lp"
     label_T: float = 1.0
-    val_batch: int = 512
-    refresh: int = 1
+    val_batch: int = 32
+    refresh: int = 4
     bn_mode: str = "train"
     warmup_epochs: int = 0
     reference: str = "val"
@@ -161,7 +166,7 @@ class SaflexConfig:
     residual_T: float = 2.0
     residual_margin: float = 1.0
     clean_weight: float = 0.0
-    ref_ema: float = 0.0
+    ref_ema: float = 0.5
 
     def __post_init__(self) -> None:
         coerced = {

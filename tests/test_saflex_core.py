@@ -491,9 +491,9 @@ def test_config_defaults_and_names():
     c = SaflexConfig()
     assert c.to_dict() == {
         "eps": 0.0, "rho": None, "weights": "sigmoid", "tau": 1.0, "normalize": True, "labels": "lp",
-        "label_T": 1.0, "val_batch": 512, "refresh": 1, "bn_mode": "train", "warmup_epochs": 0,
+        "label_T": 1.0, "val_batch": 32, "refresh": 4, "bn_mode": "train", "warmup_epochs": 0,
         "reference": "val", "residual": "ce", "residual_T": 2.0, "residual_margin": 1.0,
-        "clean_weight": 0.0, "ref_ema": 0.0,
+        "clean_weight": 0.0, "ref_ema": 0.5,
     }
     assert SaflexConfig.knob_names() == tuple(c.to_dict())
     assert SaflexConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
@@ -636,7 +636,7 @@ def test_ref_ema_averages_the_reference_summary():
     torch.manual_seed(0)
     h1, z1, y1 = torch.randn(8, 4), torch.randn(8, 3), torch.randint(0, 3, (8,))
     h2, z2, y2 = torch.randn(8, 4), torch.randn(8, 3), torch.randint(0, 3, (8,))
-    plain = Saflex(SaflexConfig())
+    plain = Saflex(SaflexConfig(ref_ema=0.0))
     s1 = plain.refresh(h1, z1, y1)
     s2 = plain.refresh(h2, z2, y2)  # ref_ema = 0: the last batch only
     ema = Saflex(SaflexConfig(ref_ema=0.75))

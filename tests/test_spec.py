@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from bench.errors import UsageError
-from bench.spec import RunSpec, make_spec, parse_assignments
+from bench.spec import FIRST_SAFLEX_DEFAULTS, RunSpec, make_spec, parse_assignments
 
 
 def base():
@@ -45,15 +45,35 @@ def test_every_identity_field_changes_the_key(name):
 
 
 # keys computed by the first release (commit 1639711) for specs stored in users' results: the learner
-# redesign must not orphan them
+# redesign must not orphan them. SAFLEX's default knobs have moved since (FIRST_SAFLEX_DEFAULTS), so
+# the first release's default is spelled out here.
 PINNED_KEYS = {"rand-m9-n2+saflex": "04617f4fc6ca", "none": "80a9aa54c7d4", "noisy(0.3,rand-m9-n2)+saflex": "7091437edefd"}
+FIRST = {f"saflex.{k}": v for k, v in FIRST_SAFLEX_DEFAULTS.items()}
 
 
 @pytest.mark.parametrize("method", sorted(PINNED_KEYS))
 def test_keys_of_the_first_release_stay_valid(method):
-    s = make_spec("medmnist/breastmnist", method, 1, {"model": "small_cnn", "epochs": 20, "saflex.eps": 0.1})
+    s = make_spec("medmnist/breastmnist", method, 1, {"model": "small_cnn", "epochs": 20, "saflex.eps": 0.1, **FIRST})
     assert s.key == PINNED_KEYS[method]
     assert RunSpec.from_dict(s.to_dict()).key == s.key
+
+
+def test_a_stored_spec_without_a_later_knob_ran_without_it():
+    """A record written before `ref_ema` existed has no ref_ema in its spec: read back it must mean 0
+    (what ran), not today's default, and keep its key."""
+    old = make_spec("medmnist/breastmnist", "rand-m9-n2+saflex", 1, {"model": "small_cnn", "epochs": 20, **FIRST})
+    stored = old.to_dict()
+    assert "ref_ema" not in stored["saflex"]
+    back = RunSpec.from_dict(stored)
+    assert back.knobs["ref_ema"] == 0.0 and back.key == old.key
+
+
+def test_todays_saflex_default_is_a_different_run_from_the_first():
+    now = make_spec("medmnist/breastmnist", "rand-m9-n2+saflex", 1, {"model": "small_cnn", "epochs": 20})
+    assert {k: now.knobs[k] for k in FIRST_SAFLEX_DEFAULTS} != FIRST_SAFLEX_DEFAULTS
+    assert now.key != PINNED_KEYS["rand-m9-n2+saflex"]
+    assert now.to_dict()["saflex"]["ref_ema"] == now.knobs["ref_ema"] != 0.0
+    assert RunSpec.from_dict(now.to_dict()).key == now.key
 
 
 def test_later_fields_enter_the_key_only_when_set():
