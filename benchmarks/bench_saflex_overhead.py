@@ -1,8 +1,11 @@
-"""Step-time ratio SAFLEX / upstream alone, per task family and refresh period (goal: <= 1.10 at the
-default setting).
+"""Step-time ratio SAFLEX / upstream alone, per task family, at SAFLEX's default knobs (goal: <= 1.10)
+or at given refresh periods.
 
     python benchmarks/bench_saflex_overhead.py [--tasks digits/sklearn medmnist/breastmnist ...]
-        [--data-root DIR] [--refresh 1 4 16] [--steps 40] [--threads 1] [--set saflex.val_batch=128]
+        [--data-root DIR] [--refresh 1 4 16] [--steps 40] [--threads 1] [--set saflex.val_batch=512]
+
+Without --refresh it measures the default setting (today val_batch=32, refresh=4, ref_ema=0.5);
+the first release's default is `--refresh 1 --set saflex.val_batch=512 --set saflex.ref_ema=0`.
 
 Measured in one process: two trainers of the same upstream and seed — `X` and `X+saflex` — take the
 same augmented batches and alternate steps, so both see the same machine state. The ratio is the
@@ -52,12 +55,13 @@ def build(task_name: str, method: str, overrides: dict, data_root, device, tmp: 
     return Trainer(spec, task, data, store, device=device, progress=False)
 
 
-def measure(task_name: str, args, refresh: int, tmp: str) -> tuple[float, float, float]:
+def measure(task_name: str, args, refresh: int | None, tmp: str) -> tuple[float, float, float]:
     over = dict(kv.split("=", 1) for kv in args.set)
     if args.model:
         over["model"] = args.model
     plain = build(task_name, args.upstream, over, args.data_root, args.device, tmp)
-    sfx = build(task_name, f"{args.upstream}+saflex", {**over, "saflex.refresh": refresh}, args.data_root, args.device, tmp)
+    sx_over = over if refresh is None else {**over, "saflex.refresh": refresh}
+    sfx = build(task_name, f"{args.upstream}+saflex", sx_over, args.data_root, args.device, tmp)
     t_plain = t_sfx = 0.0
     n = 0
     for epoch in range(100):
@@ -90,7 +94,8 @@ def main() -> None:
     p.add_argument("--data-root")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--refresh", type=int, nargs="*", default=[1, 4, 16])
+    p.add_argument("--refresh", type=int, nargs="*", default=[None],
+                   help="refresh periods to measure (default: the default setting's)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--set", action="append", default=[], help="extra run field / saflex.knob overrides")
@@ -100,12 +105,18 @@ def main() -> None:
     tasks = args.tasks or one_task_per_family(args.data_root)
     print(f"threads {args.threads}  device {args.device}  upstream {args.upstream}  model {args.model}  "
           f"{args.steps} steps after {args.warmup} warm-up; ratio = mean step time X+saflex / X")
+    from saflex_core import SaflexConfig
+
+    default_refresh = SaflexConfig().replace(**{k[7:]: v for k, v in (kv.split("=", 1) for kv in args.set)
+                                               if k.startswith("saflex.")}).refresh
     print(f"{'task':28s}{'refresh':>8}{'X ms':>9}{'X+S ms':>9}{'ratio':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for task_name in tasks:
             for refresh in args.refresh:
                 a, b, r = measure(task_name, args, refresh, tmp)
-                print(f"{task_name:28s}{refresh:>8}{a * 1e3:>9.2f}{b * 1e3:>9.2f}{r:>8.3f}", flush=True)
+                label = f"{default_refresh}*" if refresh is None else str(refresh)
+                print(f"{task_name:28s}{label:>8}{a * 1e3:>9.2f}{b * 1e3:>9.2f}{r:>8.3f}", flush=True)
+        print("* the default setting's refresh period")
 
 
 if __name__ == "__main__":

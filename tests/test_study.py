@@ -309,3 +309,43 @@ def test_noise_floor_section_from_an_aa_pair(tmp_path):
     md = write_study(tmp_path / "fair", tmp_path / "study.md").read_text()
     assert "not measured in this report (no A/A results given)" in md
     assert "one test image is 0.64 points on breastmnist (156 images)" in md
+
+
+# ---- SAFLEX's default moved (issue 18): first-release default vs today's, side by side ------------
+def test_first_and_todays_default_side_by_side(tmp_path):
+    """The first-release default's runs are labelled by their knobs (stored specs lack ref_ema: it
+    ran at 0, not today's 0.5), stay the main arm until today's default has run every experiment,
+    and the side-by-side table pairs both settings' gains by seed."""
+    from bench.spec import FIRST_SAFLEX_DEFAULTS
+
+    acc = fair_store(tmp_path, tuning=False, stale=False)
+    old = {k: v for k, v in FIRST_SAFLEX_DEFAULTS.items() if k != "ref_ema"}  # as the first study stored them
+    for p in (tmp_path / "runs").glob("*_saflex-*"):
+        rec = json.loads((p / "result.json").read_text())
+        rec["spec"]["saflex"] = {k: v for k, v in {**rec["spec"]["saflex"], **old}.items() if k != "ref_ema"}
+        (p / "result.json").write_text(json.dumps(rec))
+    rng = np.random.default_rng(1)
+    new = {}
+    for (task, up), _ in EFFECTS.items():
+        ep = 5 if task == P else 20
+        for s in SEEDS:
+            if task == R and up == "mixup-a0.2" and s == 5:
+                continue  # today's default is one run short: the main arm stays the first default
+            v = new[(task, up, s)] = round(acc[(task, up, s)] + 0.02 + rng.normal(0, 0.01), 4)
+            put(tmp_path, f"new-{task[9:]}-{up}-{s}", task, f"{up}+saflex", s, test=v, data=SIZES[task],
+                ref_frac=0.5, epochs=ep)
+    md = write_study(tmp_path, tmp_path / "study.md").read_text()
+    assert "SAFLEX arm: **SAFLEX, weights only (eps=0; val_batch=512,refresh=1,ref_ema=0)**" in md
+    sec = md.split("## SAFLEX's default: first release vs today (paired)")[1].split("\n## ")[0]
+    x = np.array([acc[(B, "cutmix-a1.0", s)] for s in SEEDS])
+    o = np.array([acc[(B, "cutmix-a1.0+saflex", s)] for s in SEEDS])
+    n = np.array([new[(B, "cutmix-a1.0", s)] for s in SEEDS])
+    row = line(sec.strip(), "| breastmnist | cutmix-a1.0 |")
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:6] == ["5", pm(o - x), pm(n - x), pm(n - o)], cells
+    assert line(sec.strip(), "| retinamnist | mixup-a0.2 |").split("|")[3].strip() == "4"
+    # the last run arrives: today's default becomes the main arm
+    put(tmp_path, "new-last", R, "mixup-a0.2+saflex", 5, test=0.5, data=SIZES[R], ref_frac=0.5, epochs=20)
+    md = write_study(tmp_path, tmp_path / "study.md").read_text()
+    assert "SAFLEX arm: **SAFLEX, weights only (eps=0)**" in md
+    assert "## SAFLEX's default: first release vs today (paired)" in md
