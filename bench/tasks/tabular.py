@@ -34,15 +34,6 @@ PMLB_EXAMPLES = ("tabular/pmlb:breast_cancer_wisconsin", "tabular/pmlb:credit_g"
 CATEGORICAL_TYPES = {"categorical", "nominal"}  # metadata.yaml types one-hot encoded; others are numeric
 
 
-def _ensure_tabular_policies() -> None:
-    """Register the tabular upstream policies (baselines/tabular.py) with the method registry. Called
-    when a tabular task is built, which happens before any method string is parsed for it; needed as
-    long as baselines/__init__.py does not import baselines.tabular itself."""
-    import importlib
-
-    importlib.import_module("baselines.tabular")
-
-
 # ---- options -------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=2)
 def options_schema(pmlb: bool):
@@ -221,7 +212,6 @@ class TabularTask(Task):
         return None
 
     def __init__(self, pmlb: bool = False):
-        _ensure_tabular_policies()
         self.Options = options_schema(pmlb)  # read by bench.spec.task_options
         self.n_features = 0
 
