@@ -185,3 +185,21 @@ def test_data_that_would_not_fit_the_gpu_is_refused(monkeypatch):
         use_device_resident(up, x, y, "cuda", "on")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
     assert use_device_resident(up, x, y, "cuda", "auto") == (True, None)
+
+
+def test_the_split_is_moved_to_the_device_once(monkeypatch):
+    """On CPU a move is a no-op, so check the call itself: on CUDA this is what keeps the images there."""
+    x, y = smooth_images(40, 1, 8), torch.arange(40)
+    moved, to = [], torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        if self.shape in (x.shape, y.shape):
+            moved.append((tuple(self.shape), str(args[0] if args else kwargs.get("device"))))
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    ds = AugmentedTrainSet(x, y, baselines.create_method("rand-m9-n2"), seed=0, device="cpu")
+    assert sorted(moved) == sorted([(tuple(x.shape), "cpu"), (tuple(y.shape), "cpu")])
+    moved.clear()
+    list(train_loader(ds, 16, 0))
+    assert moved == []  # batches are gathered where the split lives: nothing is moved per batch
