@@ -67,7 +67,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         record = run_spec(spec, results, args.data_root, wandb_mode=args.wandb, progress=not args.quiet, echo=True,
                           device=args.device, workers=args.workers, threads=threads,
-                          keep_checkpoints=args.keep_checkpoints, aug_path=args.aug_path)
+                          keep_checkpoints=args.keep_checkpoints, aug_path=args.aug_path,
+                          data_on_device=args.data_on_device)
     except KeyboardInterrupt:
         print(f"saflex-bench: {_interrupted_line(results, spec)}", file=sys.stderr)
         return 130
@@ -136,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--aug-path", dest="aug_path", choices=("auto", "per-image", "batched"), default="auto",
                      help="per-sample augmentation one image at a time or grouped by op over the batch (same images; "
                           "auto = batched only where it measured >= 10x faster)")
+    run.add_argument("--data-on-device", dest="data_on_device", choices=("auto", "on", "off"), default="off",
+                     help="keep the training split on the device and augment it there (batched path, same batches; "
+                          "on: error where the upstream has no batched path or the data would not fit; auto: on a GPU "
+                          "where it can, else the loader path; recorded as cost.data_path) (default: off)")
     run.add_argument("--threads", type=_positive_int,
                      help="torch CPU threads (default: the CPUs the job was given: $SLURM_CPUS_PER_TASK, "
                           "$OMP_NUM_THREADS, else the CPU affinity); recorded in result.json")

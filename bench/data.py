@@ -22,12 +22,24 @@ def normalize(x_uint8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 
 
 class AugmentedTrainSet(Dataset):
-    """Index -> (augmented sample, clean sample, label) for the current epoch, in stored form."""
+    """Index -> (augmented sample, clean sample, label) for the current epoch, in stored form.
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, upstream, seed: int, batched: bool = False):
-        self.x, self.y, self.upstream, self.seed = x, y, upstream, seed
+    `device`: the device-resident path. x and y are moved there once; each batch is then indexed and
+    augmented (batched path) there, so no image crosses from the host per batch. The order and every
+    sample's draws still come from the CPU generators above, so the batches are those of the loader path."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, upstream, seed: int, batched: bool = False,
+                 device: torch.device | str | None = None):
+        self.upstream, self.seed = upstream, seed
         self.epoch = 0
         self.per_sample = getattr(upstream, "has_sample_stage", True)
+        self.on_device = device is not None
+        if self.on_device:
+            if self.per_sample and not getattr(upstream, "has_batched_sample_stage", False):
+                raise ValueError(f"upstream '{upstream}' has no batched per-sample path to run on the device")
+            x, y = x.to(device), y.to(device)
+            batched = True  # per-image application would loop over device tensors one image at a time
+        self.x, self.y = x, y
         # the batched path draws each image's ops from the same per-sample generator: same images
         self.batched = batched and self.per_sample
 
@@ -54,7 +66,7 @@ def train_loader(ds: AugmentedTrainSet, batch_size: int, epoch: int, workers: in
     sample's draw depends on (seed, epoch, index) only)."""
     ds.epoch = epoch
     batches = epoch_batches(len(ds), batch_size, ds.seed, epoch)
-    if not ds.per_sample or workers == 0 or ds.batched:
+    if not ds.per_sample or workers == 0 or ds.batched or ds.on_device:
         return _in_process(ds, batches)
     return iter(DataLoader(ds, batch_sampler=batches, num_workers=workers, persistent_workers=False,
                            pin_memory=pin_memory))
@@ -62,7 +74,7 @@ def train_loader(ds: AugmentedTrainSet, batch_size: int, epoch: int, workers: in
 
 def _in_process(ds: AugmentedTrainSet, batches: list[list[int]]):
     for b in batches:
-        idx = torch.tensor(b)
+        idx = torch.tensor(b, device=ds.x.device)  # on the device path: gathered there, not on the host
         clean = ds.x[idx]
         if ds.batched:
             aug = ds.upstream.batch_sample_transform(clean, [generator(ds.seed, "sample", ds.epoch, i) for i in b])
@@ -94,6 +106,52 @@ def use_batched_path(upstream, aug_path: str) -> bool:
     from baselines import batched_path_default
 
     return batched_path_default(upstream)
+
+
+DATA_ON_DEVICE = ("auto", "on", "off")
+# The training split may take at most this share of the device's free memory: the model, optimiser
+# state and activations need the rest, and running out of memory mid-run costs more than the copies saved.
+DEVICE_DATA_SHARE = 0.5
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+
+def device_resident_blocker(upstream, x, y, device: torch.device, aug_path: str = "auto") -> str | None:
+    """Why the training split (x, y) cannot stay on `device` with this upstream; None when it can."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        return "the task's training data is not a tensor"
+    if getattr(upstream, "has_sample_stage", True):
+        if not getattr(upstream, "has_batched_sample_stage", False):
+            return f"upstream '{upstream}' has no batched per-sample path"
+        if aug_path == "per-image":
+            return "aug_path per-image asks for the per-image path; the device-resident path is batched"
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        need = _nbytes(x) + _nbytes(y)
+        if need > DEVICE_DATA_SHARE * free:
+            return (f"the training split ({need / 2**20:.0f} MiB) is over {DEVICE_DATA_SHARE:.0%} of the "
+                    f"{free / 2**20:.0f} MiB free on {device}")
+    return None  # the CPU: the data is in host memory already, it always fits
+
+
+def use_device_resident(upstream, x, y, device: torch.device | str, setting: str, aug_path: str = "auto") -> tuple[bool, str | None]:
+    """(keep the training data on the device?, why not when `auto` fell back). `on` where it cannot:
+    UsageError. `auto` uses it on a GPU only: on the CPU the data is in host memory either way."""
+    if setting not in DATA_ON_DEVICE:
+        raise UsageError(f"unknown data_on_device '{setting}' (valid: {', '.join(DATA_ON_DEVICE)})")
+    if setting == "off":
+        return False, None
+    device = torch.device(device)
+    why = device_resident_blocker(upstream, x, y, device, aug_path)
+    if setting == "on":
+        if why is not None:
+            raise UsageError(f"data_on_device on: {why} (valid: {', '.join(DATA_ON_DEVICE)}; auto falls back to the loader path)")
+        return True, None
+    if why is None and device.type != "cuda":
+        why = "the device is the CPU"
+    return why is None, why
 
 
 # ---- the reference part ------------------------------------------------------------------------

@@ -121,14 +121,17 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
              wandb_mode: str | None = None, sweep: str | None = None, progress: bool = True, device: str | None = None,
              workers: int | None = None, on_epoch_end: Callable[[int, dict], None] | None = None,
              threads: int | None = None, echo: bool | None = None, keep_checkpoints: str = "best",
-             aug_path: str = "auto") -> dict[str, Any]:
+             aug_path: str = "auto", data_on_device: str = "off") -> dict[str, Any]:
     """Train and evaluate `spec`; return its result record. A done run is returned as is; a run whose
     directory holds a checkpoint resumes from it. One process trains a run at a time (run_lock): a
     second waits, then returns the record the first wrote. `threads`: torch's intra-op threads
     (default: the CPUs the job was given). `echo`: print the per-epoch lines (default: `progress`).
     `workers`: DataLoader workers for the per-sample stage (None: bench.data.default_workers).
     `keep_checkpoints`: what stays once result.json is written (best: best.pt; full; none).
-    `aug_path`: per-image, batched or auto (per-sample augmentation; the same images either way)."""
+    `aug_path`: per-image, batched or auto (per-sample augmentation; the same images either way).
+    `data_on_device`: off, on or auto: keep the training split on the device and augment it there
+    (batched path; the same batches); auto uses it on a GPU where it fits, else the loader path.
+    Which path ran is recorded as cost.data_path (an execution setting: not in the key)."""
     store = ResultsStore(resolve_results_root(results))
     key = spec.key
     done = store.read_result(key)
@@ -137,13 +140,15 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
     # user errors surface before anything is written
     device = resolve_device(device)
     threads = resolve_threads(threads)
-    from bench.data import AUG_PATHS, default_workers
+    from bench.data import AUG_PATHS, DATA_ON_DEVICE, default_workers
     from bench.store import KEEP_CHECKPOINTS
 
     if keep_checkpoints not in KEEP_CHECKPOINTS:
         raise UsageError(f"unknown keep_checkpoints '{keep_checkpoints}' (valid: {', '.join(KEEP_CHECKPOINTS)})")
     if aug_path not in AUG_PATHS:
         raise UsageError(f"unknown aug_path '{aug_path}' (valid: {', '.join(AUG_PATHS)})")
+    if data_on_device not in DATA_ON_DEVICE:
+        raise UsageError(f"unknown data_on_device '{data_on_device}' (valid: {', '.join(DATA_ON_DEVICE)})")
     if workers is None:
         workers = default_workers(threads, "cuda" if str(device).startswith("cuda") else "cpu")
     elif workers < 0:
@@ -155,6 +160,12 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
     from bench.data import with_reference
 
     data = with_reference(task.load(data_root, spec), spec.ref_frac, spec.ref_from, spec.seed)
+    if data_on_device == "on":  # fail before anything is written (the trainer decides again, on its own split)
+        import baselines
+
+        from bench.data import use_device_resident
+
+        use_device_resident(baselines.create_method(spec.upstream), data.train.x, data.train.y, device, "on", aug_path)
     check_results_root(store.root)
     with run_lock(store.run_dir(key)):
         done = store.read_result(key)  # another process finished it while we waited
@@ -162,11 +173,11 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
             return done
         return _train(spec, store, task, data, device, threads, wandb_mode=wandb_mode, sweep=sweep, progress=progress,
                       echo=progress if echo is None else echo, workers=workers, on_epoch_end=on_epoch_end,
-                      keep_checkpoints=keep_checkpoints, aug_path=aug_path)
+                      keep_checkpoints=keep_checkpoints, aug_path=aug_path, data_on_device=data_on_device)
 
 
 def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads: int, *, wandb_mode, sweep, progress,
-           echo, workers, on_epoch_end, keep_checkpoints="best", aug_path="auto") -> dict[str, Any]:
+           echo, workers, on_epoch_end, keep_checkpoints="best", aug_path="auto", data_on_device="off") -> dict[str, Any]:
     import torch
 
     from bench.trainer import Trainer
@@ -186,7 +197,7 @@ def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads:
 
         tracker = start_tracking(spec.to_dict(), key, run_dir, wandb_mode, sweep)
         trainer = Trainer(spec, task, data, store, device=device, workers=workers, aug_path=aug_path, progress=progress, echo=echo,
-                          tracker=tracker, on_epoch_end=on_epoch_end)
+                          tracker=tracker, on_epoch_end=on_epoch_end, data_on_device=data_on_device)
         out = trainer.fit()
         record = dict(key=key, status="done", sweep=sweep, spec=spec.to_dict(), metrics=out["metrics"], cost=out["cost"],
                       data=split_sizes(data), info=_jsonable(data.info), versions=versions(), host=socket.gethostname(), device=str(trainer.device),

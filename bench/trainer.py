@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench import store as store_mod
-from bench.data import AugmentedTrainSet, train_loader, use_batched_path
+from bench.data import AugmentedTrainSet, train_loader, use_batched_path, use_device_resident
 from bench.learners.base import LearnerContext, StepBatch, get_learner_class
 from bench.seeding import generator, seeded_global
 from bench.spec import RunSpec
@@ -73,7 +73,8 @@ TIMING_KEYS = frozenset({"epoch_s", "samples_per_s", "learner_s", "saflex_s", *P
 class Trainer:
     def __init__(self, spec: RunSpec, task: Task, data: TaskData, store: store_mod.ResultsStore, *,
                  device: str | None = None, workers: int = 0, aug_path: str = "auto", progress: bool = True, tracker=None,
-                 on_epoch_end: Callable[[int, dict], None] | None = None, echo: bool | None = None):
+                 on_epoch_end: Callable[[int, dict], None] | None = None, echo: bool | None = None,
+                 data_on_device: str = "off"):
         import baselines
 
         self.spec, self.task, self.data, self.store = spec, task, data, store
@@ -100,8 +101,13 @@ class Trainer:
         self.sched = build_scheduler(spec, self.opt)
         train = self.learner.train_split(data)
         self.upstream = self.upstream.bind(train.x, train.y)
+        # data_on_device: an execution setting like aug_path (same batches either way, never in the key)
+        on_device, self.data_path_fallback = use_device_resident(self.upstream, train.x, train.y, self.device,
+                                                                 data_on_device, aug_path)
         self.trainset = AugmentedTrainSet(train.x, train.y, self.upstream, spec.seed,
-                                          batched=use_batched_path(self.upstream, aug_path))
+                                          batched=use_batched_path(self.upstream, aug_path),
+                                          device=self.device if on_device else None)
+        self.data_path = "device" if on_device else "loader"  # what ran: recorded in result.json's cost
         self.state = TrainState()
 
     @staticmethod
@@ -111,6 +117,12 @@ class Trainer:
         if not learner_cls.uses_reference:
             return None
         return data.reference if data.reference is not None else data.select
+
+    @property
+    def aug_path_ran(self) -> str:
+        """How the per-sample stage was applied: batched, per-image, or none (no per-sample stage)."""
+        ts = self.trainset
+        return "none" if not ts.per_sample else ("batched" if ts.batched else "per-image")
 
     # ---- helpers ---------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -295,6 +307,8 @@ class Trainer:
         spec, s = self.spec, self.state
         self.check_batchnorm_steps()
         self.ctx.seconds["learner_s"] = s.cost["learner_s"]
+        if self.data_path_fallback:
+            self.log(f"data_on_device auto: loader path ({self.data_path_fallback})")
         if start:
             self.log(f"resumed from checkpoint after epoch {start}/{spec.epochs}")
             self.store.write_metrics(self.key, s.history)
@@ -349,7 +363,7 @@ class Trainer:
         c = s.cost
         cost = dict(wall_s=c["wall_s"], epoch_s=c["train_s"] / max(epochs_run, 1), samples_per_s=c["samples"] / max(c["train_s"], 1e-9),
                     step_s=c["train_s"] / max(c["steps"], 1), learner_s=c["learner_s"], peak_mem_mb=peak_memory_mb(self.device),
-                    **{k: c.get(k, 0.0) for k in PHASES})
+                    **{k: c.get(k, 0.0) for k in PHASES}, data_path=self.data_path, aug_path=self.aug_path_ran)
         return dict(metrics=metrics, cost=cost, warnings=list(self.warnings))
 
 

@@ -9,6 +9,11 @@ normalisation, nothing imported from the suite — and the suite's Trainer on th
 architecture, optimiser and batch size, alternating blocks of steps so both see the same machine
 state. Prints training samples/s of each and the ratio suite / plain. With `--upstream rand-m9-n2`
 the suite applies per-sample RandAugment while the plain loop does not (that shows its cost).
+
+With `--data-path` the two sides are both the suite's Trainer: the loader path (aug_path=batched: each
+batch augmented on the host, then copied to the device) and the device-resident path
+(data_on_device=on: the split lives on the device, batches are gathered and augmented there). Same
+batches, same alternating blocks; prints samples/s of each and the ratio device / loader.
 """
 from __future__ import annotations
 
@@ -102,24 +107,46 @@ def measure(task_name, model_name, args, tmp):
     plain = PLAIN[model_name](x.shape[1], task.num_classes).to(device)
     opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
-    t_plain = t_suite = 0.0
-    n_plain = n_suite = 0
     it = [iter(tr.batches(0)), 0]
-    plain_steps(plain, opt, x, y, 128, 2, device, g)  # warm-up both
-    suite_steps(tr, it, 2)
-    block = max(1, args.steps // 5)
+    return alternate(lambda k: plain_steps(plain, opt, x, y, 128, k, device, g), lambda k: suite_steps(tr, it, k),
+                     args.steps, device)
+
+
+def alternate(run_a, run_b, steps, device):
+    """samples/s of run_a and run_b (each: k steps -> samples), timed in 5 alternating blocks after a warm-up
+    of 2 steps each, so both see the same machine state (the shared machine's load drifts)."""
+    run_a(2)
+    run_b(2)
+    t_a = t_b = 0.0
+    n_a = n_b = 0
+    block = max(1, steps // 5)
     for _ in range(5):
         sync(device)
         t0 = time.perf_counter()
-        n_plain += plain_steps(plain, opt, x, y, 128, block, device, g)
+        n_a += run_a(block)
         sync(device)
         t1 = time.perf_counter()
-        n_suite += suite_steps(tr, it, block)
+        n_b += run_b(block)
         sync(device)
         t2 = time.perf_counter()
-        t_plain += t1 - t0
-        t_suite += t2 - t1
-    return n_plain / t_plain, n_suite / t_suite
+        t_a += t1 - t0
+        t_b += t2 - t1
+    return n_a / t_a, n_b / t_b
+
+
+def measure_data_path(task_name, model_name, args, tmp):
+    """(loader path samples/s, device-resident path samples/s): the same run, two Trainers."""
+    spec = make_spec(task_name, args.upstream, 0, {"model": model_name, "batch_size": 128, "optimizer": "adam", "lr": 1e-3})
+    task = get_task(task_name)
+    data = with_reference(task.load(args.data_root, spec), None, "val", 0)
+    trainers = []
+    for name, kw in (("loader", dict(aug_path="batched")), ("device", dict(data_on_device="on"))):
+        store = ResultsStore(f"{tmp}/{name}")
+        store.run_dir(spec.key).mkdir(parents=True, exist_ok=True)
+        trainers.append(Trainer(spec, task, data, store, device=args.device, progress=False, workers=0, **kw))
+    its = [[iter(tr.batches(0)), 0] for tr in trainers]
+    return alternate(lambda k: suite_steps(trainers[0], its[0], k), lambda k: suite_steps(trainers[1], its[1], k),
+                     args.steps, torch.device(args.device))
 
 
 def main() -> None:
@@ -131,19 +158,22 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--upstream", default="none")
+    p.add_argument("--data-path", action="store_true",
+                   help="time the device-resident path (data_on_device=on) against the loader path (aug_path=batched)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.data_root = resolve_data_root(args.data_root)
     print(f"device {args.device}  threads {args.threads}  upstream (suite) {args.upstream}  {args.steps} steps each, "
           f"batch 128, Adam 1e-3")
-    print(f"{'task':26s}{'model':>10s}{'plain/s':>10s}{'suite/s':>10s}{'ratio':>8s}")
+    heads = ("loader/s", "device/s") if args.data_path else ("plain/s", "suite/s")
+    print(f"{'task':26s}{'model':>10s}{heads[0]:>10s}{heads[1]:>10s}{'ratio':>8s}")
     with tempfile.TemporaryDirectory() as tmp:
         for task_name in args.tasks:
             if get_task(task_name).check_data(args.data_root) is not None:
                 print(f"{task_name:26s}  skipped: {get_task(task_name).check_data(args.data_root)}")
                 continue
             for model_name in args.models:
-                a, b = measure(task_name, model_name, args, tmp)
+                a, b = (measure_data_path if args.data_path else measure)(task_name, model_name, args, tmp)
                 print(f"{task_name:26s}{model_name:>10s}{a:>10.1f}{b:>10.1f}{b / a:>8.3f}", flush=True)
 
 

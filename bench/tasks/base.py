@@ -153,7 +153,8 @@ class ImageTask(Task):
         if isinstance(mean, (int, float)) and isinstance(std, (int, float)):
             return (x - mean) / std
         shape = (1, -1, 1, 1) if x.ndim == 4 else (-1, 1, 1)
-        return (x - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+        # on x's device: the device-resident path prepares batches on the GPU
+        return (x - torch.tensor(mean, device=x.device).view(shape)) / torch.tensor(std, device=x.device).view(shape)
 
     def build_model(self, spec: Any):
         from bench.models import create_model
