@@ -220,7 +220,9 @@ class _PackSignals:
 
 
 def _child_main(argv: list[str]) -> int:
-    """One run of a pack, in its own process: the one-run task's call, stopping cleanly on a signal."""
+    """One run of a pack, in its own process: the one-run task's call, stopping cleanly on a signal.
+    Its last stdout line gives the process's own start and end time (what the concurrency test reads)."""
+    t0 = time.time()
     from sweeps.launcher import RunJob
 
     args = json.loads(argv[0])
@@ -240,6 +242,8 @@ def _child_main(argv: list[str]) -> int:
     except JobTerminated as e:
         print(f"saflex-bench job: {e}", file=sys.stderr, flush=True)
         return STOPPED
+    finally:
+        print(f"saflex-bench pack: child pid {os.getpid()} ran from {t0:.3f} to {time.time():.3f}", flush=True)
     return 0
 
 
