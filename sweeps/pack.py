@@ -107,15 +107,15 @@ class PackJob(submitit.helpers.Checkpointable):
             if stop.signum is not None:
                 stop.forward()
             # poll, never block in Popen.wait: a signal handler must not wait on the same Popen objects
-            while any(p.poll() is None for p in children.values()):
-                stop.enforce_grace()
-                time.sleep(0.2)
+            while True:
+                live = [p for p in children.values() if p.poll() is None]  # poll each: exit times recorded
                 for k, p in children.items():
                     if p.returncode is not None and len(times[k]) == 1:
                         times[k].append(time.time())
-        for k in children:
-            if len(times[k]) == 1:
-                times[k].append(time.time())
+                if not live:
+                    break
+                stop.enforce_grace()
+                time.sleep(0.2)
         report = self._report(store, folder, children, times)
         if stop.signum is not None:
             stop.finish()  # requeue (USR2) or JobTerminated (SIGTERM), as a one-run task would
@@ -142,8 +142,8 @@ class PackJob(submitit.helpers.Checkpointable):
             else:
                 out, err = run_log_paths(folder, key)
                 state = "failed"
-                why = _last_line(err) or _last_line(out)
-                error = (why or (f"killed by signal {-code}" if code < 0 else f"exit code {code} without a result"))[:200]
+                why = f"killed by signal {-code}" if code < 0 else (_last_line(err) or f"exit code {code} without a result")
+                error = why[:200]
             report.append(dict(key=key, state=state, exit_code=code, error=error, pid=p.pid,
                                started=times[key][0], ended=times[key][-1], at=now_iso()))
             print(f"saflex-bench pack: run {key} {state}" + (f": {error}" if error and state == "failed" else ""),

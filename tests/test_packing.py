@@ -92,11 +92,11 @@ def test_failed_run_of_a_pack_leaves_the_others_done_and_only_it_is_resubmitted(
     one line naming it, `status` shows its own error, and the next `sweep` submits it alone."""
     path = write(tmp_path, """
         name: pack-fail
-        fixed: {epochs: 1, method: none}
-        grid:
-          - {task: [digits/sklearn], seed: [0]}
-          - {task: [medmnist/breastmnist], seed: [0]}
-          - {task: [digits/sklearn], seed: [1]}
+        fixed: {method: none}
+        grid:  # the digits runs train for a while: the failing run ends while they are still training
+          - {task: [digits/sklearn], seed: [0], epochs: [6], batch_size: [16]}
+          - {task: [medmnist/breastmnist], seed: [0], epochs: [1]}
+          - {task: [digits/sklearn], seed: [1], epochs: [6], batch_size: [16]}
         launcher: {runs_per_job: 3, timeout_min: 10}
     """)
     cfg = load_sweep(path)
