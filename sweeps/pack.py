@@ -140,8 +140,7 @@ class PackJob(submitit.helpers.Checkpointable):
             elif code == STOPPED:
                 state, error = "stopped", "stopped by a signal; resumes from its last checkpoint"
             else:
-                out, err = run_log_paths(folder, key)
-                state = "failed"
+                state, err = "failed", run_log_paths(folder, key)[1]
                 why = f"killed by signal {-code}" if code < 0 else (_last_line(err) or f"exit code {code} without a result")
                 error = why[:200]
             report.append(dict(key=key, state=state, exit_code=code, error=error, pid=p.pid,

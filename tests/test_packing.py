@@ -174,3 +174,38 @@ def test_pack_job_requests_k_times_cpus_and_memory_and_the_sweeps_gpus(tmp_path,
     text = ex._executor._make_submission_file_text("python -m x", "uid")
     for line in ("--cpus-per-task=8", "--mem=32GB", "--gpus-per-node=1"):
         assert f"#SBATCH {line}\n" in text, line
+
+
+@pytest.mark.skipif(os.environ.get("SAFLEX_LONG_PACK") != "1",
+                    reason="~2.5 min on 2 loaded cores: SAFLEX_LONG_PACK=1 pytest tests/test_packing.py -k preempted")
+def test_preempted_pack_forwards_the_signal_and_each_run_resumes_from_its_checkpoint(tmp_path):
+    """USR2 to a local pack job (as SLURM sends on preemption): its children stop keeping their
+    checkpoints, submitit requeues the pack, and each run resumes from its own checkpoint."""
+    import signal
+    import time
+
+    path = write(tmp_path, """
+        name: pre
+        fixed: {task: digits/sklearn, method: none, epochs: 12, batch_size: 16}
+        grid: {seed: [0, 1]}
+        launcher: {runs_per_job: 2, timeout_min: 30}
+    """)
+    cfg = load_sweep(path)
+    plan = plan_sweep(cfg)
+    store = ResultsStore(tmp_path / "r")
+    ((_, job), _) = submit_runs("local", store.root, cfg.name, cfg.launcher, plan.runs, None, "disabled")
+    deadline = time.time() + 300
+    while not all(len(store.read_metrics(k)) >= 2 for k in plan.keys):
+        assert time.time() < deadline, "the runs did not reach epoch 2"
+        time.sleep(0.5)
+    ctrl = job._process.pid  # the local controller; the job process is its child (SLURM signals the job)
+    (pid,) = map(int, Path(f"/proc/{ctrl}/task/{ctrl}/children").read_text().split())
+    os.kill(pid, signal.SIGUSR2)
+    assert {s["status"] for s in job.result()} == {"done"}
+    folder = Path(str(job.paths.folder))
+    rows = [json.loads(ln) for ln in (folder / PACK_LOG).read_text().splitlines()]
+    assert [r["state"] for r in rows] == ["stopped", "stopped", "done", "done"], rows
+    for key in plan.keys:
+        log = (folder / f"run_{key}.out").read_text()
+        assert "from scratch" in log and "resuming from its checkpoint" in log, log
+        assert len(store.read_metrics(key)) == 12
