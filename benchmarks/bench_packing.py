@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,7 +82,9 @@ def main() -> int:
     for k, n, wall, rate in rows:
         print(f"{k:>3}  {n:>4}  {wall:>8.1f}  {rate:>9.0f}  {rate / rows[0][3]:.2f}x")
     print(f"(tasks {','.join(tasks)}, method {args.method}, {args.epochs} epochs, device {args.device}, "
-          f"{args.cpus_per_task} CPU threads per run; results under {root})")
+          f"{args.cpus_per_task} CPU threads per run" + (f"; results under {root})" if args.keep else ")"))
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
