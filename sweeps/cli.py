@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import time
@@ -29,6 +30,9 @@ def register(subparsers: Any) -> None:
     sw.add_argument("--wandb", choices=("online", "offline", "disabled"), help="wandb mode (default $WANDB_MODE or offline)")
     sw.add_argument("--threads", type=int,
                     help="torch CPU threads per run (default: the sweep's launcher.cpus_per_task); recorded in result.json")
+    sw.add_argument("--runs-per-job", type=int, metavar="K",
+                    help="train K runs concurrently in each job, sharing its GPU (default: the sweep's "
+                         "launcher.runs_per_job, 1); the job asks for K x cpus_per_task CPUs and K x mem_gb")
     sw.add_argument("--cache", help="diffusion cache root for a generate: stage (default $SAFLEX_CACHE or ~/.cache/saflex-bench)")
     sw.set_defaults(func=cmd_sweep)
 
@@ -97,6 +101,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     wandb_mode = resolve_mode(args.wandb)
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.runs_per_job is not None and args.runs_per_job < 1:
+        raise UsageError(f"--runs-per-job: expected an integer >= 1, got {args.runs_per_job}")
     cfg, plan, results, store = _load(args)
     check_results_root(results, create=not args.dry_run)
     if args.executor:
@@ -116,6 +122,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         launcher = before_training(cfg, kind, args.cache, data_root, results, args.dry_run)
         if launcher is None:
             return 1
+    if args.runs_per_job is not None:  # the flag overrides the file
+        launcher = dataclasses.replace(launcher, runs_per_job=args.runs_per_job)
 
     def classify():
         keys = plan.keys
@@ -175,14 +183,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not pairs:
         print("nothing to submit" + (" (all runs done)" if len(done) == len(plan.runs) else ""))
         return 0
-    ids = [str(j.job_id) for _, j in pairs]
+    ids = list(dict.fromkeys(str(j.job_id) for _, j in pairs))  # the runs of a pack share a job
+    packed = f", {launcher.runs_per_job} runs per job" if launcher.runs_per_job > 1 else ""
     arr = ids[0].split("_", 1)[0] if kind == "slurm" else None
     if kind == "slurm":
         par = cfg.launcher.array_parallelism
         what = f"job array {arr} ({len(ids)} tasks, {par} at a time" if len(ids) > 1 else f"job {ids[0]} (1 task"
-        print(f"{what}, partition {cfg.launcher.partition or 'default'})")
+        print(f"{what}, partition {cfg.launcher.partition or 'default'}{packed})")
     elif kind == "local":
-        print(f"{len(ids)} local jobs (pids {ids[0]}..{ids[-1]}), {cfg.launcher.array_parallelism} at a time")
+        print(f"{len(ids)} local jobs (pids {ids[0]}..{ids[-1]}), {cfg.launcher.array_parallelism} at a time{packed}")
     print(f"logs {logs_folder(results, cfg.name)}  (%j = job id)")
     print(f"ledger {sweep_dir(results, cfg.name) / 'submissions.jsonl'}")
     wait = args.wait if args.wait is not None else kind in ("local", "debug")
@@ -207,16 +216,26 @@ def _missing_data(plan, data_root) -> dict[str, str]:
 def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) -> int:
     t0 = time.time()
     n = len(pairs)
+    n_jobs = len({id(j) for _, j in pairs})
+    what = f"{n} jobs" if n_jobs == n else f"{n} runs in {n_jobs} jobs"  # packs: several runs per job
     remaining = list(pairs)
     finished = failed = 0
     interactive = sys.stdin.isatty()
-    print(f"waiting for {n} jobs (Ctrl-C stops waiting{'' if kind == 'slurm' else ' and the jobs'}; "
+    ledger = {}
+    if results is not None and sweep_name:
+        from sweeps.launcher import LEDGER, read_ledger, sweep_dir
+
+        ledger = read_ledger(sweep_dir(results, sweep_name) / LEDGER)
+    errors: dict[int, Any] = {}  # job -> its error, asked once (a failed debug job reruns when asked again)
+    print(f"waiting for {what} (Ctrl-C stops waiting{'' if kind == 'slurm' else ' and the jobs'}; "
           "a later `sweep` resumes unfinished runs)", flush=True)
     try:
         while remaining:
             progressed = False
             for run, job in list(remaining):
-                if kind == "debug":
+                if id(job) in errors:
+                    err = errors[id(job)]
+                elif kind == "debug":
                     err = None
                     if interactive:
                         try:
@@ -229,6 +248,7 @@ def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) 
                     continue
                 else:
                     err = job.exception()
+                errors[id(job)] = err
                 remaining.remove((run, job))
                 finished += 1
                 progressed = True
@@ -240,7 +260,7 @@ def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) 
                 else:
                     failed += 1
                     state = "failed"
-                    note = _failure_line(store, run.key, job, err)
+                    note = _failure_line(store, run.key, job, err, ledger.get(run.key))
                 print(f"[{finished}/{n}] " + _row(run.key, state, run.spec, note), flush=True)
             if remaining and not progressed:
                 time.sleep(1.0 if kind != "slurm" else 5.0)
@@ -258,18 +278,19 @@ def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) 
         print(f"saflex-bench: interrupted: {finished}/{n} finished, {stopped} stopped (they keep their last checkpoint), "
               f"{len(never)} never started; re-run the same `sweep` command to resume", file=sys.stderr)
         return 130
-    print(f"finished {n} jobs in {_fmt_s(time.time() - t0)}: done {n - failed} / failed {failed}")
+    print(f"finished {what} in {_fmt_s(time.time() - t0)}: done {n - failed} / failed {failed}")
     return 1 if failed else 0
 
 
-def _failure_line(store, key: str, job, err) -> str:
-    from sweeps.status import last_error_line
+def _failure_line(store, key: str, job, err, entry: dict | None = None) -> str:
+    from sweeps.status import last_error_line, run_log_error
 
     attempt = store.read_attempt(key) or {}
     if attempt.get("state") in ("failed", "interrupted") and attempt.get("error"):
         return str(attempt["error"])[:300]
+    line = run_log_error(entry)  # a packed run: its own child's logs before the pack's
     try:
-        line = last_error_line(job.paths.stderr) or last_error_line(job.paths.stdout)
+        line = line or last_error_line(job.paths.stderr) or last_error_line(job.paths.stdout)
     except Exception:  # noqa: BLE001 - debug jobs have no files
         line = ""
     if not line and err is not None:

@@ -56,6 +56,8 @@ class Launcher:
     slurm_additional_parameters: Mapping[str, Any] = field(default_factory=dict)
     # every run of the sweep trains in bench.numerics' deterministic mode (threads = cpus_per_task)
     deterministic: bool = False
+    # runs per array task, trained concurrently (sweeps/pack.py); cpus_per_task and mem_gb are per run
+    runs_per_job: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -127,6 +129,7 @@ _LAUNCHER_CHECKS: dict[str, tuple[Any, str]] = {
     "setup": (_str_list, "a list of shell lines"),
     "slurm_additional_parameters": (_scalar_map, "a mapping of sbatch option -> scalar"),
     "deterministic": (_bool, "true or false"),
+    "runs_per_job": _int(1),
 }
 
 

@@ -7,13 +7,18 @@
 - Executors: `slurm` (sbatch job array, `array_parallelism` at a time), `local` (one subprocess per
   run through submitit's LocalExecutor; at most `array_parallelism` train at once: the others wait for
   a slot lock), `debug` (in this process, sequentially; pdb on failure when on a terminal).
+- Packs (`launcher.runs_per_job` K > 1): each array task is a `sweeps.pack.PackJob` that trains K runs
+  concurrently, one child process each (see sweeps/pack.py); the job asks for K x cpus_per_task CPUs
+  and K x mem_gb memory.
 - Ledger: `<results>/sweeps/<name>/submissions.jsonl`, one JSON line per submitted run (key, job id,
-  array index, executor, log folder, time); `status` reads it to ask the scheduler about each run.
+  array index, executor, log folder, time; packed runs also pack_index, pack_size, run_logs); `status` reads it
+  to ask the scheduler about each run.
 - Logs: `<results>/sweeps/<name>/logs/<job id>/` (submitit's stdout/stderr/pickles).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import fcntl
 import json
@@ -245,32 +250,56 @@ def _without_secrets():
         os.environ.update(saved)
 
 
+def pack_resources(launcher: Launcher) -> Launcher:
+    """What one job asks for: cpus_per_task and mem_gb are per run, so a pack of K runs asks K times
+    both; gpus_per_node is the sweep's (the K runs share the job's GPU)."""
+    k = launcher.runs_per_job
+    if k == 1:
+        return launcher
+    return dataclasses.replace(launcher, cpus_per_task=launcher.cpus_per_task * k, mem_gb=launcher.mem_gb * k)
+
+
 def submit_runs(kind: str, results: Path, sweep_name: str, launcher: Launcher, runs: Sequence[Any],
                 data_root: Path | None, wandb_mode: str, threads: int | None = None) -> list[tuple[Any, Any]]:
-    """Submit `runs` (PlannedRun) as one job array; append them to the ledger; return (run, job) pairs."""
+    """Submit `runs` (PlannedRun) as one job array; append them to the ledger; return (run, job) pairs.
+    With launcher.runs_per_job K > 1 each array task is a PackJob training K runs concurrently (plan
+    order, groups of K): the pairs then share jobs, and every run still has its own ledger line."""
+    from sweeps.pack import PackJob, child_log_dir, chunk
+
     results = Path(results).resolve()
     folder = logs_folder(results, sweep_name)
-    ex = make_executor(kind, folder, launcher, f"saflex-{sweep_name}", len(runs))
+    k = launcher.runs_per_job
+    groups = chunk(runs, k)
+    ex = make_executor(kind, folder, pack_resources(launcher), f"saflex-{sweep_name}", len(groups))
     slots_dir = str(sweep_dir(results, sweep_name) / "slots") if kind == "local" else None
-    fn = RunJob()
+    # threads per RUN (each child of a pack too): the sweep's cpus_per_task, not the pack's total
+    common = (str(results), str(data_root) if data_root else None, wandb_mode, sweep_name,
+              threads or launcher.cpus_per_task, slots_dir, launcher.array_parallelism, launcher.deterministic)
     jobs = []
     with (_without_secrets() if kind == "slurm" else contextlib.nullcontext()):
         with ex.batch():
-            for run in runs:
-                jobs.append(ex.submit(fn, run.spec.to_dict(), str(results), str(data_root) if data_root else None,
-                                      wandb_mode, sweep_name, threads or launcher.cpus_per_task, slots_dir,
-                                      launcher.array_parallelism, launcher.deterministic))
-    entries = []
+            for group in groups:
+                if k == 1:
+                    jobs.append(ex.submit(RunJob(), group[0].spec.to_dict(), *common))
+                else:
+                    jobs.append(ex.submit(PackJob(), [r.spec.to_dict() for r in group], *common, str(folder)))
+    entries, pairs = [], []
     t = now_iso()
-    for i, (run, job) in enumerate(zip(runs, jobs)):
+    for i, (group, job) in enumerate(zip(groups, jobs)):
         job_id = str(job.job_id)
         array_id, _, index = job_id.partition("_")
-        entries.append(dict(key=run.key, job_id=job_id, array_job_id=array_id if index else None,
-                            array_index=int(index) if index.isdigit() else (i if kind != "slurm" else None),
-                            executor=kind, folder=str(folder), submitted_at=t, host=os.uname().nodename,
-                            task=run.spec.task, method=run.spec.method, seed=run.spec.seed))
+        for j, run in enumerate(group):
+            entry = dict(key=run.key, job_id=job_id, array_job_id=array_id if index else None,
+                         array_index=int(index) if index.isdigit() else (i if kind != "slurm" else None),
+                         executor=kind, folder=str(folder), submitted_at=t, host=os.uname().nodename,
+                         task=run.spec.task, method=run.spec.method, seed=run.spec.seed)
+            if k > 1:  # where its child process logs (sweeps/pack.py)
+                entry.update(pack_index=j, pack_size=len(group),
+                             run_logs=str(child_log_dir(folder, job_id if kind != "debug" else None)))
+            entries.append(entry)
+            pairs.append((run, job))
     append_ledger(sweep_dir(results, sweep_name) / LEDGER, entries)
-    return list(zip(runs, jobs))
+    return pairs
 
 
 # ---- ledger -------------------------------------------------------------------------------
@@ -329,6 +358,7 @@ def stop_local_jobs(pairs: Sequence[tuple[Any, Any]], grace_s: float = 30.0) -> 
     """Stop local jobs the way SLURM would (SIGTERM to the controller, which forwards it to the job:
     JobTerminated, the attempt is recorded, the checkpoint stays); SIGKILL what is left after grace_s."""
     procs = [p for _, job in pairs if (p := getattr(job, "_process", None)) is not None and p.poll() is None]
+    procs = list({id(p): p for p in procs}.values())  # the runs of a pack share one job
     for p in procs:
         with contextlib.suppress(OSError):
             p.send_signal(signal.SIGTERM)

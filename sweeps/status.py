@@ -156,12 +156,23 @@ def last_error_line(path: Path, max_bytes: int = 65536) -> str:
     return ""
 
 
+def run_log_error(entry: Mapping[str, Any] | None) -> str:
+    """A packed run's own error: the last line of its child process's logs (sweeps/pack.py)."""
+    if not entry or not entry.get("run_logs"):
+        return ""
+    from sweeps.pack import run_log_paths
+
+    out, err = run_log_paths(entry["run_logs"], entry["key"])
+    return last_error_line(err) or last_error_line(out)
+
+
 def _read_job_error(entry: Mapping[str, Any]) -> str:
     try:
         paths = job_paths(entry)
     except Exception:  # noqa: BLE001 - a foreign ledger line must not break status
         return ""
-    return last_error_line(paths.stderr) or last_error_line(paths.stdout)
+    line = run_log_error(entry)
+    return line or last_error_line(paths.stderr) or last_error_line(paths.stdout)
 
 
 # ---- the states -------------------------------------------------------------------------------
