@@ -63,8 +63,18 @@ def default_results_root() -> Path:
 
 
 # ---- local store ------------------------------------------------------------------------------
+def planned_keys(root: Path, sweep: str) -> set[str]:
+    """Keys the sweep planned (`<root>/sweeps/<name>/plan.json`, written by `saflex-bench sweep`),
+    including runs another sweep ran first; empty when the file is absent (older stores)."""
+    try:
+        return set(json.loads((root / "sweeps" / sweep / "plan.json").read_text())["keys"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
 def load_results(root: str | os.PathLike, sweep: str | None = None) -> pd.DataFrame:
-    """All done runs under `root` (optionally only those of `sweep`) as one frame.
+    """All done runs under `root` (optionally only those of `sweep`: its records, and the runs its
+    plan shares with other sweeps) as one frame.
 
     A run counts iff `result.json` parses and has status "done"; the others are counted in
     ``df.attrs["skipped"]`` (``no_result`` = run dir without result.json, i.e. running or died,
@@ -77,6 +87,9 @@ def load_results(root: str | os.PathLike, sweep: str | None = None) -> pd.DataFr
                            "set --results or $SAFLEX_RESULTS)")
     skipped: Counter = Counter()
     sweeps: set[str] = set()
+    planned = planned_keys(root, sweep) if sweep is not None else set()
+    if planned:
+        sweeps.add(sweep)
     records: list[tuple[dict, Path]] = []
     for d in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         f = d / "result.json"
@@ -92,7 +105,7 @@ def load_results(root: str | os.PathLike, sweep: str | None = None) -> pd.DataFr
             continue
         if rec.get("sweep"):
             sweeps.add(str(rec["sweep"]))
-        if sweep is not None and rec.get("sweep") != sweep:
+        if sweep is not None and rec.get("sweep") != sweep and d.name not in planned:
             continue
         if rec.get("status") != "done":
             skipped["not_done"] += 1

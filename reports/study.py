@@ -93,10 +93,15 @@ def moves_labels(knobs: dict) -> bool:
 def saflex_name(knobs: dict) -> str:
     """What the SAFLEX arm is, from its knobs: 'SAFLEX, weights only (eps=0)', 'SAFLEX eps=0.6
     (moves labels)'; other knobs that differ from the current defaults are named too."""
+    from bench.spec import FIRST_SAFLEX_DEFAULTS
+
     defaults = learner_defaults(SAFLEX)
     eps = float(knobs.get("eps", 0.0) or 0.0)
-    others = [f"{k}={_fmt_val(v)}" for k, v in knobs.items()
-              if k != "eps" and k in defaults and not (v == defaults[k] or (_is_nan(v) and defaults[k] is None))]
+    differ = {k: v for k, v in knobs.items()
+              if k != "eps" and k in defaults and not (v == defaults[k] or (_is_nan(v) and defaults[k] is None))}
+    first = all(k in differ and differ[k] == v for k, v in FIRST_SAFLEX_DEFAULTS.items())
+    others = ([f"{k}={_fmt_val(v)}" for k, v in differ.items() if not (first and k in FIRST_SAFLEX_DEFAULTS)]
+              + (["first-release reference step"] if first else []))
     extra = ("; " + ",".join(others)) if others else ""
     if not moves_labels(knobs):
         return f"SAFLEX, weights only (eps=0{extra})"

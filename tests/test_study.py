@@ -335,7 +335,7 @@ def test_first_and_todays_default_side_by_side(tmp_path):
             put(tmp_path, f"new-{task[9:]}-{up}-{s}", task, f"{up}+saflex", s, test=v, data=SIZES[task],
                 ref_frac=0.5, epochs=ep)
     md = write_study(tmp_path, tmp_path / "study.md").read_text()
-    assert "SAFLEX arm: **SAFLEX, weights only (eps=0; val_batch=512,refresh=1,ref_ema=0)**" in md
+    assert "SAFLEX arm: **SAFLEX, weights only (eps=0; first-release reference step)**" in md
     sec = md.split("## SAFLEX's default: first release vs today (paired)")[1].split("\n## ")[0]
     x = np.array([acc[(B, "cutmix-a1.0", s)] for s in SEEDS])
     o = np.array([acc[(B, "cutmix-a1.0+saflex", s)] for s in SEEDS])

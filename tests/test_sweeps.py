@@ -1,6 +1,7 @@
 """Sweep files, planning, the local/debug launchers and `status` (no SLURM needed; see test_slurm.py)."""
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -330,3 +331,23 @@ def test_launcher_settings_reach_sbatch(tmp_path, monkeypatch):
         assert f"#SBATCH {line}\n" in text, line
     assert "module load cuda" in text and ex._executor.max_num_timeout == 5
     assert ex._executor.parameters["array_parallelism"] == 16
+
+
+def test_report_of_a_sweep_includes_the_runs_it_shares_with_another(tmp_path, capsys):
+    """Same spec, same key: a run sweep B plans but sweep A ran first keeps A's name in its record.
+    `sweep` writes B's plan, and `report --sweep B` (load_results) takes B's runs from it."""
+    from reports.load import load_results
+
+    a = write(tmp_path, "name: a\nfixed: {task: digits/sklearn, epochs: 1}\ngrid: {method: [none], seed: [3]}\n", "a.yaml")
+    b = write(tmp_path, "name: b\nfixed: {task: digits/sklearn, epochs: 1}\ngrid: {method: [none], seed: [3, 4]}\n", "b.yaml")
+    results = tmp_path / "results"
+    for path in (a, b):
+        code, out, _ = run_cli(capsys, "sweep", path, "--executor", "debug", "--results", results, "--wandb", "disabled")
+        assert code == 0
+    assert "done 1 | skipped by rule 0 | in flight 0 | submitted 1" in out  # seed 3 was A's
+    shared, own = plan_sweep(load_sweep(b)).keys
+    assert json.loads((sweep_dir(results, "b") / "plan.json").read_text())["keys"] == [shared, own]
+    assert set(load_results(results, sweep="b")["key"]) == {shared, own}
+    assert set(load_results(results, sweep="a")["key"]) == {shared}
+    (sweep_dir(results, "b") / "plan.json").unlink()  # a store from before plans: the records' names only
+    assert set(load_results(results, sweep="b")["key"]) == {own}
