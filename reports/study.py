@@ -418,9 +418,16 @@ def default_change_section(df: pd.DataFrame) -> tuple[list[str], list[str]]:
           f"first {t['cost_old'].median():.2f}×, today {t['cost_new'].median():.2f}× (sweep timings share the machine "
           "unevenly; benchmarks/bench_saflex_overhead.py measures the ratio side by side).", ""]
     kept = "includes 0" if not _excludes_zero(ca_d) else ("is above 0" if ca_d.lo > 0 else "is below 0")
+    lower = [f"{_short(r.task)}/{r.upstream}" for r in t.itertuples() if _excludes_zero(r.diff) and r.diff.hi < 0]
+    higher = [f"{_short(r.task)}/{r.upstream}" for r in t.itertuples() if _excludes_zero(r.diff) and r.diff.lo > 0]
+    below_x = [f"{_short(r.task)}/{r.upstream}" for r in t.itertuples() if r.new.mean < r.old.mean]
     verdict = [f"- SAFLEX's default moved from {old_s} to {new_s}: the paired change in gain over X averages "
                f"{_pts(ca_d.mean, True)} points over {t['task'].nunique()} task(s), task-clustered CI {kept}; "
-               f"median step-time ratio {t['cost_old'].median():.2f}× → {t['cost_new'].median():.2f}×."]
+               f"per experiment (uncorrected 95 % CIs), today's default is lower in {len(lower)} "
+               f"({', '.join(lower) or 'none'}) and higher in {len(higher)} ({', '.join(higher) or 'none'}) of {len(t)}; "
+               f"its point estimate is below the first default's in {len(below_x)} of {len(t)} "
+               f"({', '.join(below_x) or 'none'}). Median step-time ratio {t['cost_old'].median():.2f}× → "
+               f"{t['cost_new'].median():.2f}×."]
     return L, verdict
 
 

@@ -344,6 +344,13 @@ def test_first_and_todays_default_side_by_side(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2:6] == ["5", pm(o - x), pm(n - x), pm(n - o)], cells
     assert line(sec.strip(), "| retinamnist | mixup-a0.2 |").split("|")[3].strip() == "4"
+    # the summary counts the experiments whose paired today − first CI excludes 0, on either side
+    exps = [(t, u) for (t, u) in EFFECTS]
+    n_seeds = {(t, u): [s for s in SEEDS if (t, u, s) in new] for t, u in exps}
+    lower = sum(1 for t, u in exps if (lambda d: _ci(d)[2] < 0)(
+        np.array([new[(t, u, s)] - acc[(t, f"{u}+saflex", s)] for s in n_seeds[(t, u)]])))
+    verdict = line(md, "- SAFLEX's default moved from")
+    assert f"today's default is lower in {lower} (" in verdict and f"of {len(exps)}" in verdict
     # the last run arrives: today's default becomes the main arm
     put(tmp_path, "new-last", R, "mixup-a0.2+saflex", 5, test=0.5, data=SIZES[R], ref_frac=0.5, epochs=20)
     md = write_study(tmp_path, tmp_path / "study.md").read_text()
