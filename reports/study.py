@@ -421,7 +421,8 @@ def default_change_section(df: pd.DataFrame) -> tuple[list[str], list[str]]:
     lower = [f"{_short(r.task)}/{r.upstream}" for r in t.itertuples() if _excludes_zero(r.diff) and r.diff.hi < 0]
     higher = [f"{_short(r.task)}/{r.upstream}" for r in t.itertuples() if _excludes_zero(r.diff) and r.diff.lo > 0]
     below_x = [f"{_short(r.task)}/{r.upstream}" for r in t.itertuples() if r.new.mean < r.old.mean]
-    verdict = [f"- SAFLEX's default moved from {old_s} to {new_s}: the paired change in gain over X averages "
+    verdict = [f"- SAFLEX's default moved from {old_s} to {new_s}. Gain over X, task-clustered: first default "
+               f"{avg(ca_old)}, today's {avg(ca_new)}. The paired change in gain over X averages "
                f"{_pts(ca_d.mean, True)} points over {t['task'].nunique()} task(s), task-clustered CI {kept}; "
                f"per experiment (uncorrected 95 % CIs), today's default is lower in {len(lower)} "
                f"({', '.join(lower) or 'none'}) and higher in {len(higher)} ({', '.join(higher) or 'none'}) of {len(t)}; "
