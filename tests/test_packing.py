@@ -5,29 +5,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from bench.cli import main as cli_main
 from bench.errors import UsageError
 from bench.store import ResultsStore
 from sweeps import load_sweep, plan_sweep
 from sweeps.launcher import LEDGER, make_executor, pack_resources, read_ledger, submit_runs, sweep_dir
 from sweeps.pack import PACK_LOG, PackFailed, chunk
+from test_sweeps import run_cli, write  # the sweep tests' helpers (tests/ is on sys.path under pytest)
 
 
-def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(text))
-    return p
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = cli_main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _wandb_ids(run_dir: Path) -> set:
