@@ -14,7 +14,7 @@ from bench.store import ResultsStore
 from sweeps import load_sweep, plan_sweep
 from sweeps.launcher import LEDGER, make_executor, pack_resources, read_ledger, submit_runs, sweep_dir
 from sweeps.pack import PACK_LOG, PackFailed, chunk
-from test_sweeps import run_cli, write  # the sweep tests' helpers (tests/ is on sys.path under pytest)
+from test_sweeps import fake_srun, run_cli, write  # the sweep tests' helpers (tests/ is on sys.path under pytest)
 
 
 
@@ -147,11 +147,7 @@ def test_runs_per_job_flag_validation_and_default(tmp_path, capsys):
 
 
 def test_pack_job_requests_k_times_cpus_and_memory_and_the_sweeps_gpus(tmp_path, monkeypatch):
-    fake = tmp_path / "bin"  # rendering the sbatch script needs no cluster, only an `srun` on PATH
-    fake.mkdir()
-    (fake / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (fake / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    fake_srun(tmp_path, monkeypatch)  # rendering the sbatch script needs no cluster, only an `srun` on PATH
     path = write(tmp_path, """
         name: l
         grid: {task: [digits/sklearn], method: [none]}

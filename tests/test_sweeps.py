@@ -23,6 +23,16 @@ def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
     return p
 
 
+def fake_srun(tmp_path: Path, monkeypatch) -> None:
+    """submitit refuses to build a SLURM executor where `srun` is not on PATH; rendering the sbatch
+    script needs no cluster, so give it an `srun` that is never called."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+
+
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
     code = cli_main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -297,13 +307,7 @@ def test_launcher_settings_reach_sbatch(tmp_path, monkeypatch):
     max_num_timeout are passed through to submitit's sbatch script (no cluster needed to render it)."""
     from sweeps.launcher import make_executor
 
-    # submitit refuses to build a SLURM executor where `srun` is not on PATH; rendering the sbatch
-    # script needs no cluster, so give it an `srun` that is never called
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (fake / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    fake_srun(tmp_path, monkeypatch)
 
     path = write(tmp_path, """
         name: l
