@@ -1,15 +1,16 @@
 """Step-time ratio SAFLEX / upstream alone, per task family, at SAFLEX's default knobs (goal: <= 1.10)
-or at given refresh periods.
+or at given refresh periods; with --learners, the same ratio for other learners in the same loop.
 
     python benchmarks/bench_saflex_overhead.py [--tasks digits/sklearn medmnist/breastmnist ...]
         [--data-root DIR] [--refresh 1 4 16] [--steps 40] [--threads 1] [--set saflex.val_batch=512]
+        [--learners saflex augerino augnet adautomix softaug]
 
 Without --refresh it measures the default setting (today val_batch=32, refresh=4, ref_ema=0.5);
 the first release's default is `--refresh 1 --set saflex.val_batch=512 --set saflex.ref_ema=0`.
 
-Measured in one process: two trainers of the same upstream and seed — `X` and `X+saflex` — take the
-same augmented batches and alternate steps, so both see the same machine state. The ratio is the
-MEAN step time (total time over the steps, reference refreshes included) of X+saflex over X; a median
+Measured in one process: trainers of the same upstream and seed — `X`, `X+saflex` and any other
+learner arm — take the same augmented batches and alternate steps, so all see the same machine state. The ratio is the
+MEAN step time (total time over the steps, reference refreshes included) of the arm over X; a median
 would hide the refresh steps when refresh > 1. Data loading (per-sample augmentation) is excluded from
 both: it is the same work. By default one task of every registered family whose data is reachable.
 """
@@ -55,34 +56,28 @@ def build(task_name: str, method: str, overrides: dict, data_root, device, tmp: 
     return Trainer(spec, task, data, store, device=device, progress=False)
 
 
-def measure(task_name: str, args, refresh: int | None, tmp: str) -> tuple[float, float, float]:
+def measure(task_name: str, args, arms: list[tuple[str, dict]], tmp: str) -> list[float]:
+    """Mean step time of X and of each (method, overrides) arm, the arms alternating step by step."""
     over = dict(kv.split("=", 1) for kv in args.set)
     if args.model:
         over["model"] = args.model
-    plain = build(task_name, args.upstream, over, args.data_root, args.device, tmp)
-    sx_over = over if refresh is None else {**over, "saflex.refresh": refresh}
-    sfx = build(task_name, f"{args.upstream}+saflex", sx_over, args.data_root, args.device, tmp)
-    t_plain = t_sfx = 0.0
+    trainers = [build(task_name, args.upstream, over, args.data_root, args.device, tmp)]
+    trainers += [build(task_name, method, {**over, **extra}, args.data_root, args.device, tmp) for method, extra in arms]
+    total = [0.0] * len(trainers)
     n = 0
     for epoch in range(100):
-        for bp, bs in zip(plain.batches(epoch), sfx.batches(epoch)):
-            for tr, batch in ((plain, bp), (sfx, bs)):
+        for batches in zip(*(tr.batches(epoch) for tr in trainers)):
+            for i, (tr, batch) in enumerate(zip(trainers, batches)):
                 sync(tr.device)
                 t0 = time.perf_counter()
                 tr.step(batch)
                 sync(tr.device)
-                dt = time.perf_counter() - t0
                 if n >= args.warmup:
-                    if tr is plain:
-                        t_plain += dt
-                    else:
-                        t_sfx += dt
-            plain.state.step += 1
-            sfx.state.step += 1
+                    total[i] += time.perf_counter() - t0
+                tr.state.step += 1
             n += 1
             if n >= args.warmup + args.steps:
-                k = n - args.warmup
-                return t_plain / k, t_sfx / k, t_sfx / t_plain
+                return [t / (n - args.warmup) for t in total]
     raise RuntimeError("not enough batches")
 
 
@@ -96,6 +91,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--refresh", type=int, nargs="*", default=[None],
                    help="refresh periods to measure (default: the default setting's)")
+    p.add_argument("--learners", nargs="*", default=["saflex"],
+                   help="learners measured against X in the same loop (e.g. saflex augerino augnet adautomix softaug)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--set", action="append", default=[], help="extra run field / saflex.knob overrides")
@@ -104,19 +101,26 @@ def main() -> None:
     args.data_root = resolve_data_root(args.data_root)
     tasks = args.tasks or one_task_per_family(args.data_root)
     print(f"threads {args.threads}  device {args.device}  upstream {args.upstream}  model {args.model}  "
-          f"{args.steps} steps after {args.warmup} warm-up; ratio = mean step time X+saflex / X")
+          f"{args.steps} steps after {args.warmup} warm-up; ratio = mean step time arm / X")
     from saflex_core import SaflexConfig
 
     default_refresh = SaflexConfig().replace(**{k[7:]: v for k, v in (kv.split("=", 1) for kv in args.set)
                                                if k.startswith("saflex.")}).refresh
-    print(f"{'task':28s}{'refresh':>8}{'X ms':>9}{'X+S ms':>9}{'ratio':>8}")
+    arms = []  # (label, method, overrides)
+    for learner in args.learners:
+        if learner == "saflex":
+            arms += [(f"saflex r{default_refresh}*" if r is None else f"saflex r{r}", f"{args.upstream}+saflex",
+                      {} if r is None else {"saflex.refresh": r}) for r in args.refresh]
+        else:
+            arms.append((learner, f"{args.upstream}+{learner}", {}))
+    print(f"{'task':28s}{'arm':>16}{'X ms':>9}{'arm ms':>9}{'ratio':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for task_name in tasks:
-            for refresh in args.refresh:
-                a, b, r = measure(task_name, args, refresh, tmp)
-                label = f"{default_refresh}*" if refresh is None else str(refresh)
-                print(f"{task_name:28s}{label:>8}{a * 1e3:>9.2f}{b * 1e3:>9.2f}{r:>8.3f}", flush=True)
-        print("* the default setting's refresh period")
+            times = measure(task_name, args, [(m, o) for _, m, o in arms], tmp)
+            for (label, _, _), t in zip(arms, times[1:]):
+                print(f"{task_name:28s}{label:>16}{times[0] * 1e3:>9.2f}{t * 1e3:>9.2f}{t / times[0]:>8.3f}", flush=True)
+        if "saflex" in args.learners:
+            print("* the default setting's refresh period")
 
 
 if __name__ == "__main__":

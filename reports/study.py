@@ -90,18 +90,38 @@ def moves_labels(knobs: dict) -> bool:
     return not (float(knobs.get("eps", 0.0) or 0.0) == 0.0 and knobs.get("labels", "lp") == "lp")
 
 
+def past_default(knobs: dict) -> str | None:
+    """The name of SAFLEX's earlier default reference step these knobs ran at ("first release",
+    "interim"), or None."""
+    from bench.spec import PAST_SAFLEX_DEFAULTS
+
+    for name, past in PAST_SAFLEX_DEFAULTS.items():
+        if all(_same(knobs.get(k), v) for k, v in past.items()):
+            return name
+    return None
+
+
+def _same(a, b) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return a == b
+
+
 def saflex_name(knobs: dict) -> str:
     """What the SAFLEX arm is, from its knobs: 'SAFLEX, weights only (eps=0)', 'SAFLEX eps=0.6
-    (moves labels)'; other knobs that differ from the current defaults are named too."""
-    from bench.spec import FIRST_SAFLEX_DEFAULTS
+    (moves labels)'; other knobs that differ from the current defaults are named too, an earlier
+    default reference step by its name."""
+    from bench.spec import PAST_SAFLEX_DEFAULTS
 
     defaults = learner_defaults(SAFLEX)
     eps = float(knobs.get("eps", 0.0) or 0.0)
+    past = past_default(knobs)
     differ = {k: v for k, v in knobs.items()
-              if k != "eps" and k in defaults and not (v == defaults[k] or (_is_nan(v) and defaults[k] is None))}
-    first = all(k in differ and differ[k] == v for k, v in FIRST_SAFLEX_DEFAULTS.items())
-    others = ([f"{k}={_fmt_val(v)}" for k, v in differ.items() if not (first and k in FIRST_SAFLEX_DEFAULTS)]
-              + (["first-release reference step"] if first else []))
+              if k != "eps" and k in defaults and not (_same(v, defaults[k]) or (_is_nan(v) and defaults[k] is None))}
+    others = ([f"{k}={_fmt_val(v)}" for k, v in differ.items() if not (past and k in PAST_SAFLEX_DEFAULTS[past])]
+              + ([f"{past}'s reference step" if past != "first release" else "first-release reference step"]
+                 if past else []))
     extra = ("; " + ",".join(others)) if others else ""
     if not moves_labels(knobs):
         return f"SAFLEX, weights only (eps=0{extra})"
@@ -170,14 +190,19 @@ def _prefer_fair(df: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     return (df[fair], True) if fair.any() else (df, False)
 
 
-def first_default_label() -> str:
-    """The `knobs` label of SAFLEX's first-release default (val_batch=512, refresh=1, ref_ema=0)
+def past_default_label(name: str = "first release") -> str:
+    """The `knobs` label of one of SAFLEX's earlier defaults (bench.spec.PAST_SAFLEX_DEFAULTS)
     relative to today's defaults."""
-    from bench.spec import FIRST_SAFLEX_DEFAULTS
+    from bench.spec import PAST_SAFLEX_DEFAULTS
 
     defaults = learner_defaults(SAFLEX)
-    row = pd.Series({f"{SAFLEX}.{k}": v for k, v in {**defaults, **FIRST_SAFLEX_DEFAULTS}.items()})
+    row = pd.Series({f"{SAFLEX}.{k}": v for k, v in {**defaults, **PAST_SAFLEX_DEFAULTS[name]}.items()})
     return knob_label(row, defaults)
+
+
+def first_default_label() -> str:
+    """The `knobs` label of SAFLEX's first-release default (val_batch=512, refresh=1, ref_ema=0)."""
+    return past_default_label("first release")
 
 
 def main_runs(df: pd.DataFrame, setting: str = "default") -> tuple[pd.DataFrame, bool]:
@@ -360,14 +385,15 @@ def _main_md(table: pd.DataFrame) -> list[str]:
 
 # ---- the default change: first-release default vs today's, paired ------------------------------
 def default_change_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per experiment where both SAFLEX defaults ran (fair protocol when there is one): the paired
-    gain over X of the first-release default and of today's, their paired difference, and each one's
-    step time over X's."""
+    """Per experiment where the first-release default and today's both ran (fair protocol when there
+    is one): each default's paired gain over X (the interim default's too where it ran), today − first
+    paired, and each one's step time over X's. Columns old / mid / new = first / interim / today."""
     first = first_default_label()
     if first == "default":
         return pd.DataFrame()
     old, fair_old = main_runs(df, first)
     new, fair_new = main_runs(df, "default")
+    mid, fair_mid = main_runs(df, past_default_label("interim"))
     if fair_old != fair_new:
         return pd.DataFrame()
     t_old, t_new = main_table(old), main_table(new)
@@ -375,54 +401,80 @@ def default_change_table(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     cols = [c for c in t_old.columns if c in t_new.columns and c in ("task", "upstream", *_extra_cols(t_old))]
     both = t_old.merge(t_new, on=cols, suffixes=("_old", "_new"))
+    t_mid = main_table(mid) if fair_mid == fair_new and (mid["learner"] == SAFLEX).any() else pd.DataFrame()
+    mids = {tuple(getattr(r, c) for c in cols): r for r in t_mid.itertuples()} if len(t_mid) else {}
+    nan_ci = CI(math.nan, math.nan, math.nan, 0, math.nan)
+
+    def saflex_of(frame: pd.DataFrame, key: dict) -> pd.DataFrame:
+        sel = np.logical_and.reduce([frame[c] == v for c, v in key.items() if c in frame])
+        return frame[sel & (frame["learner"] == SAFLEX)]
+
     rows = []
     for r in both.itertuples():
         key = {c: getattr(r, c) for c in cols}
-        sel = np.logical_and.reduce([new[c] == v for c, v in key.items() if c in new]) & (new["learner"] == SAFLEX)
-        sel_old = np.logical_and.reduce([old[c] == v for c, v in key.items() if c in old]) & (old["learner"] == SAFLEX)
-        diff, d = _paired(_per_seed(old[sel_old]), _per_seed(new[sel]))
-        rows.append({**key, "old": r.gain_old, "new": r.gain_new, "diff": diff, "p": _p_value(d),
-                     "cost_old": r.overhead_old, "cost_new": r.overhead_new})
+        diff, d = _paired(_per_seed(saflex_of(old, key)), _per_seed(saflex_of(new, key)))
+        m = mids.get(tuple(key.values()))
+        rows.append({**key, "old": r.gain_old, "mid": m.gain if m is not None else nan_ci, "new": r.gain_new,
+                     "diff": diff, "p": _p_value(d), "cost_old": r.overhead_old,
+                     "cost_mid": m.overhead if m is not None else math.nan, "cost_new": r.overhead_new})
     return pd.DataFrame(rows)
 
 
 def default_change_section(df: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """The report's side-by-side of SAFLEX's first-release default and today's (issue 18), and the
-    summary's line about it."""
+    """The report's side-by-side of SAFLEX's first-release default, the interim one where it ran and
+    today's (issue 18), and the summary's line about it."""
     t = default_change_table(df)
     if not len(t):
         return [], []
-    from bench.spec import FIRST_SAFLEX_DEFAULTS
+    from bench.spec import PAST_SAFLEX_DEFAULTS
 
+    first_d, mid_d = PAST_SAFLEX_DEFAULTS["first release"], PAST_SAFLEX_DEFAULTS["interim"]
     now = learner_defaults(SAFLEX)
-    old_s = ", ".join(f"{k}={_fmt_val(v)}" for k, v in FIRST_SAFLEX_DEFAULTS.items())
-    new_s = ", ".join(f"{k}={_fmt_val(now.get(k))}" for k in FIRST_SAFLEX_DEFAULTS)
-    L = ["## SAFLEX's default: first release vs today (paired)", "",
-         f"The first release's reference step ({old_s}: a forward over up to {FIRST_SAFLEX_DEFAULTS['val_batch']} "
-         f"reference images at every step) and today's default ({new_s}) ran on the same experiments and seeds; "
-         "X and X+ref are shared. Gains are paired by seed; cost = mean SAFLEX step time / X's in the same sweep.", "",
-         "| task | upstream | pairs | Δ first default − X | Δ today's default − X | Δ today − first | p | cost first | cost today |",
-         "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    names = list(dict.fromkeys([*first_d, *mid_d, *(k for k in now if k in ("ref_budget",) and now[k] is not None)]))
+
+    def spell(d: dict) -> str:
+        return ", ".join(f"{k}={_fmt_val(d[k] if k in d else now.get(k))}" for k in names
+                         if k in d or k in first_d or k in mid_d)
+    old_s, mid_s = spell(first_d), spell(mid_d)
+    new_s = ", ".join(f"{k}={_fmt_val(now.get(k))}" for k in names)
+    has_mid = any(not _is_nan(c.mean) for c in t["mid"])
+    L = ["## SAFLEX's default reference step: first release, interim, today (paired)", "",
+         f"The first release's reference step ({old_s}: a forward over up to {first_d['val_batch']} reference "
+         f"images at every step), the interim default ({mid_s}: a fresh 32-image subset every 4 steps, "
+         f"averaged) and today's ({new_s}: the whole reference part, up to val_batch images, refreshed as often "
+         "as a budget of ref_budget reference images per training image allows) ran on the same experiments "
+         "and seeds; X and X+ref are shared. Gains are paired by seed; cost = mean SAFLEX step time / X's in "
+         "the same sweep.", "",
+         "| task | upstream | pairs | Δ first default − X | Δ interim − X | Δ today's default − X | Δ today − first "
+         "| p | cost first | cost interim | cost today |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in t.itertuples():
-        L.append(f"| {_short(r.task)} | {r.upstream} | {r.diff.n} | {_ci(r.old, True)} | {_ci(r.new, True)} | "
-                 f"{_ci(r.diff, True)} | {r.p:.3f} | {r.cost_old:.2f}× | {r.cost_new:.2f}× |")
+        cm = "–" if _is_nan(r.cost_mid) else f"{r.cost_mid:.2f}×"
+        L.append(f"| {_short(r.task)} | {r.upstream} | {r.diff.n} | {_ci(r.old, True)} | {_ci(r.mid, True)} | "
+                 f"{_ci(r.new, True)} | {_ci(r.diff, True)} | {r.p:.3f} | {r.cost_old:.2f}× | {cm} | "
+                 f"{r.cost_new:.2f}× |")
     ca_old, _ = clustered_average(t.rename(columns={"old": "g"}), "g")
     ca_new, _ = clustered_average(t.rename(columns={"new": "g"}), "g")
     ca_d, _ = clustered_average(t.rename(columns={"diff": "g"}), "g")
+    ca_mid = clustered_average(t.rename(columns={"mid": "g"}), "g")[0] if has_mid else None
 
     def avg(c: CI) -> str:
         return f"{_pts(c.mean, True, 2)} " + ("(no interval)" if _is_nan(c.lo) else f"[{_pts(c.lo, True, 2)}, {_pts(c.hi, True, 2)}]")
+    mid_avg = f"; interim default − X {avg(ca_mid)}" if ca_mid is not None else ""
     L += ["", LEGEND_SEEDS + " p = paired t-test of today − first over seeds (uncorrected).", "",
           f"Task-clustered averages over {t['task'].nunique()} task(s) (95 % CI over tasks): first default − X "
-          f"{avg(ca_old)}; today's default − X {avg(ca_new)}; today − first {avg(ca_d)}. Median cost over experiments: "
-          f"first {t['cost_old'].median():.2f}×, today {t['cost_new'].median():.2f}× (sweep timings share the machine "
+          f"{avg(ca_old)}{mid_avg}; today's default − X {avg(ca_new)}; today − first {avg(ca_d)}. Median cost over "
+          f"experiments: first {t['cost_old'].median():.2f}×"
+          + (f", interim {t['cost_mid'].median():.2f}×" if has_mid else "")
+          + f", today {t['cost_new'].median():.2f}× (sweep timings share the machine "
           "unevenly; benchmarks/bench_saflex_overhead.py measures the ratio side by side).", ""]
     kept = "includes 0" if not _excludes_zero(ca_d) else ("is above 0" if ca_d.lo > 0 else "is below 0")
     lower = [f"{_short(r.task)}/{r.upstream}" for r in t.itertuples() if _excludes_zero(r.diff) and r.diff.hi < 0]
     higher = [f"{_short(r.task)}/{r.upstream}" for r in t.itertuples() if _excludes_zero(r.diff) and r.diff.lo > 0]
     below_x = [f"{_short(r.task)}/{r.upstream}" for r in t.itertuples() if r.new.mean < r.old.mean]
     verdict = [f"- SAFLEX's default moved from {old_s} to {new_s}. Gain over X, task-clustered: first default "
-               f"{avg(ca_old)}, today's {avg(ca_new)}. The paired change in gain over X averages "
+               f"{avg(ca_old)}{', interim ' + avg(ca_mid) if ca_mid is not None else ''}, today's {avg(ca_new)}. "
+               f"The paired change in gain over X (today − first) averages "
                f"{_pts(ca_d.mean, True)} points over {t['task'].nunique()} task(s), task-clustered CI {kept}; "
                f"per experiment (uncorrected 95 % CIs), today's default is lower in {len(lower)} "
                f"({', '.join(lower) or 'none'}) and higher in {len(higher)} ({', '.join(higher) or 'none'}) of {len(t)}; "

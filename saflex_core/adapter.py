@@ -88,7 +88,10 @@ class Saflex:
     Saflex(cfg: SaflexConfig | None = None, bias: bool = True)
       .cfg, .summary (ValSummary | None)
       .active(epoch: int) -> bool                    epoch >= cfg.warmup_epochs (epochs count from 0)
-      .needs_refresh(step: int) -> bool              no summary yet, or step % cfg.refresh == 0
+      .needs_refresh(step: int) -> bool              no summary yet, or step % period == 0
+      .period -> int                                 cfg.refresh_period(reference batch, training batch):
+                                                     refresh="auto" reads both sizes from the first
+                                                     refresh and the first reweight
       .refresh(h_ref [m,d], logits_ref [m,C], y_ref [m,C] | [m]) -> ValSummary
       .scores(h [n,d]) -> u [n,C]
       .reweight(h [n,d], logits [n,C], y [n,C] | [n]) -> (w [n], q [n,C], stats: dict[str, float])
@@ -103,16 +106,26 @@ class Saflex:
         self.cfg = cfg if cfg is not None else SaflexConfig()
         self.bias = bias
         self.summary: ValSummary | None = None
+        self.sizes: dict[str, int] = {}  # reference and training batch sizes seen, for refresh="auto"
 
     def active(self, epoch: int) -> bool:
         return epoch >= self.cfg.warmup_epochs
 
+    @property
+    def period(self) -> int:
+        if self.cfg.refresh != "auto":
+            return int(self.cfg.refresh)
+        if "ref" not in self.sizes or "train" not in self.sizes:
+            return 1  # sizes not seen yet: refresh until they are
+        return self.cfg.refresh_period(self.sizes["ref"], self.sizes["train"])
+
     def needs_refresh(self, step: int) -> bool:
-        return self.summary is None or step % self.cfg.refresh == 0
+        return self.summary is None or step % self.period == 0
 
     @torch.no_grad()
     def refresh(self, h_ref: torch.Tensor, logits_ref: torch.Tensor, y_ref: torch.Tensor) -> ValSummary:
         c = self.cfg
+        self.sizes.setdefault("ref", len(h_ref))
         new = validation_summary(
             h_ref, logits_ref, y_ref, residual=c.residual, T=c.residual_T, margin=c.residual_margin, bias=self.bias
         )
@@ -130,6 +143,7 @@ class Saflex:
 
     @torch.no_grad()
     def reweight(self, h: torch.Tensor, logits: torch.Tensor, y: torch.Tensor):
+        self.sizes.setdefault("train", len(h))
         u = self.scores(h)
         p = torch.softmax(logits.detach().to(u.dtype), dim=1)
         w, q = solve_weights_labels(p, y, u, self.cfg)
@@ -158,6 +172,7 @@ class Saflex:
         return {
             "cfg": self.cfg.to_dict(),
             "bias": self.bias,
+            "sizes": dict(self.sizes),
             "G": None if self.summary is None else self.summary.G.detach().cpu(),
             "g": None if self.summary is None else self.summary.g.detach().cpu(),
         }
@@ -165,6 +180,7 @@ class Saflex:
     def load_state_dict(self, d: dict, device: torch.device | str | None = None) -> None:
         self.cfg = SaflexConfig.from_dict(d["cfg"])
         self.bias = bool(d.get("bias", True))
+        self.sizes = dict(d.get("sizes") or {})
         if d.get("G") is None:
             self.summary = None
         else:

@@ -63,6 +63,15 @@ def _int(name: str, v: Any, lo: int) -> int:
     return int(f)
 
 
+def _refresh(v: Any) -> int | str:
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _int("refresh", v, 1)
+    except ConfigError:
+        raise ConfigError(f"saflex.refresh must be an integer >= 1 or 'auto' (got {_fmt(v)})") from None
+
+
 def _bool(name: str, v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -117,15 +126,20 @@ class SaflexConfig:
         kl: q ∝ ((1-eps) y + eps/C) * exp(-u / label_T)   (entropic regulariser).
     label_T : float > 0, default 1.0
         Temperature of the kl soft-label rule.
-    val_batch : int >= 1, default 32
+    val_batch : int >= 1, default 512
         Reference batch for (G, g): the whole validation split if it has <= val_batch samples,
         otherwise a fresh random val_batch-sample subset at every refresh.
-    refresh : int >= 1, default 4
-        Steps between refreshes of (G, g).
-        The defaults val_batch=32, refresh=4, ref_ema=0.5 replace the first release's 512 / 1 / 0
-        (a forward over up to 512 reference images next to every 128-image training step): they keep
-        the step within ~1.10x the upstream's (benchmarks/bench_saflex_overhead.py); the study report
-        (reports/studies/saflex_medmnist.md) compares both settings' paired gains.
+    refresh : int >= 1 or "auto", default "auto"
+        Steps between refreshes of (G, g). "auto": as often as ``ref_budget`` allows, i.e.
+        every ceil(m / (ref_budget * n)) steps for a reference batch of m = min(val_batch, reference size)
+        and a training batch of n (:meth:`refresh_period`).
+        Why whole-reference refreshes, spaced out, rather than small frequent ones: a random subset
+        moves the weights far more than a few steps of staleness do (benchmarks/bench_saflex_staleness.py:
+        32-image subsets correlate 0.2-0.5 with the exact weights on Breast/Retina, the whole 39- or
+        60-image reference refreshed every 3-4 steps 0.9). docs/saflex_cost.md has the figures.
+    ref_budget : float > 0, default 0.125
+        refresh="auto" only: reference images forwarded per training image, on average (0.125: a
+        forward-only pass over 16 reference images per 128-image step, ~4 % of the step's work).
     bn_mode : "train" | "eval", default "train"
         BatchNorm during the reference forward: train = batch statistics without updating the
         running statistics; eval = running statistics (model.eval()).
@@ -143,11 +157,11 @@ class SaflexConfig:
         the margin residual undefined; added so the margin is a knob rather than a constant.)
     clean_weight : float >= 0, default 0.0
         Weight of an extra clean-sample CE term added to the SAFLEX loss.
-    ref_ema : float in [0, 1), default 0.5
+    ref_ema : float in [0, 1), default 0.0
         Running average of (G, g) across refreshes: summary <- ref_ema * summary + (1 - ref_ema) * new.
-        With a small val_batch (a reference batch sized like the training batch) it keeps the summary's
-        variance down at a fraction of the cost of a large reference forward (0.5 with refresh 4:
-        the summary reflects roughly the last 8 steps and 96 reference samples). 0 = replace.
+        Keeps a summary from small subsampled reference batches less noisy, at the price of staleness;
+        0 = replace. The first release had neither this knob nor ``ref_budget``; the defaults
+        val_batch=512, refresh=auto, ref_ema=0 replace its 512 / 1 (and an interim 32 / 4 / 0.5).
     """
 
     eps: float = 0.0
@@ -157,8 +171,8 @@ class SaflexConfig:
     normalize: bool = True
     labels: str = "lp"
     label_T: float = 1.0
-    val_batch: int = 32
-    refresh: int = 4
+    val_batch: int = 512
+    refresh: int | str = "auto"
     bn_mode: str = "train"
     warmup_epochs: int = 0
     reference: str = "val"
@@ -166,7 +180,8 @@ class SaflexConfig:
     residual_T: float = 2.0
     residual_margin: float = 1.0
     clean_weight: float = 0.0
-    ref_ema: float = 0.5
+    ref_ema: float = 0.0
+    ref_budget: float = 0.125
 
     def __post_init__(self) -> None:
         coerced = {
@@ -179,7 +194,7 @@ class SaflexConfig:
             "labels": _choice("labels", self.labels, LABELS),
             "label_T": _float("label_T", self.label_T, 0.0, None, lo_open=True),
             "val_batch": _int("val_batch", self.val_batch, 1),
-            "refresh": _int("refresh", self.refresh, 1),
+            "refresh": _refresh(self.refresh),
             "bn_mode": _choice("bn_mode", self.bn_mode, BN_MODES),
             "warmup_epochs": _int("warmup_epochs", self.warmup_epochs, 0),
             "reference": _choice("reference", self.reference, REFERENCES),
@@ -188,6 +203,7 @@ class SaflexConfig:
             "residual_margin": _float("residual_margin", self.residual_margin, 0.0, None, lo_open=False),
             "clean_weight": _float("clean_weight", self.clean_weight, 0.0, None, lo_open=False),
             "ref_ema": _float("ref_ema", self.ref_ema, 0.0, 1.0, lo_open=False),
+            "ref_budget": _float("ref_budget", self.ref_budget, 0.0, None, lo_open=True),
         }
         if coerced["ref_ema"] >= 1.0:
             raise ConfigError(f"saflex.ref_ema must be in [0, 1) (got {coerced['ref_ema']:g}; 1 would never update)")
@@ -200,6 +216,14 @@ class SaflexConfig:
             object.__setattr__(self, k, v)
 
     # ---- API ---------------------------------------------------------------------------------
+    def refresh_period(self, ref_size: int, train_batch: int) -> int:
+        """Steps between refreshes of (G, g), for a reference part of ref_size samples and training
+        batches of train_batch samples (the period is the ``refresh`` knob itself unless it is "auto")."""
+        if self.refresh != "auto":
+            return int(self.refresh)
+        m = min(self.val_batch, max(int(ref_size), 1))
+        return max(1, math.ceil(m / (self.ref_budget * max(int(train_batch), 1))))
+
     @classmethod
     def knob_names(cls) -> tuple[str, ...]:
         """All knob names, in declaration order."""

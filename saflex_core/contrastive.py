@@ -74,6 +74,10 @@ class ContrastiveSaflex:
     def needs_refresh(self, step: int) -> bool:
         return self.inner.needs_refresh(step)
 
+    @property
+    def period(self) -> int:
+        return self.inner.period
+
     @torch.no_grad()
     def refresh(self, img_emb_ref, txt_emb, logit_scale, y_ref) -> ValSummary:
         return self.inner.refresh(img_emb_ref, clip_class_logits(img_emb_ref, txt_emb, logit_scale), y_ref)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -491,9 +492,9 @@ def test_config_defaults_and_names():
     c = SaflexConfig()
     assert c.to_dict() == {
         "eps": 0.0, "rho": None, "weights": "sigmoid", "tau": 1.0, "normalize": True, "labels": "lp",
-        "label_T": 1.0, "val_batch": 32, "refresh": 4, "bn_mode": "train", "warmup_epochs": 0,
+        "label_T": 1.0, "val_batch": 512, "refresh": "auto", "bn_mode": "train", "warmup_epochs": 0,
         "reference": "val", "residual": "ce", "residual_T": 2.0, "residual_margin": 1.0,
-        "clean_weight": 0.0, "ref_ema": 0.5,
+        "clean_weight": 0.0, "ref_ema": 0.0, "ref_budget": 0.125,
     }
     assert SaflexConfig.knob_names() == tuple(c.to_dict())
     assert SaflexConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
@@ -525,7 +526,7 @@ def test_config_string_coercion():
 @pytest.mark.parametrize(
     "kw, pattern",
     [
-        ({"epss": 0.1}, r"^unknown SAFLEX knob 'epss' \(valid: eps, rho, weights, .*clean_weight, ref_ema\)$"),
+        ({"epss": 0.1}, r"^unknown SAFLEX knob 'epss' \(valid: eps, rho, weights, .*clean_weight, ref_ema, ref_budget\)$"),
         ({"weights": "soft"}, r"^saflex\.weights must be one of hard, sigmoid \(got 'soft'\)$"),
         ({"labels": "ce"}, r"^saflex\.labels must be one of lp, kl \(got 'ce'\)$"),
         ({"bn_mode": "frozen"}, r"^saflex\.bn_mode must be one of train, eval"),
@@ -541,7 +542,9 @@ def test_config_string_coercion():
         ({"residual_T": "0"}, r"^saflex\.residual_T must be a number in \(0, inf\)"),
         ({"clean_weight": -0.1}, r"^saflex\.clean_weight must be a number in \[0, inf\)"),
         ({"val_batch": 0}, r"^saflex\.val_batch must be an integer >= 1 \(got 0\)$"),
-        ({"refresh": 1.5}, r"^saflex\.refresh must be an integer >= 1 \(got 1\.5\)$"),
+        ({"refresh": 1.5}, r"^saflex\.refresh must be an integer >= 1 or 'auto' \(got 1\.5\)$"),
+        ({"refresh": "often"}, r"^saflex\.refresh must be an integer >= 1 or 'auto' \(got 'often'\)$"),
+        ({"ref_budget": 0}, r"^saflex\.ref_budget must be a number in \(0, inf\)"),
         ({"warmup_epochs": -1}, r"^saflex\.warmup_epochs must be an integer >= 0"),
         ({"normalize": "maybe"}, r"^saflex\.normalize must be true or false \(got 'maybe'\)$"),
         ({"weights": "sigmoid", "rho": 0.5}, r"^saflex\.rho .* only applies to saflex\.weights=hard"),
@@ -645,3 +648,25 @@ def test_ref_ema_averages_the_reference_summary():
     assert torch.allclose(out.G, 0.75 * s1.G + 0.25 * s2.G) and torch.allclose(out.g, 0.75 * s1.g + 0.25 * s2.g)
     with pytest.raises(ConfigError, match="ref_ema"):
         SaflexConfig(ref_ema=1.0)
+
+
+def test_auto_refresh_spaces_whole_reference_refreshes_by_the_budget():
+    """refresh=auto: every ceil(m / (ref_budget * n)) steps for a reference batch of m and a training
+    batch of n, both read from the first refresh and reweight; a fixed refresh ignores the budget."""
+    c = SaflexConfig()
+    assert c.refresh == "auto" and SaflexConfig(refresh="AUTO").refresh == "auto"
+    assert c.refresh_period(39, 128) == 3 == math.ceil(39 / 16)  # Breast's reference part: 39 images
+    assert c.refresh_period(262, 128) == 17  # Pneumonia's
+    assert c.refresh_period(5000, 128) == 32  # capped at val_batch=512 images per refresh
+    assert c.replace(ref_budget=0.0625).refresh_period(39, 128) == 5
+    assert c.replace(refresh=3).refresh_period(39, 128) == 3
+    g = torch.Generator().manual_seed(3)
+    sf = Saflex(c.replace(ref_budget=0.125))
+    assert sf.needs_refresh(0) and sf.period == 1  # sizes unknown yet
+    sf.refresh(torch.randn(40, 4, generator=g), torch.randn(40, 3, generator=g), torch.randint(0, 3, (40,), generator=g))
+    sf.reweight(torch.randn(64, 4, generator=g), torch.randn(64, 3, generator=g), torch.randint(0, 3, (64,), generator=g))
+    assert sf.period == 5  # ceil(40 / (0.125 * 64))
+    assert [sf.needs_refresh(s) for s in range(11)] == [s % 5 == 0 for s in range(11)]
+    resumed = Saflex()
+    resumed.load_state_dict(sf.state_dict())
+    assert resumed.period == 5  # a resumed run keeps its period before it sees a batch

@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 
 from bench.errors import UsageError
-from bench.spec import FIRST_SAFLEX_DEFAULTS, RunSpec, make_spec, parse_assignments
+from bench.spec import (FIRST_SAFLEX_DEFAULTS, INTERIM_SAFLEX_DEFAULTS, PAST_SAFLEX_DEFAULTS, RunSpec, make_spec,
+                        parse_assignments)
 
 
 def base():
@@ -68,12 +69,27 @@ def test_a_stored_spec_without_a_later_knob_ran_without_it():
     assert back.knobs["ref_ema"] == 0.0 and back.key == old.key
 
 
-def test_todays_saflex_default_is_a_different_run_from_the_first():
+def test_todays_saflex_default_is_a_different_run_from_the_earlier_ones():
     now = make_spec("medmnist/breastmnist", "rand-m9-n2+saflex", 1, {"model": "small_cnn", "epochs": 20})
-    assert {k: now.knobs[k] for k in FIRST_SAFLEX_DEFAULTS} != FIRST_SAFLEX_DEFAULTS
-    assert now.key != PINNED_KEYS["rand-m9-n2+saflex"]
-    assert now.to_dict()["saflex"]["ref_ema"] == now.knobs["ref_ema"] != 0.0
+    keys = {now.key}
+    for past in PAST_SAFLEX_DEFAULTS.values():
+        assert {k: now.knobs[k] for k in past} != past
+        keys.add(make_spec("medmnist/breastmnist", "rand-m9-n2+saflex", 1,
+                           {"model": "small_cnn", "epochs": 20, **{f"saflex.{k}": v for k, v in past.items()}}).key)
+    assert len(keys) == 1 + len(PAST_SAFLEX_DEFAULTS)
+    assert now.to_dict()["saflex"]["refresh"] == "auto"
     assert RunSpec.from_dict(now.to_dict()).key == now.key
+
+
+def test_a_stored_interim_default_run_keeps_its_key_and_meaning():
+    """The interim default's records (val_batch=32, refresh=4, ref_ema=0.5) predate ref_budget: read
+    back they keep their key, and their fixed refresh makes the budget irrelevant."""
+    knobs = {f"saflex.{k}": v for k, v in INTERIM_SAFLEX_DEFAULTS.items()}
+    old = make_spec("medmnist/breastmnist", "rand-m9-n2+saflex", 1, {"model": "small_cnn", "epochs": 20, **knobs})
+    stored = old.to_dict()
+    assert "ref_budget" not in stored["saflex"] and stored["saflex"]["ref_ema"] == 0.5
+    back = RunSpec.from_dict(stored)
+    assert back.key == old.key and back.knobs["refresh"] == 4
 
 
 def test_later_fields_enter_the_key_only_when_set():

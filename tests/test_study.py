@@ -313,19 +313,20 @@ def test_noise_floor_section_from_an_aa_pair(tmp_path):
 
 # ---- SAFLEX's default moved (issue 18): first-release default vs today's, side by side ------------
 def test_first_and_todays_default_side_by_side(tmp_path):
-    """The first-release default's runs are labelled by their knobs (stored specs lack ref_ema: it
-    ran at 0, not today's 0.5), stay the main arm until today's default has run every experiment,
-    and the side-by-side table pairs both settings' gains by seed."""
-    from bench.spec import FIRST_SAFLEX_DEFAULTS
+    """The first-release default's runs are labelled by their knobs (stored specs lack the later knobs:
+    they ran at ref_ema 0, not at whatever today's default is), stay the main arm until today's default
+    has run every experiment, and the side-by-side table pairs each setting's gains by seed, the interim
+    default's where it ran."""
+    from bench.spec import FIRST_SAFLEX_DEFAULTS, INTERIM_SAFLEX_DEFAULTS, LATER_SAFLEX_KNOBS
 
     acc = fair_store(tmp_path, tuning=False, stale=False)
-    old = {k: v for k, v in FIRST_SAFLEX_DEFAULTS.items() if k != "ref_ema"}  # as the first study stored them
+    old = {k: v for k, v in FIRST_SAFLEX_DEFAULTS.items() if k not in LATER_SAFLEX_KNOBS}  # as first stored
     for p in (tmp_path / "runs").glob("*_saflex-*"):
         rec = json.loads((p / "result.json").read_text())
-        rec["spec"]["saflex"] = {k: v for k, v in {**rec["spec"]["saflex"], **old}.items() if k != "ref_ema"}
+        rec["spec"]["saflex"] = {k: v for k, v in {**rec["spec"]["saflex"], **old}.items() if k not in LATER_SAFLEX_KNOBS}
         (p / "result.json").write_text(json.dumps(rec))
     rng = np.random.default_rng(1)
-    new = {}
+    new, mid = {}, {}
     for (task, up), _ in EFFECTS.items():
         ep = 5 if task == P else 20
         for s in SEEDS:
@@ -334,16 +335,22 @@ def test_first_and_todays_default_side_by_side(tmp_path):
             v = new[(task, up, s)] = round(acc[(task, up, s)] + 0.02 + rng.normal(0, 0.01), 4)
             put(tmp_path, f"new-{task[9:]}-{up}-{s}", task, f"{up}+saflex", s, test=v, data=SIZES[task],
                 ref_frac=0.5, epochs=ep)
+            if task == B:  # the interim default ran on Breast only
+                v = mid[(task, up, s)] = round(acc[(task, up, s)] - 0.03 + rng.normal(0, 0.01), 4)
+                put(tmp_path, f"mid-{task[9:]}-{up}-{s}", task, f"{up}+saflex", s, test=v, data=SIZES[task],
+                    ref_frac=0.5, epochs=ep, knobs=INTERIM_SAFLEX_DEFAULTS)
     md = write_study(tmp_path, tmp_path / "study.md").read_text()
     assert "SAFLEX arm: **SAFLEX, weights only (eps=0; first-release reference step)**" in md
-    sec = md.split("## SAFLEX's default: first release vs today (paired)")[1].split("\n## ")[0]
+    sec = md.split("## SAFLEX's default reference step: first release, interim, today (paired)")[1].split("\n## ")[0]
     x = np.array([acc[(B, "cutmix-a1.0", s)] for s in SEEDS])
     o = np.array([acc[(B, "cutmix-a1.0+saflex", s)] for s in SEEDS])
     n = np.array([new[(B, "cutmix-a1.0", s)] for s in SEEDS])
+    m = np.array([mid[(B, "cutmix-a1.0", s)] for s in SEEDS])
     row = line(sec.strip(), "| breastmnist | cutmix-a1.0 |")
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2:6] == ["5", pm(o - x), pm(n - x), pm(n - o)], cells
-    assert line(sec.strip(), "| retinamnist | mixup-a0.2 |").split("|")[3].strip() == "4"
+    assert cells[2:7] == ["5", pm(o - x), pm(m - x), pm(n - x), pm(n - o)], cells
+    cells = [c.strip() for c in line(sec.strip(), "| retinamnist | mixup-a0.2 |").strip("|").split("|")]
+    assert cells[2] == "4" and cells[4] == "–"  # no interim runs on Retina
     # the summary counts the experiments whose paired today − first CI excludes 0, on either side
     exps = [(t, u) for (t, u) in EFFECTS]
     n_seeds = {(t, u): [s for s in SEEDS if (t, u, s) in new] for t, u in exps}
@@ -355,4 +362,4 @@ def test_first_and_todays_default_side_by_side(tmp_path):
     put(tmp_path, "new-last", R, "mixup-a0.2+saflex", 5, test=0.5, data=SIZES[R], ref_frac=0.5, epochs=20)
     md = write_study(tmp_path, tmp_path / "study.md").read_text()
     assert "SAFLEX arm: **SAFLEX, weights only (eps=0)**" in md
-    assert "## SAFLEX's default: first release vs today (paired)" in md
+    assert "## SAFLEX's default reference step: first release, interim, today (paired)" in md

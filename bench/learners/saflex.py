@@ -134,7 +134,8 @@ class SaflexLearner(Learner):
         import numpy as np
         import torch
 
-        row: dict[str, float] = {"saflex_s": self.ctx.seconds["learner_s"] - self.seconds_at_start}
+        row: dict[str, float] = {"saflex_s": self.ctx.seconds["learner_s"] - self.seconds_at_start,
+                                 "saflex_refresh": float(self.sfx.period)}  # steps between refreshes, as resolved
         if not self.n:
             return row
         row.update({f"saflex_{k}": v / self.n for k, v in self.sums.items()})
