@@ -5,8 +5,9 @@ or at given refresh periods; with --learners, the same ratio for other learners 
         [--data-root DIR] [--refresh 1 4 16] [--steps 40] [--threads 1] [--set saflex.val_batch=512]
         [--learners saflex augerino augnet adautomix softaug]
 
-Without --refresh it measures the default setting (today val_batch=32, refresh=4, ref_ema=0.5);
-the first release's default is `--refresh 1 --set saflex.val_batch=512 --set saflex.ref_ema=0`.
+Without --refresh it measures the default setting (today val_batch=512, refresh=auto,
+ref_budget=0.125, ref_ema=0); the first release's default is `--refresh 1 --set saflex.val_batch=512
+--set saflex.ref_ema=0`, the interim one `--refresh 4 --set saflex.val_batch=32 --set saflex.ref_ema=0.5`.
 
 Measured in one process: trainers of the same upstream and seed — `X`, `X+saflex` and any other
 learner arm — take the same augmented batches and alternate steps, so all see the same machine state. The ratio is the

@@ -479,8 +479,9 @@ def default_change_section(df: pd.DataFrame) -> tuple[list[str], list[str]]:
                f"per experiment (uncorrected 95 % CIs), today's default is lower in {len(lower)} "
                f"({', '.join(lower) or 'none'}) and higher in {len(higher)} ({', '.join(higher) or 'none'}) of {len(t)}; "
                f"its point estimate is below the first default's in {len(below_x)} of {len(t)} "
-               f"({', '.join(below_x) or 'none'}). Median step-time ratio {t['cost_old'].median():.2f}× → "
-               f"{t['cost_new'].median():.2f}×."]
+               f"({', '.join(below_x) or 'none'}). Median step-time ratio in the sweeps {t['cost_old'].median():.2f}× → "
+               f"{t['cost_new'].median():.2f}× (runs timed on a machine shared unevenly: indicative only; "
+               "benchmarks/bench_saflex_overhead.py measures it side by side)."]
     return L, verdict
 
 

@@ -312,7 +312,9 @@ def legend(confidence: float = 0.95, over: str = "seeds", ref: bool = False) -> 
     if over == "seeds":
         s += (" X = the upstream alone (learner `none`); arm = X with the learner; Δ vs X = arm − X paired over "
               "the seeds both have" + ("; Δ vs X+ref = arm − X+ref (label-budget control) paired likewise" if ref else "")
-              + "; overhead = time per step of the arm / of X (per epoch where steps were not timed).")
+              + "; overhead = time per step of the arm / of X (per epoch where steps were not timed), from "
+              "runs timed separately: runs that shared a machine unevenly distort it, and "
+              "benchmarks/bench_saflex_overhead.py --learners measures the ratio side by side in one process.")
     else:
         s += " Each experiment's paired Δ counts once; experiments without pairs are left out."
     return s

@@ -1,4 +1,6 @@
 """SAFLEX wired into the trainer: knobs in the spec, diagnostics per epoch, exact resume."""
+import math
+
 import numpy as np
 import pytest
 
@@ -38,9 +40,12 @@ def test_warmup_epochs_keep_saflex_off(results):
     rec = run_spec(spec("none+saflex", warmup_epochs=1), results, progress=False, wandb_mode="disabled")
     rows = ResultsStore(results).read_metrics(rec["key"])
     assert "saflex_w_mean" not in rows[0] and "saflex_w_mean" in rows[1]
+    # refresh=auto, resolved from the reference part (here the validation split) and the batch size
+    period = math.ceil(min(512, rec["data"]["val"]) / (0.125 * rec["spec"]["batch_size"]))
+    assert rec["spec"]["saflex"]["refresh"] == "auto" and rows[1]["saflex_refresh"] == period > 1
 
 
-@pytest.mark.parametrize("knobs", [dict(refresh=3), dict(reference="clean", bn_mode="eval", clean_weight=0.5)])
+@pytest.mark.parametrize("knobs", [dict(refresh=3), dict(), dict(reference="clean", bn_mode="eval", clean_weight=0.5)])
 def test_resume_with_saflex_is_exact(tmp_path, knobs):
     s = spec("cutmix-a1.0+saflex", epochs=3, **knobs)
     straight = run_spec(s, tmp_path / "a", progress=False, wandb_mode="disabled")
