@@ -2,7 +2,7 @@
 
     python benchmarks/bench_saflex_staleness.py --data-root DIR
         [--tasks medmnist/breastmnist ...] [--upstreams rand-m9-n2 mixup-a0.2] [--seed 0]
-        [--settings 32/4/0.5 32/4/0 32/1/0 all/4/0 epoch/8/0]
+        [--settings 32/4/0.5 32/1/0 all/4/0 32/epoch/8/0 all/b0.125/0]
 
 One X+saflex run per task and upstream trains with the exact summary: every step, the whole
 reference part (refresh 1, no running average). Next to it, each cheap setting keeps its own
@@ -13,8 +13,10 @@ and solves for the same batch. The shadows never touch training, so every settin
 trajectory. Printed per setting: the Pearson correlation of its weights with the exact weights and
 their mean absolute difference relative to the exact mean weight (mean over steps, and over the
 first fifth of training where the model moves fastest), the exact weights' own spread (coefficient
-of variation within a batch: a relative difference means little when it is near the spread), and the reference images it forwards per
-training image (its cost; the step's own forward+backward is about 3 forward-equivalents).
+of variation within a batch: a relative difference means little when it is near the spread), and
+the reference images it forwards per training image (its cost; the step's own forward+backward is
+about 3 forward-equivalents). A budget setting resolves its period through saflex_core itself
+(refresh="auto"), as a run would.
 
 No test data is read: this is how a default is chosen without looking at test accuracy.
 """
@@ -57,13 +59,14 @@ class Shadow:
             return cls(text, vb, None, None, float(parts[2]), float(parts[1][1:]))
         return cls(text, vb, int(parts[1]), None, float(parts[2]))
 
-    def period(self, steps_per_epoch: int, m: int, batch: int) -> int:
+    def knobs(self, steps_per_epoch: int) -> dict:
         if self.budget:
-            return max(1, math.ceil(m / (self.budget * batch)))
-        return self.refresh if self.refresh else max(1, math.floor(steps_per_epoch / self.per_epoch))
+            return {"refresh": "auto", "ref_budget": self.budget}
+        return {"refresh": self.refresh or max(1, math.floor(steps_per_epoch / self.per_epoch))}
 
 
-def run_one(task_name: str, upstream: str, seed: int, shadows: list[Shadow], args, tmp: str) -> list[str]:
+def run_one(task_name: str, upstream: str, seed: int, shadows: list[Shadow], args, tmp: str) -> list[dict]:
+    """Train one exact X+saflex run with the shadows alongside; one row of figures per shadow."""
     import saflex_core
     from bench.data import with_reference
     from bench.spec import make_spec
@@ -85,7 +88,7 @@ def run_one(task_name: str, upstream: str, seed: int, shadows: list[Shadow], arg
     total = steps_per_epoch * epochs
     for i, sh in enumerate(shadows):
         m = min(sh.val_batch or n_ref, n_ref)
-        cfg = learner.cfg.replace(val_batch=m, refresh=sh.period(steps_per_epoch, m, spec.batch_size), ref_ema=sh.ema)
+        cfg = learner.cfg.replace(val_batch=m, ref_ema=sh.ema, **sh.knobs(steps_per_epoch))
         sh.sfx, sh.corr, sh.rel_l1 = saflex_core.Saflex(cfg), [], []
         sh.gen.manual_seed(1000 + i)
     exact_refresh, exact_reweight = learner.refresh_if_due, learner.sfx.reweight
@@ -119,17 +122,16 @@ def run_one(task_name: str, upstream: str, seed: int, shadows: list[Shadow], arg
     for epoch in range(epochs):
         tr.train_epoch(epoch)
         tr.sched.step()
-    lines = []
+    rows = []
     early = total // 5
     for sh in shadows:
         c = np.array([v for _, v in sh.corr])
         c_early = np.array([v for s, v in sh.corr if s < early])
-        l1 = np.array([v for _, v in sh.rel_l1])
-        cost = sh.sfx.cfg.val_batch / (sh.sfx.cfg.refresh * spec.batch_size)
-        lines.append(f"{task_name:26s}{upstream:13s}{sh.label:14s}{sh.sfx.cfg.refresh:>4d}"
-                     f"{np.nanmean(c):>8.3f}{np.nanmean(c_early):>8.3f}{np.nanmean(l1):>8.3f}{np.mean(spread):>8.3f}"
-                     f"{cost:>9.3f}")
-    return lines
+        rows.append(dict(task=task_name, upstream=upstream, setting=sh.label, period=sh.sfx.period,
+                         corr=float(np.nanmean(c)), corr_early=float(np.nanmean(c_early)),
+                         rel_l1=float(np.mean([v for _, v in sh.rel_l1])), w_cv=float(np.mean(spread)),
+                         ref_per_img=sh.sfx.cfg.val_batch / (sh.sfx.period * spec.batch_size)))
+    return rows
 
 
 def main() -> None:
@@ -157,8 +159,9 @@ def main() -> None:
         for task_name in args.tasks:
             for upstream in args.upstreams:
                 shadows = [Shadow.parse(s) for s in args.settings]
-                for line in run_one(task_name, upstream, args.seed, shadows, args, tmp):
-                    print(line, flush=True)
+                for r in run_one(task_name, upstream, args.seed, shadows, args, tmp):
+                    print(f"{r['task']:26s}{r['upstream']:13s}{r['setting']:14s}{r['period']:>4d}{r['corr']:>8.3f}"
+                          f"{r['corr_early']:>8.3f}{r['rel_l1']:>8.3f}{r['w_cv']:>8.3f}{r['ref_per_img']:>9.3f}", flush=True)
 
 
 if __name__ == "__main__":
