@@ -32,7 +32,8 @@ LEGACY_FIELDS = ("task", "method", "model", "seed", "epochs", "optimizer", "lr",
 LATER_DEFAULTS = {"ref_frac": None, "ref_from": "val", "options": None}
 # SAFLEX knobs added after the first release: in the key only when they differ from these values,
 # which reproduce the behaviour before the knob existed; a stored spec without one ran at that value
-LATER_SAFLEX_KNOBS = {"ref_ema": 0.0, "ref_budget": 0.125}
+LATER_SAFLEX_KNOBS = {"ref_ema": 0.0, "ref_budget": 0.125, "ref_ramp": True}  # the ramp acts on refresh=auto only,
+# which no record before ref_ramp used
 # SAFLEX's earlier default reference steps (issue 18), oldest first: the first release's, then an interim
 # one (val_batch=32, refresh=4, ref_ema=0.5) that met the cost goal but whose 32-image subsets left the
 # weights mostly noise on the small sets (benchmarks/bench_saflex_staleness.py). Sweeps that reproduce

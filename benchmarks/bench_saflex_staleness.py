@@ -8,14 +8,14 @@ One X+saflex run per task and upstream trains with the exact summary: every step
 reference part (refresh 1, no running average). Next to it, each cheap setting keeps its own
 shadow summary on its own schedule (`val_batch/refresh/ref_ema`; `all` = the whole reference part;
 a refresh `epoch/K` refreshes K times an epoch; `bB` refreshes as often as a budget of B reference
-images per training image allows), computed from the same model at the same steps,
+images per training image allows, after saflex_core's ramp unless the setting ends in `/noramp`), computed from the same model at the same steps,
 and solves for the same batch. The shadows never touch training, so every setting is judged on one
 trajectory. Printed per setting: the Pearson correlation of its weights with the exact weights and
 their mean absolute difference relative to the exact mean weight (mean over steps, and over the
 first fifth of training where the model moves fastest), the exact weights' own spread (coefficient
 of variation within a batch: a relative difference means little when it is near the spread), and
-the reference images it forwards per training image (its cost; the step's own forward+backward is
-about 3 forward-equivalents). A budget setting resolves its period through saflex_core itself
+the reference images it forwarded per training image over the run (its cost; the step's own
+forward+backward is about 3 forward-equivalents). A budget setting resolves its period through saflex_core itself
 (refresh="auto"), as a run would.
 
 No test data is read: this is how a default is chosen without looking at test accuracy.
@@ -44,10 +44,12 @@ class Shadow:
     per_epoch: int | None
     ema: float
     budget: float | None = None  # reference images forwarded per training image
+    ramp: bool = True  # budget settings: saflex_core's ref_ramp
     sfx: object = None
     gen: torch.Generator = field(default_factory=torch.Generator)
     corr: list = field(default_factory=list)
     rel_l1: list = field(default_factory=list)
+    forwarded: int = 0  # reference images forwarded
 
     @classmethod
     def parse(cls, text: str) -> "Shadow":
@@ -55,13 +57,13 @@ class Shadow:
         vb = None if parts[0] == "all" else int(parts[0])
         if parts[1] == "epoch":  # val_batch/epoch/K/ref_ema
             return cls(text, vb, None, int(parts[2]), float(parts[3]))
-        if parts[1].startswith("b"):  # val_batch/bBUDGET/ref_ema
-            return cls(text, vb, None, None, float(parts[2]), float(parts[1][1:]))
+        if parts[1].startswith("b"):  # val_batch/bBUDGET/ref_ema[/noramp]
+            return cls(text, vb, None, None, float(parts[2]), float(parts[1][1:]), parts[3:] != ["noramp"])
         return cls(text, vb, int(parts[1]), None, float(parts[2]))
 
     def knobs(self, steps_per_epoch: int) -> dict:
         if self.budget:
-            return {"refresh": "auto", "ref_budget": self.budget}
+            return {"refresh": "auto", "ref_budget": self.budget, "ref_ramp": self.ramp}
         return {"refresh": self.refresh or max(1, math.floor(steps_per_epoch / self.per_epoch))}
 
 
@@ -75,8 +77,9 @@ def run_one(task_name: str, upstream: str, seed: int, shadows: list[Shadow], arg
     from bench.trainer import Trainer
 
     epochs = args.epochs or STUDY_EPOCHS.get(task_name, 20)
+    ref_frac = getattr(args, "ref_frac", 0.5)
     spec = make_spec(task_name, f"{upstream}+saflex", seed,
-                     {"epochs": epochs, "model": args.model, "ref_frac": 0.5, **EXACT})
+                     {"epochs": epochs, "model": args.model, **EXACT, **({"ref_frac": ref_frac} if ref_frac else {})})
     task = get_task(task_name)
     data = with_reference(task.load(args.data_root, spec), spec.ref_frac, spec.ref_from, spec.seed)
     store = ResultsStore(tmp)
@@ -89,7 +92,7 @@ def run_one(task_name: str, upstream: str, seed: int, shadows: list[Shadow], arg
     for i, sh in enumerate(shadows):
         m = min(sh.val_batch or n_ref, n_ref)
         cfg = learner.cfg.replace(val_batch=m, ref_ema=sh.ema, **sh.knobs(steps_per_epoch))
-        sh.sfx, sh.corr, sh.rel_l1 = saflex_core.Saflex(cfg), [], []
+        sh.sfx, sh.corr, sh.rel_l1, sh.forwarded = saflex_core.Saflex(cfg), [], [], 0
         sh.gen.manual_seed(1000 + i)
     exact_refresh, exact_reweight = learner.refresh_if_due, learner.sfx.reweight
     step_of, spread = {}, []
@@ -106,6 +109,7 @@ def run_one(task_name: str, upstream: str, seed: int, shadows: list[Shadow], arg
                 h = tr.model.features(learner.ref_x[idx])
                 z = tr.model.head(h)
             sh.sfx.refresh(h.float(), z.float(), learner.ref_y[idx])
+            sh.forwarded += len(idx)
 
     def reweight(h, logits, y):
         w, q, stats = exact_reweight(h, logits, y)
@@ -124,13 +128,15 @@ def run_one(task_name: str, upstream: str, seed: int, shadows: list[Shadow], arg
         tr.sched.step()
     rows = []
     early = total // 5
+    n_trained = epochs * len(tr.trainset)
     for sh in shadows:
         c = np.array([v for _, v in sh.corr])
         c_early = np.array([v for s, v in sh.corr if s < early])
         rows.append(dict(task=task_name, upstream=upstream, setting=sh.label, period=sh.sfx.period,
+                         ref_images=sh.sfx.cfg.val_batch, batch=spec.batch_size,
                          corr=float(np.nanmean(c)), corr_early=float(np.nanmean(c_early)),
                          rel_l1=float(np.mean([v for _, v in sh.rel_l1])), w_cv=float(np.mean(spread)),
-                         ref_per_img=sh.sfx.cfg.val_batch / (sh.sfx.period * spec.batch_size)))
+                         ref_per_img=sh.forwarded / n_trained))
     return rows
 
 
@@ -143,10 +149,14 @@ def main() -> None:
                    default=["32/4/0.5", "32/4/0", "32/2/0", "32/1/0", "all/4/0", "all/2/0", "32/epoch/4/0",
                             "32/epoch/8/0"],
                    help="val_batch/refresh/ref_ema, val_batch/epoch/K/ref_ema (K refreshes an epoch) or "
-                        "val_batch/bB/ref_ema (refresh as often as B reference images per training image allow)")
+                        "val_batch/bB/ref_ema[/noramp] (refresh as often as B reference images per training image "
+                        "allow)")
     p.add_argument("--seed", type=int, default=0, help="0: the tuning seed, used by no study run")
     p.add_argument("--model", default="small_cnn")
     p.add_argument("--epochs", type=int, help="default: the study's schedule")
+    p.add_argument("--ref-frac", type=float, default=0.5,
+                   help="reference part of the validation split (default 0.5, the study's; 0: the whole split, "
+                        "as a run without ref_frac)")
     p.add_argument("--data-root")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()

@@ -88,7 +88,10 @@ class Saflex:
     Saflex(cfg: SaflexConfig | None = None, bias: bool = True)
       .cfg, .summary (ValSummary | None)
       .active(epoch: int) -> bool                    epoch >= cfg.warmup_epochs (epochs count from 0)
-      .needs_refresh(step: int) -> bool              no summary yet, or step % period == 0
+      .needs_refresh(step: int) -> bool              no summary yet, or step % period == 0; with
+                                                     refresh="auto" and ref_ramp, the gap since the last
+                                                     refresh doubles from 1 up to the period (a True
+                                                     answer means the caller refreshes at this step)
       .period -> int                                 cfg.refresh_period(reference batch, training batch):
                                                      refresh="auto" reads both sizes from the first
                                                      refresh and the first reweight
@@ -107,6 +110,7 @@ class Saflex:
         self.bias = bias
         self.summary: ValSummary | None = None
         self.sizes: dict[str, int] = {}  # reference and training batch sizes seen, for refresh="auto"
+        self.last_refresh: int | None = None  # step of the last refresh (ref_ramp's schedule)
 
     def active(self, epoch: int) -> bool:
         return epoch >= self.cfg.warmup_epochs
@@ -120,7 +124,15 @@ class Saflex:
         return self.cfg.refresh_period(self.sizes["ref"], self.sizes["train"])
 
     def needs_refresh(self, step: int) -> bool:
-        return self.summary is None or step % self.period == 0
+        c = self.cfg
+        if c.refresh == "auto" and c.ref_ramp:
+            last = self.last_refresh
+            due = self.summary is None or last is None or step - last >= min(self.period, max(1, last))
+        else:
+            due = self.summary is None or step % self.period == 0
+        if due:
+            self.last_refresh = step
+        return due
 
     @torch.no_grad()
     def refresh(self, h_ref: torch.Tensor, logits_ref: torch.Tensor, y_ref: torch.Tensor) -> ValSummary:
@@ -173,6 +185,7 @@ class Saflex:
             "cfg": self.cfg.to_dict(),
             "bias": self.bias,
             "sizes": dict(self.sizes),
+            "last_refresh": self.last_refresh,
             "G": None if self.summary is None else self.summary.G.detach().cpu(),
             "g": None if self.summary is None else self.summary.g.detach().cpu(),
         }
@@ -181,6 +194,7 @@ class Saflex:
         self.cfg = SaflexConfig.from_dict(d["cfg"])
         self.bias = bool(d.get("bias", True))
         self.sizes = dict(d.get("sizes") or {})
+        self.last_refresh = d.get("last_refresh")
         if d.get("G") is None:
             self.summary = None
         else:

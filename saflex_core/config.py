@@ -140,6 +140,11 @@ class SaflexConfig:
     ref_budget : float > 0, default 0.125
         refresh="auto" only: reference images forwarded per training image, on average (0.125: a
         forward-only pass over 16 reference images per 128-image step, ~4 % of the step's work).
+    ref_ramp : bool, default True
+        refresh="auto" only: after the first refresh, refresh at steps 1, 2, 4, 8, ... until the gap
+        reaches the budget's period, then every period. A young model moves fast, and without the
+        ramp the summary of the randomly initialised model would weight the first period's steps
+        (45 steps, most of a 3-epoch digits run); the ramp costs about log2(period) extra refreshes.
     bn_mode : "train" | "eval", default "train"
         BatchNorm during the reference forward: train = batch statistics without updating the
         running statistics; eval = running statistics (model.eval()).
@@ -182,6 +187,7 @@ class SaflexConfig:
     clean_weight: float = 0.0
     ref_ema: float = 0.0
     ref_budget: float = 0.125
+    ref_ramp: bool = True
 
     def __post_init__(self) -> None:
         coerced = {
@@ -204,6 +210,7 @@ class SaflexConfig:
             "clean_weight": _float("clean_weight", self.clean_weight, 0.0, None, lo_open=False),
             "ref_ema": _float("ref_ema", self.ref_ema, 0.0, 1.0, lo_open=False),
             "ref_budget": _float("ref_budget", self.ref_budget, 0.0, None, lo_open=True),
+            "ref_ramp": _bool("ref_ramp", self.ref_ramp),
         }
         if coerced["ref_ema"] >= 1.0:
             raise ConfigError(f"saflex.ref_ema must be in [0, 1) (got {coerced['ref_ema']:g}; 1 would never update)")

@@ -494,7 +494,7 @@ def test_config_defaults_and_names():
         "eps": 0.0, "rho": None, "weights": "sigmoid", "tau": 1.0, "normalize": True, "labels": "lp",
         "label_T": 1.0, "val_batch": 512, "refresh": "auto", "bn_mode": "train", "warmup_epochs": 0,
         "reference": "val", "residual": "ce", "residual_T": 2.0, "residual_margin": 1.0,
-        "clean_weight": 0.0, "ref_ema": 0.0, "ref_budget": 0.125,
+        "clean_weight": 0.0, "ref_ema": 0.0, "ref_budget": 0.125, "ref_ramp": True,
     }
     assert SaflexConfig.knob_names() == tuple(c.to_dict())
     assert SaflexConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
@@ -526,7 +526,7 @@ def test_config_string_coercion():
 @pytest.mark.parametrize(
     "kw, pattern",
     [
-        ({"epss": 0.1}, r"^unknown SAFLEX knob 'epss' \(valid: eps, rho, weights, .*clean_weight, ref_ema, ref_budget\)$"),
+        ({"epss": 0.1}, r"^unknown SAFLEX knob 'epss' \(valid: eps, rho, weights, .*clean_weight, ref_ema, ref_budget, ref_ramp\)$"),
         ({"weights": "soft"}, r"^saflex\.weights must be one of hard, sigmoid \(got 'soft'\)$"),
         ({"labels": "ce"}, r"^saflex\.labels must be one of lp, kl \(got 'ce'\)$"),
         ({"bn_mode": "frozen"}, r"^saflex\.bn_mode must be one of train, eval"),
@@ -661,12 +661,37 @@ def test_auto_refresh_spaces_whole_reference_refreshes_by_the_budget():
     assert c.replace(ref_budget=0.0625).refresh_period(39, 128) == 5
     assert c.replace(refresh=3).refresh_period(39, 128) == 3
     g = torch.Generator().manual_seed(3)
-    sf = Saflex(c.replace(ref_budget=0.125))
+    sf = Saflex(c.replace(ref_ramp=False))
     assert sf.needs_refresh(0) and sf.period == 1  # sizes unknown yet
     sf.refresh(torch.randn(40, 4, generator=g), torch.randn(40, 3, generator=g), torch.randint(0, 3, (40,), generator=g))
     sf.reweight(torch.randn(64, 4, generator=g), torch.randn(64, 3, generator=g), torch.randint(0, 3, (64,), generator=g))
     assert sf.period == 5  # ceil(40 / (0.125 * 64))
-    assert [sf.needs_refresh(s) for s in range(11)] == [s % 5 == 0 for s in range(11)]
+    assert [sf.needs_refresh(s) for s in range(1, 11)] == [s % 5 == 0 for s in range(1, 11)]
     resumed = Saflex()
     resumed.load_state_dict(sf.state_dict())
     assert resumed.period == 5  # a resumed run keeps its period before it sees a batch
+
+
+def refreshes(sf: Saflex, steps: range, m: int = 359, n: int = 64) -> list[int]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for step in steps:
+        if sf.needs_refresh(step):
+            out.append(step)
+            sf.refresh(torch.randn(m, 4, generator=g), torch.randn(m, 3, generator=g), torch.randint(0, 3, (m,), generator=g))
+        sf.reweight(torch.randn(n, 4, generator=g), torch.randn(n, 3, generator=g), torch.randint(0, 3, (n,), generator=g))
+    return out
+
+
+def test_ref_ramp_doubles_the_gap_up_to_the_budget_period():
+    """The digits demo's reference (359 images, 64-image batches): period 45. With the ramp the
+    randomly initialised model's summary is replaced at steps 1, 2, 4, ...; without it, it would
+    weight the first 45 steps. A resumed run continues the same schedule."""
+    assert refreshes(Saflex(SaflexConfig()), range(200)) == [0, 1, 2, 4, 8, 16, 32, 64, 109, 154, 199]
+    assert refreshes(Saflex(SaflexConfig(ref_ramp=False)), range(200)) == [0, 45, 90, 135, 180]
+    assert refreshes(Saflex(SaflexConfig(refresh=4)), range(10)) == [0, 4, 8]  # a fixed refresh has no ramp
+    first = Saflex(SaflexConfig())
+    refreshes(first, range(20))
+    resumed = Saflex()
+    resumed.load_state_dict(first.state_dict())
+    assert refreshes(resumed, range(20, 120)) == [32, 64, 109]

@@ -92,6 +92,15 @@ def test_a_stored_interim_default_run_keeps_its_key_and_meaning():
     assert back.key == old.key and back.knobs["refresh"] == 4
 
 
+def test_the_ramp_is_in_the_key_only_when_switched_off():
+    """ref_ramp acts on refresh=auto only, which no record before the knob used: absent means on, so
+    the pinned earlier defaults keep their keys, and a run without the ramp is a different run."""
+    now = make_spec("medmnist/breastmnist", "rand-m9-n2+saflex", 1, {"model": "small_cnn", "epochs": 20})
+    off = now.with_overrides({"saflex.ref_ramp": False})
+    assert "ref_ramp" not in now.to_dict()["saflex"] and off.to_dict()["saflex"]["ref_ramp"] is False
+    assert off.key != now.key and RunSpec.from_dict(off.to_dict()).knobs["ref_ramp"] is False
+
+
 def test_later_fields_enter_the_key_only_when_set():
     d = base().to_dict()
     assert "ref_frac" not in d and "ref_from" not in d and "options" not in d
