@@ -430,7 +430,7 @@ def default_change_section(df: pd.DataFrame) -> tuple[list[str], list[str]]:
 
     first_d, mid_d = PAST_SAFLEX_DEFAULTS["first release"], PAST_SAFLEX_DEFAULTS["interim"]
     now = learner_defaults(SAFLEX)
-    names = list(dict.fromkeys([*first_d, *mid_d, *(k for k in now if k in ("ref_budget",) and now[k] is not None)]))
+    names = list(dict.fromkeys([*first_d, *mid_d, *(k for k in now if k in ("ref_budget", "ref_ramp") and now[k] is not None)]))
 
     def spell(d: dict) -> str:
         return ", ".join(f"{k}={_fmt_val(d[k] if k in d else now.get(k))}" for k in names
@@ -442,7 +442,7 @@ def default_change_section(df: pd.DataFrame) -> tuple[list[str], list[str]]:
          f"The first release's reference step ({old_s}: a forward over up to {first_d['val_batch']} reference "
          f"images at every step), the interim default ({mid_s}: a fresh 32-image subset every 4 steps, "
          f"averaged) and today's ({new_s}: the whole reference part, up to val_batch images, refreshed as often "
-         "as a budget of ref_budget reference images per training image allows) ran on the same experiments "
+         "as a budget of ref_budget reference images per training image allows, after a ramp at steps 1, 2, 4, ...) ran on the same experiments "
          "and seeds; X and X+ref are shared. Gains are paired by seed; cost = mean SAFLEX step time / X's in "
          "the same sweep.", "",
          "| task | upstream | pairs | Δ first default − X | Δ interim − X | Δ today's default − X | Δ today − first "
