@@ -32,6 +32,11 @@ KEEP_CHECKPOINTS = ("best", "full", "none")
 LOG = "run.log"
 LOCK = ".job.lock"
 SAFLEX_DIAG = "saflex_diag.npz"
+SWEEP_PLAN = "plan.json"  # <results>/sweeps/<name>/: the keys a sweep file plans, written by `sweep`, read by `report`
+
+
+def sweep_plan_path(root: str | os.PathLike, sweep: str) -> Path:
+    return Path(root) / "sweeps" / sweep / SWEEP_PLAN
 
 # ---- fault injection (tests only) -------------------------------------------------------------
 FAULT_ENV = "SAFLEX_FAULT"  # "<point>:<n>": os._exit(FAULT_EXIT) the n-th time <point> is reached

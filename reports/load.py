@@ -64,10 +64,12 @@ def default_results_root() -> Path:
 
 # ---- local store ------------------------------------------------------------------------------
 def planned_keys(root: Path, sweep: str) -> set[str]:
-    """Keys the sweep planned (`<root>/sweeps/<name>/plan.json`, written by `saflex-bench sweep`),
+    """Keys the sweep planned (bench.store.sweep_plan_path, written by `saflex-bench sweep`),
     including runs another sweep ran first; empty when the file is absent (older stores)."""
+    from bench.store import sweep_plan_path
+
     try:
-        return set(json.loads((root / "sweeps" / sweep / "plan.json").read_text())["keys"])
+        return set(json.loads(sweep_plan_path(root, sweep).read_text())["keys"])
     except (OSError, ValueError, KeyError, TypeError):
         return set()
 

@@ -120,8 +120,7 @@ def saflex_name(knobs: dict) -> str:
     differ = {k: v for k, v in knobs.items()
               if k != "eps" and k in defaults and not (_same(v, defaults[k]) or (_is_nan(v) and defaults[k] is None))}
     others = ([f"{k}={_fmt_val(v)}" for k, v in differ.items() if not (past and k in PAST_SAFLEX_DEFAULTS[past])]
-              + ([f"{past}'s reference step" if past != "first release" else "first-release reference step"]
-                 if past else []))
+              + ([f"{past.replace(' ', '-')} reference step"] if past else []))
     extra = ("; " + ",".join(others)) if others else ""
     if not moves_labels(knobs):
         return f"SAFLEX, weights only (eps=0{extra})"
@@ -430,13 +429,11 @@ def default_change_section(df: pd.DataFrame) -> tuple[list[str], list[str]]:
 
     first_d, mid_d = PAST_SAFLEX_DEFAULTS["first release"], PAST_SAFLEX_DEFAULTS["interim"]
     now = learner_defaults(SAFLEX)
-    names = list(dict.fromkeys([*first_d, *mid_d, *(k for k in now if k in ("ref_budget", "ref_ramp") and now[k] is not None)]))
 
     def spell(d: dict) -> str:
-        return ", ".join(f"{k}={_fmt_val(d[k] if k in d else now.get(k))}" for k in names
-                         if k in d or k in first_d or k in mid_d)
+        return ", ".join(f"{k}={_fmt_val(v)}" for k, v in d.items())
     old_s, mid_s = spell(first_d), spell(mid_d)
-    new_s = ", ".join(f"{k}={_fmt_val(now.get(k))}" for k in names)
+    new_s = spell({k: now.get(k) for k in [*first_d, "ref_budget", "ref_ramp"]})
     has_mid = any(not _is_nan(c.mean) for c in t["mid"])
     L = ["## SAFLEX's default reference step: first release, interim, today (paired)", "",
          f"The first release's reference step ({old_s}: a forward over up to {first_d['val_batch']} reference "

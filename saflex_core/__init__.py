@@ -10,7 +10,7 @@ Configuration
 SaflexConfig(eps=0.0, rho=None, weights="sigmoid", tau=1.0, normalize=True, labels="lp", label_T=1.0,
              val_batch=512, refresh="auto", bn_mode="train", warmup_epochs=0, reference="val",
              residual="ce", residual_T=2.0, residual_margin=1.0, clean_weight=0.0, ref_ema=0.0,
-             ref_budget=0.125)
+             ref_budget=0.125, ref_ramp=True)
     frozen dataclass; string values are coerced ("0.05", "none", "true").
     .replace(**knobs) -> SaflexConfig        validated copy ("saflex." prefix accepted)
     .to_dict() -> dict ; SaflexConfig.from_dict(d) -> SaflexConfig ; SaflexConfig.knob_names() -> tuple[str, ...]

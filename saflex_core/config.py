@@ -165,8 +165,8 @@ class SaflexConfig:
     ref_ema : float in [0, 1), default 0.0
         Running average of (G, g) across refreshes: summary <- ref_ema * summary + (1 - ref_ema) * new.
         Keeps a summary from small subsampled reference batches less noisy, at the price of staleness;
-        0 = replace. The first release had neither this knob nor ``ref_budget``; the defaults
-        val_batch=512, refresh=auto, ref_ema=0 replace its 512 / 1 (and an interim 32 / 4 / 0.5).
+        0 = replace. The first release had neither this knob nor ``ref_budget`` / ``ref_ramp``; the
+        defaults val_batch=512, refresh=auto, ref_ema=0 replace its 512 / 1 (and an interim 32 / 4 / 0.5).
     """
 
     eps: float = 0.0

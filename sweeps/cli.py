@@ -173,12 +173,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
 
     with sweep_lock(results, cfg.name):
-        from bench.store import write_json_atomic
-        from sweeps.launcher import PLAN
+        from bench.store import sweep_plan_path, write_json_atomic
 
         # a run shared with another sweep (same spec, same key) keeps that sweep's name in its record:
         # the plan says which runs are this sweep's
-        write_json_atomic(sweep_dir(results, cfg.name) / PLAN, {"sweep": cfg.name, "keys": list(plan.keys)})
+        write_json_atomic(sweep_plan_path(results, cfg.name), {"sweep": cfg.name, "keys": list(plan.keys)})
         done, states, alive, todo = classify()
         resubmits = sum(1 for r in todo if states[r.key].state == "failed")
         pairs = []

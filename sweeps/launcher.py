@@ -40,7 +40,6 @@ from sweeps.config import Launcher
 
 EXECUTORS = ("local", "slurm", "debug")
 LEDGER = "submissions.jsonl"
-PLAN = "plan.json"  # the keys the sweep file plans (done, shared with other sweeps, or submitted): what `report --sweep` reads
 
 
 def now_iso() -> str:
