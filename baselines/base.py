@@ -6,6 +6,7 @@ A method that has nothing to do in a stage returns its input unchanged.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar, NamedTuple, Optional
 
 from baselines._lazy import torch
@@ -31,6 +32,17 @@ class Upstream:
     has_batch_stage: ClassVar[bool] = False
     # True where batch_sample_transform is a real batched implementation, not the loop below.
     has_batched_sample_stage: ClassVar[bool] = False
+    # bump when a change alters what the method computes: the keys of the runs using it follow
+    semantics: ClassVar[int] = 1
+
+    def semantics_versions(self) -> dict[str, int]:
+        """{"upstream:<Class>": version} of this method and the methods it nests, versions other than 1."""
+        out = {f"upstream:{type(self).__name__}": self.semantics} if self.semantics != 1 else {}
+        for f in dataclasses.fields(self) if dataclasses.is_dataclass(self) else ():
+            inner = getattr(self, f.name)
+            if isinstance(inner, Upstream):
+                out.update(inner.semantics_versions())
+        return out
 
     def bind(self, x: torch.Tensor, y: torch.Tensor) -> "Upstream":
         """A copy that may use the training split (x, y) it will augment — e.g. SCARF's empirical

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import platform
 import socket
@@ -32,9 +33,33 @@ def _now() -> str:
 
 
 def versions() -> dict[str, str]:
+    """The code a record was made with: library versions, the package version and, in a git checkout,
+    its commit (a `+dirty` suffix when tracked files differ from it)."""
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "saflex_bench": __version__}
+    out = {"python": platform.python_version(), "torch": torch.__version__, "saflex_bench": __version__}
+    commit = git_commit()
+    if commit:
+        out["git"] = commit
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The checkout's commit, or None outside a git checkout (an installed wheel) or without git."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    if not (repo / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", "HEAD", "--"], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 1 else "")
 
 
 def _jsonable(info: dict) -> dict:
@@ -199,7 +224,7 @@ def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads:
         trainer = Trainer(spec, task, data, store, device=device, workers=workers, aug_path=aug_path, progress=progress, echo=echo,
                           tracker=tracker, on_epoch_end=on_epoch_end, data_on_device=data_on_device)
         out = trainer.fit()
-        record = dict(key=key, status="done", sweep=sweep, spec=spec.to_dict(), metrics=out["metrics"], cost=out["cost"],
+        record = dict(key=key, status="done", sweep=sweep, spec=spec.to_dict(), semantics=spec.semantics, metrics=out["metrics"], cost=out["cost"],
                       data=split_sizes(data), info=_jsonable(data.info), versions=versions(), host=socket.gethostname(), device=str(trainer.device),
                       threads=threads, workers=workers, warnings=out.get("warnings", []), finished_at=_now())
         from bench.numerics import numerics_info

@@ -8,18 +8,27 @@ Key stability: the canonical dict always has the fields of the first release (ta
 `saflex` = SAFLEX's knobs or null); fields added later enter it only when set (`ref_frac`, task
 `options`, other learners' knobs under the learner's name). So every key stored before the learner
 redesign is still the key of the same computation.
+
+Semantics versions: a learner, upstream or task declares `semantics` (an int, 1 until a change alters
+what it computes). `RunSpec.semantics` lists the components whose version is not 1 (e.g.
+{"learner:saflex": 2}) and enters the key only when non-empty, so a bump changes the keys of the runs
+it touches and no other; records store it, and a record of another semantics is never served as done.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from bench import models, tasks
 from bench.errors import UsageError
-from bench.learners.base import NONE, get_learner_class, join_method, split_method
+from bench.learners.base import NONE, REGISTRY as LEARNERS, get_learner_class, join_method, split_method
+from bench.tasks import check_pair
+from bench.upstreams import parse_upstream
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("multistep", "cosine", "constant")
@@ -32,8 +41,9 @@ LEGACY_FIELDS = ("task", "method", "model", "seed", "epochs", "optimizer", "lr",
 LATER_DEFAULTS = {"ref_frac": None, "ref_from": "val", "options": None}
 # SAFLEX knobs added after the first release: in the key only when they differ from these values,
 # which reproduce the behaviour before the knob existed; a stored spec without one ran at that value
-LATER_SAFLEX_KNOBS = {"ref_ema": 0.0, "ref_budget": 0.125, "ref_ramp": True}  # the ramp acts on refresh=auto only,
-# which no record before ref_ramp used
+LATER_SAFLEX_KNOBS = {"ref_ema": 0.0, "ref_budget": 0.125, "ref_ramp": True}  # the ramp acts on refresh=auto only;
+# refresh=auto records made before the ramp (unramped) are told apart by SAFLEX's semantics version 2 (see
+# SaflexLearner.semantics_for), not by this knob: absent means on, for the records made since
 # SAFLEX's earlier default reference steps (issue 18), oldest first: the first release's, then an interim
 # one (val_batch=32, refresh=4, ref_ema=0.5) that met the cost goal but whose 32-image subsets left the
 # weights mostly noise on the small sets (benchmarks/bench_saflex_staleness.py). Sweeps that reproduce
@@ -118,7 +128,16 @@ class RunSpec:
             value = getattr(self, name)
             if value != default and not (name == "options" and not value):
                 d[name] = dict(value) if isinstance(value, Mapping) else value
+        semantics = self.semantics
+        if semantics:  # only when some component is past version 1: the keys of the first semantics stay
+            d["semantics"] = semantics
         return d
+
+    @property
+    def semantics(self) -> dict[str, int]:
+        """{component: version} of the learner, upstream and task this run uses, versions other than 1
+        only (e.g. {"learner:saflex": 2}); {} for a run whose components all compute as they first did."""
+        return semantics_of(self)
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -147,6 +166,7 @@ class RunSpec:
 def _fields_from_dict(d: Mapping[str, Any]) -> dict[str, Any]:
     d = dict(d)
     d.pop("key", None)
+    d.pop("semantics", None)  # derived from the code (RunSpec.semantics); the record keeps what it ran under
     names = {f.name for f in dataclasses.fields(RunSpec)}
     learner = split_method(str(d.get("method", "")))[1]
     knobs = d.pop("saflex", None)
@@ -160,29 +180,40 @@ def _fields_from_dict(d: Mapping[str, Any]) -> dict[str, Any]:
     return d
 
 
+# ---- semantics versions ------------------------------------------------------------------------
+def semantics_of(spec: RunSpec) -> dict[str, int]:
+    out = {}
+    learner = spec.learner
+    version = get_learner_class(learner).semantics_for(spec.knobs)
+    if version != 1:
+        out[f"learner:{learner}"] = version
+    out.update(_upstream_semantics(spec.upstream))
+    out.update(_task_semantics(spec.task))
+    return dict(sorted(out.items()))
+
+
+@functools.lru_cache(maxsize=None)
+def _upstream_semantics(upstream: str) -> tuple[tuple[str, int], ...]:
+    try:
+        up = parse_upstream(upstream)
+    except UsageError:  # not a method of this code (an old record): no version to name
+        return ()
+    return tuple(up.semantics_versions().items())
+
+
+def _task_semantics(name: str) -> dict[str, int]:
+    try:
+        version = getattr(tasks.get_task(name), "semantics", 1)
+    except UsageError:
+        return {}
+    return {f"task:{name.split('/', 1)[0]}": version} if version != 1 else {}
+
+
 # ---- method strings ----------------------------------------------------------------------------
 def canonical_method(method: str) -> str:
     """Parse `UPSTREAM[+LEARNER]` with the registries and print it back canonically."""
     upstream, learner = split_method(str(method).strip())
     return join_method(str(parse_upstream(upstream)), learner)
-
-
-def parse_upstream(upstream: str):
-    import baselines
-
-    try:
-        return baselines.create_method(upstream)
-    except baselines.PolicyError as e:
-        raise UsageError(str(e)) from None
-
-
-def check_pair(task, method: str) -> None:
-    """UsageError (the reason) when `method` cannot run on `task` (skip rules use the message)."""
-    upstream, learner = split_method(method)
-    up = parse_upstream(upstream)
-    task.check_method(up)
-    task.check_learner(learner)
-    get_learner_class(learner).check(task, up)
 
 
 # ---- field coercion (for --set key=value and YAML) -----------------------------------------------
@@ -222,8 +253,6 @@ def _check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
 
 def normalize(spec: RunSpec) -> RunSpec:
     """Coerce types, validate names and values, canonicalise method, options and knobs."""
-    from bench import models, tasks
-
     values = {f.name: _coerce(f.name, getattr(spec, f.name)) for f in dataclasses.fields(RunSpec)}
     task = tasks.get_task(values["task"])  # raises UsageError with valid names
     values["method"] = canonical_method(values["method"])
@@ -302,9 +331,7 @@ def ignored_knobs(method: str, overrides: Mapping[str, Any]) -> list[str]:
 
 
 def _learner_names() -> list[str]:
-    from bench.learners.base import REGISTRY
-
-    return REGISTRY.valid_choices()
+    return LEARNERS.valid_choices()
 
 
 def parse_assignments(items: typing.Iterable[str]) -> dict[str, str]:
@@ -320,8 +347,6 @@ def parse_assignments(items: typing.Iterable[str]) -> dict[str, str]:
 
 def make_spec(task: str, method: str, seed: int = 0, overrides: Mapping[str, Any] | None = None) -> RunSpec:
     """A normalised spec with the task's defaults (model, epochs, optimiser, ...) filled in."""
-    from bench import tasks
-
     t = tasks.get_task(task)
     base = {**t.defaults(), "task": task, "method": method, "seed": seed}
     return apply_overrides(RunSpec(**base), overrides or {})

@@ -59,6 +59,58 @@ def test_keys_of_the_first_release_stay_valid(method):
     assert RunSpec.from_dict(s.to_dict()).key == s.key
 
 
+# specs of the committed study store (reports/studies/saflex_fair_results, landed 2026-11-30) and their
+# folder names: every record whose components still compute as they did keeps its key. The ramped
+# refresh="auto" records are the exception: SAFLEX semantics 2 names them (scripts/migrate_store.py).
+LANDED = {
+    "00d915791436": {"method": "cutmix-a1.0", "seed": 2, "task": "medmnist/retinamnist"},
+    "01e15479e64a": {"method": "mixup-a0.2+ref", "seed": 3, "task": "medmnist/pneumoniamnist", "epochs": 5},
+    "017588f6a457": {"method": "rand-m9-n2+saflex", "seed": 4, "task": "medmnist/breastmnist",
+                     "saflex": {**FIRST_SAFLEX_DEFAULTS, "refresh": 1}},
+    "01dfe4c31e51": {"method": "cutmix-a1.0+saflex", "seed": 2, "task": "medmnist/retinamnist",
+                     "saflex": {**INTERIM_SAFLEX_DEFAULTS}},
+}
+LANDED_COMMON = {"as_rgb": False, "batch_size": 128, "epochs": 20, "gamma": 0.1, "lr": 0.001, "milestones": [0.5, 0.75],
+                 "model": "small_cnn", "momentum": 0.9, "optimizer": "adam", "ref_frac": 0.5, "saflex": None,
+                 "schedule": "multistep", "select_metric": "auc", "weight_decay": 0.0}
+LANDED_SAFLEX = {"bn_mode": "train", "clean_weight": 0.0, "eps": 0.0, "label_T": 1.0, "labels": "lp", "normalize": True,
+                 "reference": "val", "residual": "ce", "residual_T": 2.0, "residual_margin": 1.0, "rho": None,
+                 "tau": 1.0, "warmup_epochs": 0, "weights": "sigmoid"}
+# the ramped default's record 010dcd9b2ba5 (mixup-a0.2+saflex, refresh=auto) and its key under semantics 2
+RAMPED = ("010dcd9b2ba5", "9fc749502723", {"method": "mixup-a0.2+saflex", "seed": 2, "task": "medmnist/breastmnist",
+                                           "saflex": {"refresh": "auto", "val_batch": 512}})
+
+
+def landed_spec(fields):
+    d = {**LANDED_COMMON, **fields}
+    if d["saflex"] is not None:
+        d["saflex"] = {**LANDED_SAFLEX, **d["saflex"]}
+    return d
+
+
+@pytest.mark.parametrize("key", sorted(LANDED))
+def test_keys_of_the_landed_store_stay_valid(key):
+    spec = RunSpec.from_dict(landed_spec(LANDED[key]))
+    assert spec.semantics == {} and "semantics" not in spec.to_dict()
+    assert spec.key == key
+
+
+def test_the_ramped_default_is_saflex_semantics_2(monkeypatch):
+    from bench.learners.saflex import SaflexLearner
+
+    old_key, new_key, fields = RAMPED
+    with monkeypatch.context() as m:  # the code before the ramp: its (unramped) rule had this key
+        m.setattr(SaflexLearner, "semantics_for", classmethod(lambda cls, knobs: 1))
+        assert RunSpec.from_dict(landed_spec(fields)).key == old_key
+    spec = RunSpec.from_dict(landed_spec(fields))
+    assert spec.semantics == {"learner:saflex": 2} and spec.to_dict()["semantics"] == {"learner:saflex": 2}
+    assert spec.key == new_key != old_key
+    assert RunSpec.from_dict(spec.to_dict()).key == new_key  # a record's own spec (semantics in it) reads back
+    # the same spec without the ramp computes as under semantics 1: the old canonical form + the knob
+    off = spec.with_overrides({"saflex.ref_ramp": False})
+    assert off.semantics == {} and off.to_dict()["saflex"]["ref_ramp"] is False
+
+
 def test_a_stored_spec_without_a_later_knob_ran_without_it():
     """A record written before `ref_ema` existed has no ref_ema in its spec: read back it must mean 0
     (what ran), not today's default, and keep its key."""

@@ -133,8 +133,17 @@ class Learner:
     # ref_frac unset, the selection split serves as the reference (the first study's protocol)
     needs_reference_part: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    # bump when a change alters what the learner computes: the keys of the runs it touches follow
+    # (RunSpec.semantics), so a record made under another version is never served as done
+    semantics: ClassVar[int] = 1
 
     # ---- spec time ---------------------------------------------------------------------------
+    @classmethod
+    def semantics_for(cls, knobs: Mapping[str, Any] | None) -> int:
+        """The version a run with these (canonical) knobs computes under. A bump that changed only
+        some runs returns the older version for the others, so their keys stay."""
+        return cls.semantics
+
     @classmethod
     def parse_knobs(cls, knobs: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """Validate and canonicalise knobs (defaults filled in); None for a learner without knobs."""

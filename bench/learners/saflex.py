@@ -19,6 +19,14 @@ class SaflexLearner(Learner):
     uses_reference = True
     uses_task_adapter = True  # a task whose head is not linear-with-bias (CLIP prompts) supplies its own Saflex
     description = "SAFLEX: per-sample weights and soft labels from the reference gradient (saflex_core)"
+    # 1: the first release up to the unramped refresh="auto" rule; 2 (2c29764): refresh="auto" ramps up
+    # (ref_ramp, default on). Only the ramped auto runs changed, so only their keys carry the 2.
+    semantics = 2
+
+    @classmethod
+    def semantics_for(cls, knobs: Mapping[str, Any] | None) -> int:
+        k = knobs or {}
+        return 2 if k.get("refresh") == "auto" and k.get("ref_ramp", True) else 1
 
     @classmethod
     def parse_knobs(cls, knobs: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 from bench.errors import UsageError
+from bench.learners.base import get_learner_class, split_method
 from bench.registry import Registry
 from bench.tasks.base import ImageTask, Split, Task, TaskData
+from bench.upstreams import parse_upstream
 
 REGISTRY = Registry("task", "bench.tasks")
 
@@ -34,10 +36,17 @@ def get_task(name: str) -> Task:
     return task
 
 
+def check_pair(task: Task, method: str) -> None:
+    """UsageError (the reason) when `method` cannot run on `task` (skip rules use the message)."""
+    upstream, learner = split_method(method)
+    up = parse_upstream(upstream)
+    task.check_method(up)
+    task.check_learner(learner)
+    get_learner_class(learner).check(task, up)
+
+
 def supports(task: str, method: str) -> str | None:
     """None if the pair is valid, else the reason it is not (for sweep skip rules)."""
-    from bench.spec import check_pair
-
     try:
         check_pair(get_task(task), method)
     except UsageError as e:
@@ -45,4 +54,4 @@ def supports(task: str, method: str) -> str | None:
     return None
 
 
-__all__ = ["ImageTask", "Split", "Task", "TaskData", "get_task", "list_tasks", "register_task", "supports"]
+__all__ = ["ImageTask", "Split", "Task", "TaskData", "check_pair", "get_task", "list_tasks", "register_task", "supports"]

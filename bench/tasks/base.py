@@ -61,6 +61,9 @@ class Task:
 
     name: str = ""
     modality: ClassVar[str] = "image"
+    # bump when a change alters what the family's runs compute (their data, model, loss or metrics):
+    # the run keys follow (RunSpec.semantics)
+    semantics: ClassVar[int] = 1
     task_type: str = "multi-class"  # MedMNIST vocabulary: multi-class, binary-class, ordinal-regression, multi-label, ...
     num_classes: int = 0
     metric_names: Sequence[str] = ("acc", "auc")
