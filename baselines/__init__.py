@@ -5,15 +5,10 @@
     img = up.sample_transform(img_uint8, generator)        # per sample, in the data loader
     x, y, corrupted = up.batch_transform(x, y, generator)  # per batch, on normalised floats
 
-Importing this package registers every family: add a method with one module + `@register_method`,
-and import it below.
+Add a method with one module + `@register_method`: the registry finds it (lazy_registry).
 """
 from baselines.base import IMAGE, MODALITIES, Augmented, Upstream
-from baselines.registry import PolicyError, create_method, list_methods, method_grammars, register_method
-
-# Registration order is the order of list_methods() and of the grammars in error messages.
-from baselines import identity, image_policies, mixers, noisy, tabular  # noqa: E402,F401  (registers families)
-from baselines import diffusion  # noqa: E402,F401  (after noisy: its grammar nests any method)
+from baselines.registry import PolicyError, create_method, get_method, list_methods, method_grammars, register_method
 from baselines.identity import NoAugmentation
 from baselines.image_policies import AutoAugment, RandAugment, TrivialAugment
 from baselines.mixers import CutMix, MixUp
@@ -22,6 +17,6 @@ from baselines.batched import batched_path_default
 
 __all__ = [
     "Augmented", "Upstream", "PolicyError", "IMAGE", "MODALITIES",
-    "create_method", "list_methods", "method_grammars", "register_method",
+    "create_method", "get_method", "list_methods", "method_grammars", "register_method",
     "batched_path_default", "NoAugmentation", "RandAugment", "AutoAugment", "TrivialAugment", "CutMix", "MixUp", "Noisy",
 ]

@@ -12,11 +12,10 @@ sign on numbers on purpose, so `cutmix-a-1` reports "alpha must be > 0" instead 
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from baselines.base import Upstream
+from lazy_registry import Registry
 
 INT = r"[-+]?\d+"
 NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -26,52 +25,46 @@ class PolicyError(ValueError):
     """A bad policy string or parameter: one line naming it and the valid grammars."""
 
 
-@dataclass(frozen=True)
-class _Family:
-    name: str  # keyword the family's strings start with, used to tell "malformed" from "unknown"
-    grammar: str
-    pattern: re.Pattern
-    examples: tuple[str, ...]
-    parse: Callable[..., Upstream]
-
-
-_FAMILIES: dict[str, _Family] = {}
+# entries: grammar -> parse(**named groups); meta `family` is the keyword the family's strings start
+# with, used to tell "malformed" from "unknown". Found by importing every module of baselines/.
+REGISTRY = Registry("method", "baselines", error=PolicyError)
 
 
 def register_method(name: str, *, grammar: str, pattern: str, examples: Sequence[str]):
     """Decorator registering `parse(**named_groups) -> Upstream` for strings fully matching `pattern`."""
+    if any(e.meta["family"] == name for e in REGISTRY._entries.values()):
+        raise ValueError(f"method family {name!r} registered twice")
+    return REGISTRY.register(grammar, pattern=pattern, examples=examples, family=name)
 
-    def deco(parse: Callable[..., Upstream]) -> Callable[..., Upstream]:
-        if name in _FAMILIES:
-            raise ValueError(f"method family {name!r} registered twice")
-        _FAMILIES[name] = _Family(name, grammar, re.compile(pattern), tuple(examples), parse)
-        return parse
 
-    return deco
+def unregister_method(name: str) -> None:
+    for e in [e for e in REGISTRY._entries.values() if e.meta["family"] == name]:
+        REGISTRY.unregister(e.name)
 
 
 def list_methods() -> list[str]:
     """Canonical example policy strings, one per registered family or preset."""
-    return [ex for fam in _FAMILIES.values() for ex in fam.examples]
+    return [ex for e in REGISTRY.entries() for ex in e.examples]
 
 
 def method_grammars() -> list[str]:
-    return [fam.grammar for fam in _FAMILIES.values()]
+    return REGISTRY.grammars()
 
 
 def parse_policy(policy: str) -> Upstream:
     """Like create_method, but the PolicyError carries only the reason (for nesting: noisy(P,METHOD))."""
     s = policy.strip()
-    for fam in _FAMILIES.values():
-        match = fam.pattern.fullmatch(s)
-        if match:
-            try:
-                return fam.parse(**match.groupdict())
-            except PolicyError as e:  # from a config's range check, or from a nested parse
-                raise PolicyError(f"bad method {policy!r}: {e}") from None
-    for fam in _FAMILIES.values():
-        if s == fam.name or s.startswith((fam.name + "-", fam.name + "(")):
-            raise PolicyError(f"malformed method {policy!r}: expected {fam.grammar}")
+    found = REGISTRY.match(s)
+    if found is not None:
+        entry, groups = found
+        try:
+            return entry.factory(**groups)
+        except PolicyError as e:  # from a config's range check, or from a nested parse
+            raise PolicyError(f"bad method {policy!r}: {e}") from None
+    for e in REGISTRY.entries():
+        family = e.meta["family"]
+        if s == family or s.startswith((family + "-", family + "(")):
+            raise PolicyError(f"malformed method {policy!r}: expected {e.name}")
     raise PolicyError(f"unknown method {policy!r}")
 
 
@@ -84,3 +77,6 @@ def create_method(policy: str) -> Upstream:
         return parse_policy(policy)
     except PolicyError as e:
         raise PolicyError(f"{e} (valid: {', '.join(method_grammars())})") from None
+
+
+get_method: Callable[[str], Upstream] = create_method  # the registries' get_* spelling

@@ -4,38 +4,33 @@ The registry itself imports no torch (listing names stays fast); each factory im
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from bench.errors import UsageError
+from bench.registry import Registry
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-_MODELS: dict[str, Callable[..., "Classifier"]] = {}
-_MODALITY: dict[str, str] = {}
+REGISTRY = Registry("model")  # the models below (and tasks' own, e.g. tabular's MLP) register themselves
 
 
 def register_model(name: str, modality: str = "image"):
     """`create_model(name, *args)` calls the decorated factory; `modality` says which tasks may use it."""
-
-    def deco(fn):
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} registered twice")
-        _MODELS[name], _MODALITY[name] = fn, modality
-        return fn
-
-    return deco
+    return REGISTRY.register(name, modality=modality)
 
 
 def list_models(modality: str | None = None) -> list[str]:
-    return sorted(n for n in _MODELS if modality is None or _MODALITY[n] == modality)
+    return REGISTRY.names() if modality is None else REGISTRY.names(modality=modality)
+
+
+def get_model(name: str):
+    """The factory registered under `name` (UsageError naming the valid models)."""
+    return REGISTRY.factory(name)
 
 
 def create_model(name: str, *args, **kwargs) -> "Classifier":
-    if name not in _MODELS:
-        raise UsageError(f"unknown model '{name}' (valid: {', '.join(list_models())})")
-    return _MODELS[name](*args, **kwargs)
+    return get_model(name)(*args, **kwargs)
 
 
 def Classifier(body: "nn.Module", feat_dim: int, num_classes: int) -> "nn.Module":

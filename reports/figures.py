@@ -23,12 +23,14 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from bench.errors import UsageError
+from lazy_registry import Registry
 from reports.load import NONE, arm_order, experiment_columns, method_label
 from reports.stats import mean_ci, roc_auc
 from reports.tables import arm_stats, average_gain, comparison_table
 
 FigureFn = Callable[..., "tuple[Figure, pd.DataFrame]"]
-FIGURES: dict[str, FigureFn] = {}
+FIGURES = Registry("figure", error=UsageError)  # name -> figure function, in registration order
 FAMILY_FIGURES: set[str] = set()  # drawn only where their family's runs are loaded (no placeholder)
 DPI = 150
 X_COLOR = "#4C72B0"
@@ -45,12 +47,21 @@ class NoData(Exception):
 
 def register(name: str, family: bool = False) -> Callable[[FigureFn], FigureFn]:
     def deco(fn: FigureFn) -> FigureFn:
-        FIGURES[name] = fn
+        FIGURES.register(name, family=family)(fn)
         if family:
             FAMILY_FIGURES.add(name)
         return fn
 
     return deco
+
+
+def list_figures() -> list[str]:
+    return list(FIGURES)
+
+
+def get_figure(name: str) -> FigureFn:
+    """The figure function registered under `name` (UsageError naming the valid figures)."""
+    return FIGURES.factory(name)
 
 
 # ---- helpers ----------------------------------------------------------------------------------

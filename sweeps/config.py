@@ -12,7 +12,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Union
+
+from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from bench.errors import UsageError
 
@@ -37,27 +40,56 @@ def knob_fields() -> dict[str, tuple[str, ...]]:
     return {n: tuple(get_learner_class(n).default_knobs() or ()) for n in list_learners()}
 
 
-@dataclass(frozen=True)
-class Launcher:
-    """Where and how the job array runs. Field names follow submitit's (slurm_ prefix dropped)."""
+def _launcher_setting(default: Any, expected: str, **constraints: Any) -> Any:
+    """A launcher field; `expected` is what its error message says it takes."""
+    if callable(default):
+        return Field(default_factory=default, description=expected, **constraints)
+    return Field(default, description=expected, **constraints)
 
-    partition: str | None = None
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem_gb: float = 4.0
-    timeout_min: int = 60
-    array_parallelism: int = 2
-    max_num_timeout: int = 3
-    signal_delay_s: int = 90
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    setup: tuple[str, ...] = ()
-    slurm_additional_parameters: Mapping[str, Any] = field(default_factory=dict)
+
+# strict: YAML gives typed values, and `mem_gb: true` or `cpus_per_task: 2.5` are mistakes, not numbers
+@pydantic_dataclass(frozen=True, config=ConfigDict(strict=True))
+class Launcher:
+    """Where and how the job array runs. Field names follow submitit's (slurm_ prefix dropped). A
+    pydantic dataclass: the sweep file's values and `dataclasses.replace(...)` are validated alike."""
+
+    partition: Optional[str] = _launcher_setting(None, "a partition name (string)")
+    gpus_per_node: int = _launcher_setting(0, "an integer >= 0", ge=0)
+    cpus_per_task: int = _launcher_setting(1, "an integer >= 1", ge=1)
+    mem_gb: float = _launcher_setting(4.0, "a number > 0 (GB)", gt=0, allow_inf_nan=False)
+    timeout_min: int = _launcher_setting(60, "an integer >= 1", ge=1)
+    array_parallelism: int = _launcher_setting(2, "an integer >= 1", ge=1)
+    max_num_timeout: int = _launcher_setting(3, "an integer >= 0", ge=0)
+    signal_delay_s: int = _launcher_setting(90, "an integer >= 1", ge=1)
+    account: Optional[str] = _launcher_setting(None, "a string")
+    qos: Optional[str] = _launcher_setting(None, "a string")
+    constraint: Optional[str] = _launcher_setting(None, "a string")
+    setup: tuple[str, ...] = _launcher_setting((), "a list of shell lines")
+    slurm_additional_parameters: dict[str, Union[str, int, float, bool, None]] = _launcher_setting(
+        dict, "a mapping of sbatch option -> scalar")
     # every run of the sweep trains in bench.numerics' deterministic mode (threads = cpus_per_task)
-    deterministic: bool = False
+    deterministic: bool = _launcher_setting(False, "true or false")
     # runs per array task, trained concurrently (sweeps/pack.py); cpus_per_task and mem_gb are per run
-    runs_per_job: int = 1
+    runs_per_job: int = _launcher_setting(1, "an integer >= 1", ge=1)
+
+    @field_validator("partition", "account", "qos", "constraint", mode="before")
+    @classmethod
+    def _nonblank(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if not v.strip():
+                raise ValueError("blank")
+            return v.strip()
+        return v
+
+    @field_validator("setup", mode="before")
+    @classmethod
+    def _lines(cls, v: Any) -> Any:
+        return (v,) if isinstance(v, str) else tuple(v) if isinstance(v, list) else v
+
+    @field_validator("slurm_additional_parameters", mode="before")
+    @classmethod
+    def _no_params(cls, v: Any) -> Any:
+        return {} if v is None else v
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -66,7 +98,25 @@ class Launcher:
         return d
 
 
-# key -> (expected, checker) ; checker returns the coerced value or raises ValueError
+LAUNCHER_SETTINGS = tuple(f.name for f in dataclasses.fields(Launcher))
+
+
+def launcher_settings(raw: Mapping[str, Any], where: str, key: str) -> dict[str, Any]:
+    """The validated values of the settings `raw` gives (only those), or a one-line UsageError
+    naming the file, the setting and what it takes (`<where>: <key>.mem_gb: expected a number > 0`)."""
+    for k in raw:
+        if k not in LAUNCHER_SETTINGS:
+            raise UsageError(f"{where}: {key}.{k}: unknown launcher setting (valid: {', '.join(LAUNCHER_SETTINGS)})")
+    try:
+        launcher = Launcher(**raw)
+    except ValidationError as e:
+        name = str(e.errors()[0]["loc"][0])
+        expected = Launcher.__pydantic_fields__[name].description
+        raise UsageError(f"{where}: {key}.{name}: expected {expected}, got {_type_name(raw[name])}") from None
+    return {k: getattr(launcher, k) for k in raw}
+
+
+# key -> (expected, checker) ; checker returns the coerced value or raises ValueError (the generate stage's)
 def _int(lo: int):
     def check(v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -74,63 +124,6 @@ def _int(lo: int):
         return v
 
     return check, f"an integer >= {lo}"
-
-
-def _pos_number(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-        raise ValueError
-    return float(v)
-
-
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError
-    return v
-
-
-def _opt_str(v: Any) -> str | None:
-    if v is None:
-        return None
-    if not isinstance(v, str) or not v.strip():
-        raise ValueError
-    return v.strip()
-
-
-def _str_list(v: Any) -> tuple[str, ...]:
-    if isinstance(v, str):
-        return (v,)
-    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise ValueError
-    return tuple(v)
-
-
-def _scalar_map(v: Any) -> dict[str, Any]:
-    if v is None:
-        return {}
-    if not isinstance(v, dict) or not all(
-        isinstance(k, str) and (isinstance(x, (str, int, float, bool)) or x is None) for k, x in v.items()
-    ):
-        raise ValueError
-    return dict(v)
-
-
-_LAUNCHER_CHECKS: dict[str, tuple[Any, str]] = {
-    "partition": (_opt_str, "a partition name (string)"),
-    "gpus_per_node": _int(0),
-    "cpus_per_task": _int(1),
-    "mem_gb": (_pos_number, "a number > 0 (GB)"),
-    "timeout_min": _int(1),
-    "array_parallelism": _int(1),
-    "max_num_timeout": _int(0),
-    "signal_delay_s": _int(1),
-    "account": (_opt_str, "a string"),
-    "qos": (_opt_str, "a string"),
-    "constraint": (_opt_str, "a string"),
-    "setup": (_str_list, "a list of shell lines"),
-    "slurm_additional_parameters": (_scalar_map, "a mapping of sbatch option -> scalar"),
-    "deterministic": (_bool, "true or false"),
-    "runs_per_job": _int(1),
-}
 
 
 @dataclass(frozen=True)
@@ -324,16 +317,7 @@ def load_sweep(ref: str | os.PathLike) -> SweepConfig:
     raw_l = doc.get("launcher") or {}
     if not isinstance(raw_l, dict):
         raise bad("launcher", "a mapping (partition, gpus_per_node, cpus_per_task, mem_gb, timeout_min, ...)", raw_l)
-    values = {}
-    for k, v in raw_l.items():
-        if k not in _LAUNCHER_CHECKS:
-            raise UsageError(f"{where}: launcher.{k}: unknown launcher setting (valid: {', '.join(_LAUNCHER_CHECKS)})")
-        check, expected = _LAUNCHER_CHECKS[k]
-        try:
-            values[k] = check(v)
-        except ValueError:
-            raise bad(f"launcher.{k}", expected, v) from None
-    launcher = Launcher(**values)
+    launcher = Launcher(**launcher_settings(raw_l, where, "launcher"))
 
     return SweepConfig(name=name, path=path, fixed=dict(fixed), grids=tuple(grids), skip=tuple(rules),
                        launcher=launcher, description=description.strip(), generate=generate)
@@ -382,14 +366,7 @@ def _generate_stage(raw: Any, where: str) -> GenerateStage:
     overrides = raw.get("launcher") or {}
     if not isinstance(overrides, dict):
         raise UsageError(f"{where}: generate.launcher: expected a mapping of launcher settings, got {_type_name(overrides)}")
-    for k, v in overrides.items():
-        if k not in _LAUNCHER_CHECKS:
-            raise UsageError(f"{where}: generate.launcher.{k}: unknown launcher setting (valid: {', '.join(_LAUNCHER_CHECKS)})")
-        check, expected = _LAUNCHER_CHECKS[k]
-        try:
-            overrides[k] = check(v)
-        except ValueError:
-            raise UsageError(f"{where}: generate.launcher.{k}: expected {expected}, got {_type_name(v)}") from None
+    overrides = launcher_settings(overrides, where, "generate.launcher")
     caches = raw.get("caches")
     if not isinstance(caches, dict) or not caches:
         raise UsageError(f"{where}: generate.caches: expected a mapping of name -> generation parameters, got {_type_name(caches)}")

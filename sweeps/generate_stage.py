@@ -27,7 +27,8 @@ from typing import Any, Mapping
 import submitit
 
 from sweeps.config import GenerateStage, Launcher
-from sweeps.launcher import _install_signal_handlers, make_executor, sweep_dir
+from sweeps.job import install_signal_handlers
+from sweeps.launcher import make_executor, sweep_dir
 
 
 class GenerateJob(submitit.helpers.Checkpointable):
@@ -39,7 +40,7 @@ class GenerateJob(submitit.helpers.Checkpointable):
 
         from bench.generate import GenerationSpec, generate
 
-        _install_signal_handlers()
+        install_signal_handlers()
         if threads:
             torch.set_num_threads(int(threads))
         spec = GenerationSpec.from_dict(gspec)

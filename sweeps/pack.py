@@ -32,7 +32,8 @@ from typing import Any, Sequence
 
 import submitit
 
-from sweeps.launcher import JobTerminated, _slot
+from sweeps.job import JobTerminated, RunJob, append_ledger, now_iso, run_log_paths, run_slot, summary
+from sweeps.status import last_error_line
 
 STOPPED = 128 + signal.SIGTERM  # a child's exit code when it stopped on a signal (resumable, not failed)
 CHILD_GRACE_S = 60.0  # how long stopped children get to record their attempt before SIGKILL
@@ -46,12 +47,6 @@ class PackFailed(RuntimeError):
 def chunk(items: Sequence[Any], k: int) -> list[list[Any]]:
     """Plan order, groups of k (the last may be smaller)."""
     return [list(items[i:i + k]) for i in range(0, len(items), k)]
-
-
-def run_log_paths(job_folder: str | os.PathLike, key: str) -> tuple[Path, Path]:
-    """Where a packed run's child process writes its stdout and stderr."""
-    folder = Path(job_folder)
-    return folder / f"run_{key}.out", folder / f"run_{key}.err"
 
 
 def child_log_dir(logs_template: str | os.PathLike, job_id: str | None) -> Path:
@@ -69,8 +64,6 @@ def _job_id() -> str | None:
 
 
 def _last_line(path: Path) -> str:
-    from sweeps.status import last_error_line
-
     return last_error_line(path)
 
 
@@ -94,7 +87,7 @@ class PackJob(submitit.helpers.Checkpointable):
         children: dict[str, subprocess.Popen] = {}
         times: dict[str, list[float]] = {}
         stop = _PackSignals(children)
-        with _slot(slots_dir, slots):
+        with run_slot(slots_dir, slots):
             for key, d in todo:
                 if stop.signum is not None:
                     break
@@ -123,15 +116,11 @@ class PackJob(submitit.helpers.Checkpointable):
         if failed:
             raise PackFailed(f"{len(failed)} of {len(keys)} runs of this pack failed: "
                              + "; ".join(f"{r['key']} ({r['error']})" for r in failed))
-        from sweeps.launcher import _summary
-
-        return [_summary(store.read_result(k)) for k in keys]
+        return [summary(store.read_result(k)) for k in keys]
 
     @staticmethod
     def _report(store, folder: Path, children: dict, times: dict) -> list[dict]:
         """Per-run state of this attempt: printed, appended to pack.jsonl and returned."""
-        from sweeps.launcher import append_ledger, now_iso
-
         report = []
         for key, p in children.items():
             code = p.returncode
@@ -168,7 +157,7 @@ def _start_child(args: dict, threads: int | None, out: Path, err: Path) -> subpr
 class _PackSignals:
     """USR2 / SIGTERM in a packed task: forward SIGTERM to the children, and once they have ended do
     what the one-run task does (submitit's USR2 handler: checkpoint + requeue; SIGTERM: JobTerminated).
-    Installed only in submitit jobs (slurm/local), in the main thread, like launcher._install_signal_handlers."""
+    Installed only in submitit jobs (slurm/local), in the main thread, like job.install_signal_handlers."""
 
     def __init__(self, children: dict[str, subprocess.Popen]) -> None:
         self.children = children
@@ -222,8 +211,6 @@ def _child_main(argv: list[str]) -> int:
     """One run of a pack, in its own process: the one-run task's call, stopping cleanly on a signal.
     Its last stdout line gives the process's own start and end time (what the concurrency test reads)."""
     t0 = time.time()
-    from sweeps.launcher import RunJob
-
     args = json.loads(argv[0])
     stopping: list[int] = []
 

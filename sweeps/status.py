@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from sweeps.job import run_log_paths
+
 DONE, RUNNING, PENDING, FAILED, NOT_SUBMITTED = "done", "running", "pending", "failed", "not submitted"
 STATES = (DONE, RUNNING, PENDING, FAILED, NOT_SUBMITTED)
 ALIVE = (RUNNING, PENDING)
@@ -160,7 +162,6 @@ def run_log_error(entry: Mapping[str, Any] | None) -> str:
     """A packed run's own error: the last line of its child process's logs (sweeps/pack.py)."""
     if not entry or not entry.get("run_logs"):
         return ""
-    from sweeps.pack import run_log_paths
 
     out, err = run_log_paths(entry["run_logs"], entry["key"])
     return last_error_line(err) or last_error_line(out)

@@ -335,7 +335,7 @@ def test_register_method_extends_the_registry():
         with pytest.raises(ValueError, match="twice"):
             registry.register_method("flipx", grammar="flipx", pattern="flipx", examples=[])(_flip)
     finally:
-        del registry._FAMILIES["flipx"]
+        registry.unregister_method("flipx")
 
 
 # ---- accelerators: data on the GPU, generator on the CPU ---------------------------------------
