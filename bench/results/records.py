@@ -103,7 +103,7 @@ def _is_number(v: Any) -> bool:
 def record_problem(record: Any, spec: Any = None) -> str | None:
     """None when `record` (a decoded result.json) is a done run of `spec`, else the reason, one line.
 
-    Done = status "done", the run's key, its spec (task, method, seed), at least one test metric
+    Done = the run's key, metrics, status "done", its spec (task, method, seed), at least one test metric
     (metrics.test_<m>: what every report reads) and the semantics `spec` has today (record field
     `semantics`, missing = {}, against `getattr(spec, "semantics", {})`; spec=None expects {}: pass
     `spec_for(record)` to judge a record by the spec it holds). A record that fails any of these is never served, skipped or reported as done."""
@@ -111,6 +111,9 @@ def record_problem(record: Any, spec: Any = None) -> str | None:
         return "result.json holds no record: rerun"
     if not record.get("key"):
         return "result.json names no run key: rerun"
+    metrics = record.get("metrics")
+    if not isinstance(metrics, Mapping) or not metrics:
+        return "result.json holds no metrics: rerun"
     status = record.get("status")
     if status != "done":
         return f"result.json says status {status!r}, not 'done': rerun" if status else "result.json holds no status: rerun"
@@ -120,9 +123,6 @@ def record_problem(record: Any, spec: Any = None) -> str | None:
     missing = [f for f in REQUIRED_SPEC_FIELDS if f not in rspec]
     if missing:
         return f"result.json's spec lacks {', '.join(missing)}: rerun"
-    metrics = record.get("metrics")
-    if not isinstance(metrics, Mapping) or not metrics:
-        return "result.json holds no metrics: rerun"
     if not any(k.startswith("test_") and _is_number(v) for k, v in metrics.items()):
         return "result.json holds no test metric (metrics.test_*): rerun"
     have = normalize_semantics(record.get("semantics"))

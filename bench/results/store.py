@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from bench.errors import UsageError
 from bench.results import records
@@ -297,6 +297,17 @@ class ResultsStore:
 
     def is_done(self, key: str, spec: Any = None) -> bool:
         return self.read_result(key, spec) is not None
+
+    def problems(self, keys: list[str], specs: Mapping[str, Any] | None = None) -> dict[str, str | None]:
+        """{key: None (done) or why not} for `keys` (one directory scan, then a parse per existing
+        run); `specs` ({key: RunSpec}) judge semantics against the specs asked about."""
+        try:
+            present = {e.name for e in os.scandir(self.runs_dir) if e.is_dir()}
+        except FileNotFoundError:
+            present = set()
+        specs = specs or {}
+        return {k: self.result_problem(k, specs.get(k)) if k in present else "no run folder (not started)"
+                for k in keys}
 
     def done_keys(self) -> set[str]:
         if not self.runs_dir.is_dir():
