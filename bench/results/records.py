@@ -64,11 +64,10 @@ def parse_result_text(text: str) -> tuple[dict | None, str | None]:
     """(decoded record, None), or (None, why the text is no record)."""
     try:
         rec = json.loads(text)
-    except ValueError as e:
-        pos = getattr(e, "pos", 0)
+    except ValueError:
         if not text.strip():
             return None, "result.json is empty: rerun"
-        if pos >= len(text.rstrip()) - 1:
+        if _is_cut_short(text):
             return None, "result.json truncated (the writer was killed mid-write?): rerun"
         return None, "result.json does not parse (not JSON): rerun"
     if not isinstance(rec, dict):
@@ -78,6 +77,20 @@ def parse_result_text(text: str) -> tuple[dict | None, str | None]:
         return None, (f"result.json has schema_version {version!r}; this code reads versions 1-{SCHEMA_VERSION} "
                       "(update saflex-bench)")
     return decode_record(rec), None
+
+
+def _is_cut_short(text: str) -> bool:
+    """Does `text` fail only because it ends too early (a prefix of a JSON document)? Closing an
+    open string / list / object moves the first error to the end of the text (or away)."""
+    end = len(text.rstrip())
+    for tail in ("", '"', "]", "}", '"]', '"}'):
+        try:
+            json.loads(text + tail)
+            return True
+        except ValueError as e:
+            if getattr(e, "pos", 0) >= end:
+                return True
+    return False
 
 
 def load_record(path: str | os.PathLike) -> tuple[dict | None, str | None]:
