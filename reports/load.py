@@ -97,8 +97,6 @@ def load_results(root: str | os.PathLike, sweep: str | None = None) -> pd.DataFr
         raise _usage_error(f"unknown sweep '{sweep}' under {root} "
                            f"(sweeps there: {', '.join(sorted(sweeps)) or 'none'})")
     rows, not_done = index.frame_rows(sweep, planned)
-    if sweep is not None:  # a folder without a record cannot tell its sweep: only the plan's count
-        not_done = {k: why for k, why in not_done.items() if not why.startswith("no result.json") or k in planned}
     skipped = dict(Counter(not_done.values()))
     if not rows:
         where = f"sweep '{sweep}' under {root}" if sweep else str(root)

@@ -18,7 +18,6 @@ records; no path of the machine the study ran on is written.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import re
 from pathlib import Path
@@ -694,11 +693,10 @@ def tuning_section(truns: pd.DataFrame, groups: dict[str, pd.DataFrame]) -> list
 def _last_epoch(run_dir: Any) -> dict:
     if _is_nan(run_dir):
         return {}
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return {}
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1]) if lines else {}
+    from bench.results import read_metrics
+
+    rows = read_metrics(run_dir)
+    return rows[-1] if rows else {}
 
 
 DIAG_COLUMNS = (("w_std", "std of w"), ("w_low_frac", "w < 0.5 (fraction)"),

@@ -157,9 +157,9 @@ class ResultsIndex:
         runs_dir = self.root / "runs"
         for key, problem, sem, spec, rec_sweep, row in db.execute(
                 "SELECT key, problem, semantics, spec, sweep, row FROM runs ORDER BY key"):
-            if sweep is not None and rec_sweep != sweep and key not in planned:
-                continue
             why = problem or self._semantics_problem(key, sem, spec, None)
+            if sweep is not None and rec_sweep != sweep and key not in planned and (why is None or rec_sweep):
+                continue  # another sweep's (a record that names no sweep and is not done may be this one's)
             if why is not None:
                 not_done[key] = why
                 continue

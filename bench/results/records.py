@@ -64,11 +64,10 @@ def parse_result_text(text: str) -> tuple[dict | None, str | None]:
     """(decoded record, None), or (None, why the text is no record)."""
     try:
         rec = json.loads(text)
-    except ValueError as e:
-        pos = getattr(e, "pos", 0)
+    except ValueError:
         if not text.strip():
             return None, "result.json is empty: rerun"
-        if pos >= len(text.rstrip()) - 1:
+        if _is_cut_short(text):
             return None, "result.json truncated (the writer was killed mid-write?): rerun"
         return None, "result.json does not parse (not JSON): rerun"
     if not isinstance(rec, dict):
@@ -78,6 +77,20 @@ def parse_result_text(text: str) -> tuple[dict | None, str | None]:
         return None, (f"result.json has schema_version {version!r}; this code reads versions 1-{SCHEMA_VERSION} "
                       "(update saflex-bench)")
     return decode_record(rec), None
+
+
+def _is_cut_short(text: str) -> bool:
+    """Does `text` fail only because it ends too early (a prefix of a JSON document)? Closing an
+    open string / list / object moves the first error to the end of the text (or away)."""
+    end = len(text.rstrip())
+    for tail in ("", '"', "]", "}", '"]', '"}'):
+        try:
+            json.loads(text + tail)
+            return True
+        except ValueError as e:
+            if getattr(e, "pos", 0) >= end:
+                return True
+    return False
 
 
 def load_record(path: str | os.PathLike) -> tuple[dict | None, str | None]:
@@ -103,7 +116,7 @@ def _is_number(v: Any) -> bool:
 def record_problem(record: Any, spec: Any = None) -> str | None:
     """None when `record` (a decoded result.json) is a done run of `spec`, else the reason, one line.
 
-    Done = status "done", the run's key, its spec (task, method, seed), at least one test metric
+    Done = the run's key, metrics, status "done", its spec (task, method, seed), at least one test metric
     (metrics.test_<m>: what every report reads) and the semantics `spec` has today (record field
     `semantics`, missing = {}, against `getattr(spec, "semantics", {})`; spec=None expects {}: pass
     `spec_for(record)` to judge a record by the spec it holds). A record that fails any of these is never served, skipped or reported as done."""
@@ -111,6 +124,9 @@ def record_problem(record: Any, spec: Any = None) -> str | None:
         return "result.json holds no record: rerun"
     if not record.get("key"):
         return "result.json names no run key: rerun"
+    metrics = record.get("metrics")
+    if not isinstance(metrics, Mapping) or not metrics:
+        return "result.json holds no metrics: rerun"
     status = record.get("status")
     if status != "done":
         return f"result.json says status {status!r}, not 'done': rerun" if status else "result.json holds no status: rerun"
@@ -120,9 +136,6 @@ def record_problem(record: Any, spec: Any = None) -> str | None:
     missing = [f for f in REQUIRED_SPEC_FIELDS if f not in rspec]
     if missing:
         return f"result.json's spec lacks {', '.join(missing)}: rerun"
-    metrics = record.get("metrics")
-    if not isinstance(metrics, Mapping) or not metrics:
-        return "result.json holds no metrics: rerun"
     if not any(k.startswith("test_") and _is_number(v) for k, v in metrics.items()):
         return "result.json holds no test metric (metrics.test_*): rerun"
     have = normalize_semantics(record.get("semantics"))

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from bench.errors import UsageError
 from bench.results import records
@@ -272,31 +272,38 @@ class ResultsStore:
         return self.runs_dir / key
 
     # ---- done-ness -------------------------------------------------------------------------
-    def load_result(self, key: str) -> tuple[dict | None, str | None]:
-        """(the decoded record, None) if the run is done, else (the record or None, why it is not)."""
+    def load_result(self, key: str, spec: Any = None) -> tuple[dict | None, str | None]:
+        """(the decoded record, None) if the run is done, else (the record or None, why it is not).
+        Semantics are judged against `spec` (a RunSpec), else against the spec the record holds."""
         rec, why = records.load_record(self.run_dir(key) / RESULT)
         if rec is None:
             return None, why
         if rec.get("key") not in (None, key):
             return rec, f"result.json names run {rec.get('key')}, not {key}: rerun"
-        return rec, records.record_problem(rec, records.spec_for(rec))
+        return rec, records.record_problem(rec, spec if spec is not None else records.spec_for(rec))
 
     def result_problem(self, key: str, spec: Any = None) -> str | None:
         """None when run `key` is done (for `spec`, when given), else why not, one line."""
-        rec, why = self.load_result(key)
-        if spec is not None and rec is not None and why is None:
-            why = records.record_problem(rec, spec)
-        return why
+        return self.load_result(key, spec)[1]
 
     def read_result(self, key: str, spec: Any = None) -> dict | None:
         """The decoded record of a done run, else None."""
-        rec, why = self.load_result(key)
-        if why is None and spec is not None:
-            why = records.record_problem(rec, spec)
+        rec, why = self.load_result(key, spec)
         return rec if why is None else None
 
     def is_done(self, key: str, spec: Any = None) -> bool:
         return self.read_result(key, spec) is not None
+
+    def problems(self, keys: list[str], specs: Mapping[str, Any] | None = None) -> dict[str, str | None]:
+        """{key: None (done) or why not} for `keys` (one directory scan, then a parse per existing
+        run); `specs` ({key: RunSpec}) judge semantics against the specs asked about."""
+        try:
+            present = {e.name for e in os.scandir(self.runs_dir) if e.is_dir()}
+        except FileNotFoundError:
+            present = set()
+        specs = specs or {}
+        return {k: self.result_problem(k, specs.get(k)) if k in present else "no run folder (not started)"
+                for k in keys}
 
     def done_keys(self) -> set[str]:
         if not self.runs_dir.is_dir():
