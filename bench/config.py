@@ -1,8 +1,9 @@
 """One way to declare and validate settings: pydantic models, one line per error.
 
-Run fields, learner knobs and sweep launcher settings all go through `validate`, so a bad value reads
-the same everywhere (`<what>: <field>: <problem> (valid: ...)`) and booleans accept the same words
-(true/false, yes/no, on/off, 1/0) wherever they appear.
+Learner knobs and task options go through `validate`, so a bad value reads the same everywhere
+(`<what>: <field>: <problem> (valid: ...)`) and booleans accept the same words (true/false, yes/no,
+on/off, 1/0) wherever they appear. Sweep launcher settings are a strict pydantic dataclass
+(`sweeps.config.Launcher`: YAML gives typed values, so `mem_gb: true` is an error, not 1 GB).
 """
 from __future__ import annotations
 
