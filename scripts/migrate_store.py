@@ -7,14 +7,17 @@ Run keys follow semantics versions (bench/spec.py: RunSpec.semantics). When a co
 bumped for runs that already have records made under the new rule, those records sit under the key
 of the old rule; this script moves them (run folder renamed, `key`, `spec` and `semantics` rewritten
 in spec.json / result.json, the keys in sweeps/*/plan.json replaced) and prints each change.
-Records made under the old rule are kept as what they computed, never relabelled as the new rule.
-Idempotent: a second run finds nothing to do. Nothing is deleted; a target folder that already
-exists is a conflict, reported and left alone.
+Records made under an older rule are kept as what they computed, never relabelled as the new rule:
+where today's spec can say what they ran (a knob), they move to that spec's key; otherwise they stay
+where they are (not done under today's code: they rerun) and the script says so. Idempotent: a second
+run finds nothing to do. Nothing is deleted; a target folder that already exists is a conflict,
+reported and left alone.
 
-The bumps it knows, oldest first:
+The bumps it knows (SEMANTICS_SINCE), oldest first:
 - SAFLEX semantics 2 (commit 2c29764, 2026-11-30T10:16:03Z): refresh="auto" ramps up (ref_ramp).
   refresh="auto" records made since then are semantics 2; the ones made before ran the unramped rule,
   which today's spec spells `saflex.ref_ramp=false`.
+A bump with no entry here (e.g. a learner whose records must be rerun) leaves its records in place.
 """
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ from bench.spec import RunSpec  # noqa: E402
 
 SPEC, RESULT, ATTEMPT, PLAN = "spec.json", "result.json", "attempt.json", "plan.json"
 SAFLEX_RAMP_SINCE = "2026-11-30T10:16:03Z"  # UTC timestamps of records compare as strings
+# (component, version) -> since when records were made under that version (records without a
+# `semantics` field were made before versions existed: this is how their version is known)
+SEMANTICS_SINCE = {("learner:saflex", 2): SAFLEX_RAMP_SINCE}
 
 
 def made_at(result: dict | None, attempt: dict | None) -> str | None:
@@ -41,6 +47,15 @@ def made_at(result: dict | None, attempt: dict | None) -> str | None:
         if isinstance(rec, dict) and isinstance(rec.get(field), str):
             return rec[field]
     return None
+
+
+def made_under(record_semantics: Any, when: str | None, today: dict[str, int]) -> dict[str, int]:
+    """The semantics a record ran under: its own field when it has one, else the known bumps of
+    today's components that were in the code by the time it was made."""
+    if isinstance(record_semantics, dict):
+        return {k: int(v) for k, v in sorted(record_semantics.items()) if int(v) != 1}
+    since = {comp: SEMANTICS_SINCE.get((comp, v)) for comp, v in today.items()}
+    return {comp: today[comp] for comp, t in since.items() if t is not None and when is not None and when >= t}
 
 
 def as_it_ran(spec: RunSpec, when: str) -> RunSpec:
@@ -70,8 +85,11 @@ def plan_moves(root: Path) -> tuple[list[tuple[str, str, RunSpec]], list[str]]:
         except UsageError as e:
             notes.append(f"left {run.name}: {e}")
             continue
-        if when is None and spec.semantics:
-            notes.append(f"left {run.name}: no finished_at/started_at to tell which rule it ran")
+        record_semantics = (result or {}).get("semantics", stored.get("semantics"))
+        ran = made_under(record_semantics, when, spec.semantics)
+        if ran != spec.semantics:
+            notes.append(f"left {run.name}: made under semantics {ran or '{}'}, today's code gives "
+                         f"{spec.semantics or '{}'} ({spec.method}): it reruns, nothing to move")
             continue
         if spec.key != run.name or _stale_fields(run, spec):
             moves.append((run.name, spec.key, spec))

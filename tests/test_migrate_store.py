@@ -88,6 +88,21 @@ def test_migration_moves_each_record_to_the_key_of_what_it_ran(tmp_path, monkeyp
     assert migrate_store.migrate(root)[-1] == "0 run(s) moved, 0 rewritten in place" and files(root) == after
 
 
+def test_a_bump_without_a_known_history_leaves_its_records_to_rerun(tmp_path, monkeypatch):
+    """A learner bumped to 2 whose old records cannot be told apart: they stay (not done: they rerun)."""
+    from bench.learners.augerino import Augerino
+
+    spec = {**SPEC, "method": "rand-m9-n2+augerino", "saflex": None,
+            "augerino": {"init_width": 0.1, "reg": 0.01, "test_copies": 4}}
+    key = RunSpec.from_dict(spec).key
+    put(tmp_path / "store", key, spec, "2026-11-30T12:00:00Z")
+    before = files(tmp_path / "store")
+    monkeypatch.setattr(Augerino, "semantics", 2)
+    lines = migrate_store.migrate(tmp_path / "store")
+    assert files(tmp_path / "store") == before
+    assert lines[0].startswith(f"left {key}: made under semantics {{}}, today's code gives {{'learner:augerino': 2}}")
+
+
 def test_migration_on_a_copy_of_committed_run_folders(tmp_path):
     src = REPO / "reports" / "studies" / "saflex_fair_results"
     picked = [RAMPED_OLD, "017588f6a457", "00d915791436"]
