@@ -11,6 +11,7 @@ import numpy as np
 from scipy import stats
 
 import saflex_core
+from bench.spec import RunSpec
 from reports.study import holm, noise_floor_section, write_study
 
 DEF = saflex_core.SaflexConfig().to_dict()
@@ -36,6 +37,7 @@ def put(root, key, task, method, seed, test, val=None, knobs=None, w_auc=None, l
     if rows:
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "result.json").write_text(json.dumps(dict(key=key, status="done", sweep=None, spec=spec,
+        semantics=RunSpec.from_canonical(spec).semantics,  # what the runner writes: made by today's code
         metrics=dict(test_acc=test, test_auc=test, val_acc=val, val_auc=val, best_epoch=1, epochs_run=4),
         cost=dict(wall_s=1.0, epoch_s=1.0 if "+saflex" not in method else 1.5, samples_per_s=1.0, peak_mem_mb=1.0,
                   saflex_s=0.0, step_s=0.01 if "+saflex" not in method else 0.02),
@@ -324,6 +326,7 @@ def test_first_and_todays_default_side_by_side(tmp_path):
     for p in (tmp_path / "runs").glob("*_saflex-*"):
         rec = json.loads((p / "result.json").read_text())
         rec["spec"]["saflex"] = {k: v for k, v in {**rec["spec"]["saflex"], **old}.items() if k not in LATER_SAFLEX_KNOBS}
+        rec.pop("semantics")  # as first stored: before semantics versions
         (p / "result.json").write_text(json.dumps(rec))
     rng = np.random.default_rng(1)
     new, mid = {}, {}
