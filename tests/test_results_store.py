@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -145,7 +146,7 @@ HOLDER = textwrap.dedent("""
                 open(sys.argv[1] + ".child", "w").write(str(os.getpid()))
                 time.sleep(60)
                 os._exit(0)
-            while not os.path.exists(sys.argv[1] + ".child"):
+            while not os.path.exists(sys.argv[1] + ".child") or not os.path.getsize(sys.argv[1] + ".child"):
                 time.sleep(0.01)
             print("LOCKED", flush=True)
             os._exit(0)
@@ -165,11 +166,22 @@ def _start_holder(lock: Path, mode: str) -> subprocess.Popen:
 
 
 def _wait(lock: Path, give_up_s: float) -> tuple[float, str]:
-    t = time.monotonic()
-    with pytest.raises(LockHolderGone) as e:
-        with exclusive(lock, "saflex-bench: run x is being trained by another process", give_up_s=give_up_s):
-            pass
-    return time.monotonic() - t, str(e.value)
+    """Wait in a thread, so that a waiter that never gives up fails the test instead of hanging it."""
+    out: dict = {}
+
+    def wait():
+        t = time.monotonic()
+        try:
+            with exclusive(lock, "saflex-bench: run x is being trained by another process", give_up_s=give_up_s):
+                out["got"] = True
+        except LockHolderGone as e:
+            out["took"], out["msg"] = time.monotonic() - t, str(e)
+
+    th = threading.Thread(target=wait, daemon=True)
+    th.start()
+    th.join(give_up_s + 15)
+    assert "msg" in out, "the waiter did not give up" if th.is_alive() else "the waiter got the lock"
+    return out["took"], out["msg"]
 
 
 def test_a_waiter_names_a_stopped_holder_and_gives_up(tmp_path, capfd):
