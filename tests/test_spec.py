@@ -57,6 +57,7 @@ def test_keys_of_the_first_release_stay_valid(method):
     s = make_spec("medmnist/breastmnist", method, 1, {"model": "small_cnn", "epochs": 20, "saflex.eps": 0.1, **FIRST})
     assert s.key == PINNED_KEYS[method]
     assert RunSpec.from_dict(s.to_dict()).key == s.key
+    assert s.semantics == {} and "semantics" not in s.to_dict()  # the first semantics: nothing added to the key
 
 
 # specs of the committed study store (reports/studies/saflex_fair_results, landed 2026-11-30) and their
