@@ -6,7 +6,8 @@ import pytest
 from bench.learners import get_learner_class, list_learners
 from bench.learners.base import Learner
 
-from conftest import UPSTREAM, batches_digest, checkpoint_round_trip, one_step_changes_the_model, tiny_spec, trainer
+from contract_helpers import tiny_tasks  # noqa: F401  (the fixture)
+from contract_helpers import UPSTREAM, batches_digest, checkpoint_round_trip, one_step_changes_the_model, tiny_spec, trainer
 
 MODALITIES = sorted(UPSTREAM)
 

@@ -7,7 +7,8 @@ import pytest
 import baselines
 from baselines import create_method, list_methods
 
-from conftest import batches_digest, checkpoint_round_trip, one_step_changes_the_model, tiny_spec, trainer
+from contract_helpers import tiny_tasks  # noqa: F401  (the fixture)
+from contract_helpers import batches_digest, checkpoint_round_trip, one_step_changes_the_model, tiny_spec, trainer
 
 
 def claimed(method):

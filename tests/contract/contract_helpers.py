@@ -1,5 +1,6 @@
-"""Contract tests: every entry of list_tasks(), list_learners() and list_methods() keeps the promises
-the trainer, the store and the reports rely on. Learners and upstreams run on tiny synthetic tasks,
+"""Helpers and the `tiny_tasks` fixture of the contract tests (not a conftest.py: tests/conftest.py is
+the one `conftest` the flat test files import). Contract tests: every entry of list_tasks(),
+list_learners() and list_methods() keeps the promises the trainer, the store and the reports rely on. Learners and upstreams run on tiny synthetic tasks,
 one per data modality (registered for this tier only), so the tier needs no data and runs in seconds
 per entry; entries that need real data or weights skip with the reason."""
 from __future__ import annotations
@@ -87,9 +88,9 @@ class TinyTable(Task):
 TINY = {"image": TinyImages, "tabular": TinyTable}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_tasks():
-    """Register the tiny tasks for the contract tier; other tiers list the real registry."""
+    """Register the tiny tasks while a contract module runs; other tiers list the real registry."""
     from bench.tasks import REGISTRY
 
     for cls in TINY.values():
