@@ -1,4 +1,4 @@
-"""reports/study.py on synthetic stores: the fair protocol's main table (X, X+ref, X+saflex), the
+"""The MedMNIST study's report code (studies/saflex_medmnist/report.py) on synthetic stores: the fair protocol's main table (X, X+ref, X+saflex), the
 task-clustered average, the multiple-comparison view, protocol text read from the specs, the tuning
 seeds, the noisy diagnostic with label recovery, naming by knobs, and no machine path in the output.
 The first protocol's stores (no ref_frac, no X+ref) still give a report."""
@@ -11,7 +11,10 @@ import numpy as np
 from scipy import stats
 
 import saflex_core
-from reports.study import holm, noise_floor_section, write_study
+from reports.study_loader import study_module
+
+_report = study_module("saflex_medmnist", "report")
+holm, noise_floor_section, write_study = _report.holm, _report.noise_floor_section, _report.write_study
 
 DEF = saflex_core.SaflexConfig().to_dict()
 BASE = dict(model="small_cnn", epochs=4, optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.9, schedule="multistep",
@@ -317,7 +320,9 @@ def test_first_and_todays_default_side_by_side(tmp_path):
     they ran at ref_ema 0, not at whatever today's default is), stay the main arm until today's default
     has run every experiment, and the side-by-side table pairs each setting's gains by seed, the interim
     default's where it ran."""
-    from bench.spec import FIRST_SAFLEX_DEFAULTS, INTERIM_SAFLEX_DEFAULTS, LATER_SAFLEX_KNOBS
+    from bench.spec import LATER_SAFLEX_KNOBS
+
+    FIRST_SAFLEX_DEFAULTS, INTERIM_SAFLEX_DEFAULTS = _report.FIRST_SAFLEX_DEFAULTS, _report.INTERIM_SAFLEX_DEFAULTS
 
     acc = fair_store(tmp_path, tuning=False, stale=False)
     old = {k: v for k, v in FIRST_SAFLEX_DEFAULTS.items() if k not in LATER_SAFLEX_KNOBS}  # as first stored

@@ -1,6 +1,6 @@
-"""The SAFLEX MedMNIST study, written from stored results (never typed by hand):
+"""The SAFLEX MedMNIST study's report, written from stored results (never typed by hand):
 
-    saflex-bench study --results R [--out reports/studies/saflex_medmnist.md] [--aa-results A]
+    saflex-bench study saflex_medmnist            (from the study's results table; README.md)
 
 Runs are grouped by their specs (how they were launched does not matter):
 - main comparison: every X in UPSTREAMS alone (`none`), with the label-budget control (`ref`: trained
@@ -30,7 +30,7 @@ from scipy import stats as _st
 
 from reports.load import NONE, REF, experiment_columns, learner_defaults, load_results
 from reports.stats import CI, mean_ci, paired_diff_ci
-from reports.tables import PAPER_HEADLINE_GAIN, fmt_points, public_source
+from reports.tables import fmt_points, public_source
 
 TASKS = ("medmnist/breastmnist", "medmnist/pneumoniamnist", "medmnist/retinamnist")
 UPSTREAMS = ("rand-m9-n2", "cutmix-a1.0", "mixup-a0.2")
@@ -39,8 +39,16 @@ TUNE_UPSTREAM = "rand-m9-n2"
 SAFLEX = "saflex"
 MIN_SEEDS = 5        # paired seeds an experiment should have (the referee's minimum)
 ALPHA = 0.05         # every CI is 95 %
-DEFAULT_OUT = Path("reports/studies/saflex_medmnist.md")
+DEFAULT_OUT = Path(__file__).resolve().parent / "report.md"
 METRIC = "metrics.test_acc"
+PAPER_HEADLINE_GAIN = {SAFLEX: 1.2}  # points: the paper's average gain, quoted for context under its own protocol
+# SAFLEX's earlier default reference steps (issue 18), oldest first: the first release's, then an interim
+# one (val_batch=32, refresh=4, ref_ema=0.5) that met the cost goal but whose 32-image subsets left the
+# weights mostly noise on the small sets (benchmarks/bench_saflex_staleness.py). The study's sweeps that
+# ran under them pin these knobs, so their runs keep their keys.
+FIRST_SAFLEX_DEFAULTS = {"val_batch": 512, "refresh": 1, "ref_ema": 0.0}
+INTERIM_SAFLEX_DEFAULTS = {"val_batch": 32, "refresh": 4, "ref_ema": 0.5}
+PAST_SAFLEX_DEFAULTS = {"first release": FIRST_SAFLEX_DEFAULTS, "interim": INTERIM_SAFLEX_DEFAULTS}
 LEGEND_SEEDS = ("± = half-width of the 95 % Student-t interval over seeds, in points (accuracy × 100); n/a: fewer "
                 "than 2 seeds. Δ columns are paired by seed (same data order and upstream draws in both arms).")
 
@@ -93,8 +101,6 @@ def moves_labels(knobs: dict) -> bool:
 def past_default(knobs: dict) -> str | None:
     """The name of SAFLEX's earlier default reference step these knobs ran at ("first release",
     "interim"), or None."""
-    from bench.spec import PAST_SAFLEX_DEFAULTS
-
     for name, past in PAST_SAFLEX_DEFAULTS.items():
         if all(_same(knobs.get(k), v) for k, v in past.items()):
             return name
@@ -112,8 +118,6 @@ def saflex_name(knobs: dict) -> str:
     """What the SAFLEX arm is, from its knobs: 'SAFLEX, weights only (eps=0)', 'SAFLEX eps=0.6
     (moves labels)'; other knobs that differ from the current defaults are named too, an earlier
     default reference step by its name."""
-    from bench.spec import PAST_SAFLEX_DEFAULTS
-
     defaults = learner_defaults(SAFLEX)
     eps = float(knobs.get("eps", 0.0) or 0.0)
     past = past_default(knobs)
@@ -190,10 +194,8 @@ def _prefer_fair(df: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
 
 
 def past_default_label(name: str = "first release") -> str:
-    """The `knobs` label of one of SAFLEX's earlier defaults (bench.spec.PAST_SAFLEX_DEFAULTS)
+    """The `knobs` label of one of SAFLEX's earlier defaults (PAST_SAFLEX_DEFAULTS)
     relative to today's defaults."""
-    from bench.spec import PAST_SAFLEX_DEFAULTS
-
     defaults = learner_defaults(SAFLEX)
     row = pd.Series({f"{SAFLEX}.{k}": v for k, v in {**defaults, **PAST_SAFLEX_DEFAULTS[name]}.items()})
     return knob_label(row, defaults)
@@ -425,8 +427,6 @@ def default_change_section(df: pd.DataFrame) -> tuple[list[str], list[str]]:
     t = default_change_table(df)
     if not len(t):
         return [], []
-    from bench.spec import PAST_SAFLEX_DEFAULTS
-
     first_d, mid_d = PAST_SAFLEX_DEFAULTS["first release"], PAST_SAFLEX_DEFAULTS["interim"]
     now = learner_defaults(SAFLEX)
 
