@@ -104,16 +104,12 @@ def cmd_study(args: argparse.Namespace) -> int:
 
         raise UsageError("study: give a study NAME or --list")
     study = load_study(args.name, args.studies_dir)
-    if args.results:  # straight from run folders
-        root = Path(args.results)
-        if not root.is_dir():
-            from bench.errors import UsageError
-
-            raise UsageError(f"results root {root} does not exist")
-        aa = tuple(Path(p) for p in args.aa_results) if args.aa_results else None
-        print(f"wrote {study.write_from_runs(root, args.out or study.REPORT, aa)}")
-        return 0
     if args.build_table:
+        for p in args.build_table:
+            if not (Path(p) / "runs").is_dir():
+                from bench.errors import UsageError
+
+                raise UsageError(f"results root {p}: no run folders there (expected {Path(p) / 'runs'}/<key>/)")
         paths = study.build_table([Path(p) for p in args.build_table], args.table)
     else:
         paths = study.write_report(args.table, args.out)
@@ -169,8 +165,6 @@ def register(subparsers) -> None:
                    help="build the study's results table from these results roots of run folders")
     p.add_argument("--table", metavar="DIR", help="the study's table folder (default: studies/<NAME>/results)")
     p.add_argument("--out", metavar="PATH", help="where the report goes (default: the study's own report file)")
-    p.add_argument("--results", metavar="R", help=argparse.SUPPRESS)
-    p.add_argument("--aa-results", metavar=("A", "B"), nargs=2, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_study)
 
     p = subparsers.add_parser("compare", help="two regenerations of the same runs: per-run differences, "

@@ -21,6 +21,7 @@ import datetime as _dt
 import json
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-from reports.load import NONE, REF, experiment_columns, learner_defaults, load_results
+from reports.load import NONE, REF, experiment_columns, learner_defaults
 from reports.stats import CI, mean_ci, paired_diff_ci
 from reports.tables import fmt_points, public_source
 
@@ -51,6 +52,30 @@ INTERIM_SAFLEX_DEFAULTS = {"val_batch": 32, "refresh": 4, "ref_ema": 0.5}
 PAST_SAFLEX_DEFAULTS = {"first release": FIRST_SAFLEX_DEFAULTS, "interim": INTERIM_SAFLEX_DEFAULTS}
 LEGEND_SEEDS = ("± = half-width of the 95 % Student-t interval over seeds, in points (accuracy × 100); n/a: fewer "
                 "than 2 seeds. Δ columns are paired by seed (same data order and upstream draws in both arms).")
+
+
+# ---- what the report reads ---------------------------------------------------------------------
+@dataclass
+class StudyData:
+    """Everything the report reads: the runs (one row per done run, reports.load's tidy frame), their
+    logged epochs (key, epoch, the values of metrics.jsonl), SAFLEX's per-run weight summaries
+    (reports.study_table.saflex_diag_frame), and optionally the A/A pair of the noise-floor study."""
+    runs: pd.DataFrame
+    epochs: pd.DataFrame
+    saflex_diag: pd.DataFrame
+    aa: tuple[pd.DataFrame, pd.DataFrame] | None = None
+    _last: dict = field(default_factory=dict, repr=False)
+
+    def last_epoch(self, key: Any) -> dict:
+        """The last epoch a run logged ({} if none)."""
+        if not self._last and len(self.epochs):
+            for k, r in self.epochs.groupby("key", sort=False).tail(1).set_index("key").iterrows():
+                self._last[k] = {c: v for c, v in r.items() if not _is_nan(v)}
+        return self._last.get(key, {})
+
+    def diag(self, key: Any) -> dict | None:
+        hit = self.saflex_diag[self.saflex_diag["key"] == key]
+        return hit.iloc[0].to_dict() if len(hit) else None
 
 
 # ---- naming -----------------------------------------------------------------------------------
@@ -691,39 +716,28 @@ def tuning_section(truns: pd.DataFrame, groups: dict[str, pd.DataFrame]) -> list
 
 
 # ---- per-run logs --------------------------------------------------------------------------------
-def _last_epoch(run_dir: Any) -> dict:
-    if _is_nan(run_dir):
-        return {}
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return {}
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1]) if lines else {}
-
-
 DIAG_COLUMNS = (("w_std", "std of w"), ("w_low_frac", "w < 0.5 (fraction)"),
                 ("saflex_label_shift", "mean abs(q - y)"), ("saflex_argmax_change", "argmax(q) != argmax(y)"),
                 ("saflex_time_frac", "SAFLEX share of epoch time"))
 
 
-def diagnostics_rows(main: pd.DataFrame) -> pd.DataFrame:
+def diagnostics_rows(main: pd.DataFrame, data: StudyData) -> pd.DataFrame:
     """Per (task, upstream): what SAFLEX did in the last epoch, averaged over seeds. The weight
-    columns come from the per-sample weights the trainer keeps (saflex_diag.npz)."""
+    columns come from the per-sample weights the trainer keeps (summarised in `data.saflex_diag`)."""
     rows = []
     for (task, up), g in main[main["learner"] == SAFLEX].groupby(["task", "upstream"]):
         vals: dict[str, list[float]] = {k: [] for k, _ in DIAG_COLUMNS}
-        for run_dir in g["run_dir"]:
-            last = _last_epoch(run_dir)
+        for key in g["key"]:
+            last = data.last_epoch(key)
             for k in ("saflex_label_shift", "saflex_argmax_change"):
                 if k in last:
                     vals[k].append(float(last[k]))
             if last.get("saflex_s") is not None and last.get("epoch_s"):
                 vals["saflex_time_frac"].append(float(last["saflex_s"]) / float(last["epoch_s"]))
-            diag = Path(run_dir) / "saflex_diag.npz" if not _is_nan(run_dir) else None
-            if diag is not None and diag.exists():
-                w = np.load(diag)["w"]
-                vals["w_std"].append(float(w.std()))
-                vals["w_low_frac"].append(float((w < 0.5).mean()))
+            diag = data.diag(key)
+            if diag is not None:
+                vals["w_std"].append(float(diag["w_std"]))
+                vals["w_low_frac"].append(float(diag["w_low_frac"]))
         rows.append(dict(task=task, upstream=up, n=len(g), **{k: (float(np.mean(v)) if v else math.nan) for k, v in vals.items()}))
     return pd.DataFrame(rows)
 
@@ -746,7 +760,7 @@ def _flip_rate(upstream: str) -> str:
 NOISY_LOG = ("saflex_w_auc", "saflex_recovered_frac", "saflex_clean_moved_frac")
 
 
-def noisy_rows(noisy: pd.DataFrame) -> pd.DataFrame:
+def noisy_rows(noisy: pd.DataFrame, data: StudyData) -> pd.DataFrame:
     """Per (task, upstream) and arm (X, X+ref, each SAFLEX setting): test accuracy, paired Δ vs X, and
     for SAFLEX the last-epoch weight AUC and label-recovery counters (mean and CI over seeds); chance
     = clean_moved / (C − 1): a label-blind mover that moves the same share of samples to a uniformly
@@ -764,7 +778,7 @@ def noisy_rows(noisy: pd.DataFrame) -> pd.DataFrame:
             gain, _ = _paired(xs, ss) if learner != NONE else (mean_ci([]), None)
             logs = {k: {} for k in NOISY_LOG}
             for _, r in sub.iterrows():
-                last = _last_epoch(r.get("run_dir"))
+                last = data.last_epoch(r["key"])
                 for k in NOISY_LOG:
                     if k in last and last[k] is not None:
                         logs[k][int(r["seed"])] = float(last[k])
@@ -818,11 +832,11 @@ def _noisy_sentences(task_rows: pd.DataFrame) -> list[tuple[str, str]]:
     return out
 
 
-def noisy_section(noisy: pd.DataFrame, fair: bool) -> tuple[list[str], list[str]]:
+def noisy_section(noisy: pd.DataFrame, fair: bool, data: StudyData) -> tuple[list[str], list[str]]:
     """The section's lines and the short verdicts (one per label-moving setting and task) for the summary."""
     if not len(noisy):
         return ["## Noisy upstream: label noise with a known flipped flag", "", "_No noisy-upstream runs found._", ""], []
-    rows = noisy_rows(noisy)
+    rows = noisy_rows(noisy, data)
     ups = sorted(rows["upstream"].unique())
     L = [f"## Noisy upstream: {', '.join(f'`{u}` ({_flip_rate(u)} of augmented labels flipped to a uniformly drawn other class)' for u in ups)}", "",
          f"Seeds {_seeds(noisy['seed'])}; " + ("fair protocol (`ref_frac` set: same labelled images for every arm)."
@@ -851,17 +865,18 @@ def noisy_section(noisy: pd.DataFrame, fair: bool) -> tuple[list[str], list[str]
 
 
 # ---- noise floor (A/A runs) ------------------------------------------------------------------------
-def noise_floor_section(aa_roots, main: pd.DataFrame | None = None) -> list[str]:
+def noise_floor_section(aa: tuple[pd.DataFrame, pd.DataFrame] | None, main: pd.DataFrame | None = None) -> list[str]:
     """The numerical noise floor (A/A): two regenerations of the same specs under a different float
     order (e.g. 1 vs 2 threads, `saflex-bench compare A B`), their per-key differences, whether their
     conclusions agree, and which of this study's paired gains stand above numerical noise, seed noise,
-    both or neither. [] when no A/A pair is given."""
-    if not aa_roots:
+    both or neither. `aa`: the two regenerations' run frames (attrs `source`: where each came from);
+    [] when no A/A pair is given."""
+    if not aa:
         return []
-    from reports.compare import compare_roots, experiment_noise
+    from reports.compare import compare_frames, experiment_noise
 
-    a, b = aa_roots
-    c = compare_roots(a, b)
+    a, b = (df.attrs.get("source", name) for df, name in zip(aa, "AB"))
+    c = compare_frames(*aa)
     f = c.floor
     L = ["## Noise floor: what numerics alone move", "",
          f"The same {f.n} specs were run twice (A: {public_source(str(a))}, B: {public_source(str(b))}); the "
@@ -968,9 +983,35 @@ def _summary(table: pd.DataFrame, fam: pd.DataFrame, avg: dict, main: pd.DataFra
     return L + [""]
 
 
-def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: str | Path | None = None) -> Path:
-    root = Path(root)
-    df = _with_labels(load_results(root))
+def study_data(root: str | Path, aa_roots: tuple | None = None) -> StudyData:
+    """The study's runs, their logged epochs and SAFLEX's weight summaries read from a results root
+    of run folders (and the A/A pair's runs from theirs): what the results table keeps."""
+    from reports.study_table import epochs_frame, runs_frame, saflex_diag_frame
+
+    runs = runs_frame(root)
+    source = runs.attrs["source"]
+    runs = runs[runs["task"].isin(TASKS)].reset_index(drop=True)
+    runs.attrs["source"] = source
+    aa = tuple(runs_frame(r) for r in aa_roots) if aa_roots else None
+    return StudyData(runs, epochs_frame(root, runs["key"]), saflex_diag_frame(root, runs["key"]), aa)
+
+
+def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: tuple | None = None) -> Path:
+    """The report straight from results roots of run folders (what building the table and writing
+    the report from it gives, in one step)."""
+    return write_markdown(study_data(root, aa_root), out)
+
+
+def write_markdown(data: StudyData, out: str | Path = DEFAULT_OUT) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(data))
+    return out
+
+
+def render(data: StudyData) -> str:
+    """The report (Markdown) from the study's data alone."""
+    df = _with_labels(data.runs)
     df = df[df["task"].isin(TASKS)]
     setting = main_setting(df)
     main, fair = main_runs(df, setting)
@@ -984,7 +1025,7 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: str | 
 
     L: list[str] = ["# Does SAFLEX beat the augmentations it sits on? MedMNIST study", "",
                     f"_Generated by `saflex-bench study` on {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC from "
-                    f"{len(df)} stored runs ({public_source(str(root))}); do not edit by hand._", ""]
+                    f"{len(df)} stored runs ({public_source(str(data.runs.attrs.get('source', '?')))}); do not edit by hand._", ""]
     L += ["## Protocol (read from the run specs)", "", *protocol_lines(main, fair)]
     L += tuning_section(truns, {"tuning": truns, "main comparison": main, "noisy diagnostic": noisy})
 
@@ -1025,7 +1066,7 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: str | 
     else:
         L += ["_No main-comparison runs found._", ""]
 
-    diag = diagnostics_rows(main) if len(main) else pd.DataFrame()
+    diag = diagnostics_rows(main, data) if len(main) else pd.DataFrame()
     if len(diag) and diag[[k for k, _ in DIAG_COLUMNS]].notna().any().any():
         L += [f"## What {sx_name} did (last epoch, mean over seeds)", "",
               "Weights are rescaled to mean 1 over the batch when `normalize` is on, so their mean is not informative; "
@@ -1041,12 +1082,9 @@ def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: str | 
 
     change_md, change_verdict = default_change_section(df)
     L += change_md
-    noisy_md, noisy_verdicts = noisy_section(noisy, noisy_fair)
+    noisy_md, noisy_verdicts = noisy_section(noisy, noisy_fair, data)
     L += noisy_md
-    aa_md = noise_floor_section(aa_root, main)
+    aa_md = noise_floor_section(data.aa, main)
     L += _summary(table, fam, avg, main, noisy_verdicts, bool(aa_md), fair, _tuning_verdict(truns) + change_verdict)
     L += aa_md
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(L) + "\n")
-    return out
+    return "\n".join(L) + "\n"
