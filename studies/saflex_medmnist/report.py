@@ -18,7 +18,6 @@ records; no path of the machine the study ran on is written.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -30,7 +29,8 @@ import pandas as pd
 from scipy import stats as _st
 
 from reports.load import NONE, REF, experiment_columns, learner_defaults
-from reports.stats import CI, mean_ci, paired_diff_ci
+from reports.inference import clustered_average, holm, paired as _paired, paired_p_value as _p_value, per_seed
+from reports.stats import CI, mean_ci
 from reports.tables import fmt_points, public_source
 
 TASKS = ("medmnist/breastmnist", "medmnist/pneumoniamnist", "medmnist/retinamnist")
@@ -271,26 +271,7 @@ def noisy_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
 
 
 def _per_seed(g: pd.DataFrame, col: str = METRIC) -> pd.Series:
-    if g.empty or col not in g:
-        return pd.Series(dtype=float)
-    return g.groupby("seed")[col].mean().dropna().sort_index()
-
-
-def _paired(a: pd.Series, b: pd.Series) -> tuple[CI, np.ndarray]:
-    """CI of b − a over the seeds both have, and those differences."""
-    common = a.index.intersection(b.index).sort_values()
-    d = (b.loc[common] - a.loc[common]).to_numpy(dtype=float)
-    return paired_diff_ci(a.loc[common], b.loc[common]), d
-
-
-def _p_value(d: np.ndarray) -> float:
-    """Two-sided paired t-test p-value (the test the t-CI inverts); NaN below 2 pairs."""
-    d = d[~np.isnan(d)]
-    if d.size < 2:
-        return math.nan
-    if np.all(d == d[0]):
-        return 1.0 if d[0] == 0 else 0.0
-    return float(_st.ttest_1samp(d, 0.0).pvalue)
+    return per_seed(g, col)
 
 
 # ---- main comparison ----------------------------------------------------------------------------
@@ -331,29 +312,6 @@ def main_table(main: pd.DataFrame) -> pd.DataFrame:
                          p_ref=_p_value(d_r), has_ref=bool(len(r)), overhead=cs / cx if cx else math.nan,
                          seeds=sorted(set(xs.index) | set(rs.index) | set(ss.index)), flags=", ".join(flags)))
     return pd.DataFrame(rows)
-
-
-def clustered_average(table: pd.DataFrame, col: str) -> tuple[CI, pd.Series]:
-    """Average of the per-experiment paired gains `col` with a task-clustered CI: experiments of one
-    task share its data, so the gains are first averaged per task and the t-CI is taken over tasks
-    (degrees of freedom = tasks − 1). Returns the CI and the per-task means."""
-    vals = pd.DataFrame({"task": table["task"], "g": [c.mean for c in table[col]]}).dropna()
-    per_task = vals.groupby("task")["g"].mean()
-    return mean_ci(per_task.to_numpy()), per_task
-
-
-def holm(p: Iterable[float]) -> np.ndarray:
-    """Holm step-down adjusted p-values (NaNs kept out of the family)."""
-    p = np.asarray(list(p), dtype=float)
-    out = np.full_like(p, np.nan)
-    idx = np.where(~np.isnan(p))[0]
-    m = idx.size
-    order = idx[np.argsort(p[idx], kind="stable")]
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out
 
 
 def multiple_comparisons(table: pd.DataFrame) -> pd.DataFrame:
