@@ -2,7 +2,7 @@
 # Rebuild every study's results table from its results roots, then its report from the table alone.
 # STORES_DIR holds the roots laid out as the committed stores were (saflex_fair_results/ and
 # aa/threads1/, aa/threads2/); they are in git history:
-#   git archive 59d54e6 reports/studies | tar -x -C DIR && studies/build_tables.sh DIR/reports/studies
+#   git archive ac8a6a8 reports/studies | tar -x -C DIR && studies/build_tables.sh DIR/reports/studies
 # Keep the root folders' names: a report names the store it came from by its folder name.
 set -euo pipefail
 S=${1:?usage: studies/build_tables.sh STORES_DIR (holding saflex_fair_results/ and aa/threads1/, aa/threads2/)}
