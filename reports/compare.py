@@ -9,7 +9,7 @@ under two thread counts: docs/reproducibility.md) and, per spec key present in b
   conclusion in A and in B (sign of the mean paired gain over seeds, and whether its 95 % t-CI
   excludes 0) and whether they agree.
 
-Also, for the report writers (reports/tables.py, reports/study.py):
+Also, for the report writers (reports/tables.py, the studies' report code):
 - `gain_noise_verdict` / `classify_gains` / `experiment_noise`: is a gain above the numerical noise
   floor, above the seed spread, both or neither;
 - `numerics_mismatch(df_group)`: a line when the runs of one comparison ran under different numerics.
