@@ -197,8 +197,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             items = [f"{a}={point[a]}" for a in dict.fromkeys(axes) if a in point]
             return f"[{' '.join(items)}] " if items else ""
 
+        from sweeps.launcher import estimate_run_s, stored_run_times
         from sweeps.plan import spec_view
 
+        times = stored_run_times(store.iter_results())
+        estimates = {r.key: estimate_run_s(times, r.spec) for r in todo}
         print(_header("ACTION"))
         for r in plan.runs:
             st = states[r.key]
@@ -209,6 +212,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             else:
                 action = "submit"
                 note = "resubmit: " + st.detail if st.state == "failed" else ""
+                est = estimates.get(r.key)
+                note = (note + "; " if note else "") + (f"est {est.describe()}" if est else "est ? (no stored run of this task and model)")
                 if r.spec.task in missing or "*" in missing:
                     action = "would fail"
                     note = (note + "; " if note else "") + missing.get(r.spec.task, missing.get("*", ""))
@@ -217,6 +222,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(_row("-", "skip", s.point, extra(s.point) + s.reason))
         print(f"planned {len(plan.runs)} | done {len(done)} | skipped by rule {len(plan.skipped)} | "
               f"in flight {len(alive)} | would submit {len(todo)}  (dry run: nothing submitted)")
+        _warn_timeout(launcher, [e for e in estimates.values() if e is not None], len(todo))
         failing = [r for r in todo if r.spec.task in missing]
         if failing or "*" in missing:
             problems = sorted(set(missing.values()))
@@ -257,6 +263,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"follow with: saflex-bench status {args.file} --results {results}")
         return 0
     return _wait(pairs, kind, store, results, cfg.name)
+
+
+def _warn_timeout(launcher, estimates, n_todo: int) -> None:
+    """The longest estimated run against the launcher's timeout_min (a job trains one run, or
+    runs_per_job of them side by side)."""
+    if not estimates:
+        if n_todo:
+            print("time per job: no stored run of these tasks and models to estimate from")
+        return
+    worst = max(estimates, key=lambda e: e.seconds)
+    line = f"time per job: longest estimate {worst.describe()}; launcher timeout_min {launcher.timeout_min}"
+    print(line)
+    if worst.seconds > 60 * launcher.timeout_min:
+        print(f"saflex-bench: warning: launcher timeout_min {launcher.timeout_min} is below the estimated "
+              f"{worst.seconds / 60:.1f} min of the longest run: raise it in the sweep file", file=sys.stderr)
 
 
 def _missing_data(plan, data_root) -> dict[str, str]:
