@@ -512,7 +512,7 @@ def test_wandb_report_spec_offline(root, tmp_path, capsys, monkeypatch):
         assert rs["filters"] == f"Config('task') = '{task}' and Group = 'demo' and State = 'finished'"
         expr.expr_to_filters(rs["filters"])  # a filter wandb-workspaces can parse
         assert [p["type"] for p in grid["panels"]] == ["BarPlot", "LinePlot"]
-        assert all(p["groupby"] == "config.method" for p in grid["panels"])
+        assert all(p["groupby"] is None and p["aggregate"] for p in grid["panels"])  # the runset's grouping
         assert grid["panels"][0]["metrics"] == ["test_acc"] and grid["panels"][1]["y"] == ["val_acc"]
     gain = blocks[blocks.index(next(b for b in blocks if b.get("text") == "Learner gains")) + 1]
     assert gain["type"] == "MarkdownBlock"
@@ -522,7 +522,7 @@ def test_wandb_report_spec_offline(root, tmp_path, capsys, monkeypatch):
     assert f"{100 * avg:+.2f} points" in gain["text"]
     cost = grids[2]
     assert [p["type"] for p in cost["panels"]] == ["BarPlot", "MarkdownPanel"]
-    assert cost["panels"][0]["groupby"] == "config.method" and cost["panels"][0]["metrics"] == ["cost/epoch_s"]
+    assert cost["panels"][0]["aggregate"] and cost["panels"][0]["metrics"] == ["cost/epoch_s"]
     assert "overhead" in cost["panels"][1]["markdown"]
     assert "api_key" not in path.read_text().lower()
 
