@@ -58,10 +58,17 @@ def cmd_figures(args: argparse.Namespace) -> int:
         raise _usage_error(f"unknown figure {', '.join(unknown)} (valid: {', '.join(FIGURES)})")
     df, root, files_root = _load(args)
     print(_source_line(df))
-    for name, paths, why in write_figures(df, files_root, _out_dir(args, root), metric=args.metric, only=args.only):
+    from reports.figures import FAMILY_FIGURES
+
+    written = write_figures(df, files_root, _out_dir(args, root), metric=args.metric, only=args.only,
+                            cost_csv=args.cost_csv)
+    for name, paths, why in written:
         if why:
             print(f"{name}: no data: {why} (placeholder written)")
         print(f"wrote {', '.join(str(p) for p in paths)}")
+    left = sorted(FAMILY_FIGURES - {n for n, _, _ in written}) if not args.only else []
+    if left:
+        print(f"not drawn (their data is not there; ask with --only to see why): {', '.join(left)}")
     return 0
 
 
@@ -170,7 +177,10 @@ def register(subparsers) -> None:
                                               "curves, ... (PNG, PDF + the plotted data as CSV)")
     _common(p)
     p.add_argument("--only", nargs="+", metavar="FIG",
-                   help="only these figures, e.g. fig1_accuracy fig2_gain (default: all)")
+                   help="only these figures, e.g. fig1_accuracy fig2_forest (default: all)")
+    p.add_argument("--cost-csv", metavar="FILE",
+                   help="side-by-side step timings for fig4_cost (benchmarks/bench_saflex_overhead.py --csv; "
+                        "default: <results>/benchmarks/side_by_side_cost.csv, else no cost figure)")
     p.set_defaults(func=cmd_figures)
 
     p = subparsers.add_parser("study", help="write the SAFLEX MedMNIST study (markdown) from stored results")
