@@ -310,6 +310,8 @@ def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) 
           "a later `sweep` resumes unfinished runs)", flush=True)
     from tqdm.auto import tqdm
 
+    from sweeps.status import run_seconds
+
     # the bar (stderr) counts finished runs, ETA from their rate; the per-run lines go above it (stdout)
     bar = tqdm(total=n, unit="run", desc=sweep_name or "sweep", file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
     try:
@@ -338,7 +340,7 @@ def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) 
                 rec = store.read_result(run.key)
                 if rec is not None:
                     m = rec.get("metrics", {})
-                    note = f"test_acc {m.get('test_acc', float('nan')):.4f}  ({_fmt_s(rec.get('cost', {}).get('wall_s', 0))})"
+                    note = f"test_acc {m.get('test_acc', float('nan')):.4f}  ({_fmt_s(run_seconds(rec) or 0)})"
                     state = "done"
                 else:
                     failed += 1
