@@ -57,7 +57,10 @@ def fig_forest(df: pd.DataFrame, root: Path | None = None, metric: str = "test_a
     ncols = 2 if len(arms) == 4 else min(3, len(arms))
     fig, axes = grid(len(arms), 3.0, 0.6 + 0.26 * n, ncols_max=ncols, min_w=0.0, extra_h=0.9)
     fig.set_figwidth(3.0 * ncols + 0.07 * longest)
-    ends = 100 * pd.concat([data["gain_ci_lo"], data["gain_ci_hi"], data["gain_mean"]]).astype(float)
+    # the scale follows the experiments' CIs: an average over 2-3 experiments has a t-CI far wider than
+    # any of them; its diamond then runs off the panel and the label gives its ends
+    exp = data[data["kind"] == "experiment"]
+    ends = 100 * pd.concat([exp["gain_ci_lo"], exp["gain_ci_hi"], data["gain_mean"]]).astype(float)
     lo_x, hi_x = float(np.nanmin(ends)), float(np.nanmax(ends))
     pad = 0.06 * max(hi_x - lo_x, 1.0)
     xlim = (min(lo_x, 0.0) - pad, max(hi_x, 0.0) + pad)
@@ -77,9 +80,9 @@ def fig_forest(df: pd.DataFrame, root: Path | None = None, metric: str = "test_a
                 ax.plot([am], [y_avg], "D", color="black", ms=6)
             else:
                 ax.fill([alo, am, ahi, am], [y_avg, y_avg - 0.32, y_avg, y_avg + 0.32], color="black")
-            right = am if math.isnan(ahi) else ahi
-            ax.annotate(f"{am:+.1f}", (right, y_avg), textcoords="offset points", xytext=(4, 0), va="center",
-                        fontsize=7)
+            ci = "" if math.isnan(alo) else f" [{alo:+.1f}, {ahi:+.1f}]"
+            ax.text(0.99, y_avg - 0.45, f"{am:+.1f}{ci}", transform=ax.get_yaxis_transform(),  # x: axes, y: data
+                    ha="right", va="center", fontsize=7)
         ax.axvline(0, color="gray", lw=0.8, ls="--")
         ax.axhline(len(rows) - 0.2, color="lightgray", lw=0.6)  # experiments above, their average below
         ax.set_ylim(y_avg + 0.8, -0.8)
