@@ -248,7 +248,8 @@ def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads:
         out = trainer.fit()
         fit_s = time.perf_counter() - t_fit
         if timing is not None:  # the training loop (wall_s: epochs, validation, checkpoints) and around it
-            loop_s = float(out["cost"].get("wall_s", 0.0))
+            # a resumed run's wall_s also holds the loops of earlier processes; the phases are this process's
+            loop_s = min(float(out["cost"].get("wall_s", 0.0)), fit_s)
             out["cost"].update(process_cost({"load_s": timing["load_s"], "setup_s": t_fit - t_setup, "loop_s": loop_s,
                                              "final_eval_s": max(0.0, fit_s - loop_s)},
                                             timing["t_enter"], timing["startup_s"]))

@@ -62,6 +62,9 @@ def fig_diagnostics(df: pd.DataFrame, root: Path | None = None, metric: str = "t
         what = "−w" if q == "w" else "label shift"
         ax.set_title(f"ROC-AUC of {what} for corrupted: " + ("n/a" if math.isnan(auc) else f"{auc:.3f}"), fontsize=9)
         ax.legend(fontsize=8, loc="best")
+        if np.ptp(vals) == 0:  # a single bar: say what it means rather than leave the reader to guess
+            ax.text(0.5, 0.55, f"every sample: {q.replace('_', ' ')} = {vals[0]:g}", transform=ax.transAxes,
+                    ha="center", fontsize=9)
     note = "" if cor.any() else "\nno corrupted samples (no noisy(...) upstream among these runs)"
     up_s = ", ".join(sorted(ups)) if len(ups) <= 3 else f"{len(ups)} upstreams"
     fig.suptitle(f"SAFLEX diagnostics, pooled over {n_runs} X+SAFLEX runs ({up_s}){note}", fontsize=10)
