@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from reports.figures._common import arm_colors, clip_pct_axis, extras_of, grid, panel_label, yerr

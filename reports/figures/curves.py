@@ -4,7 +4,6 @@ of the seed's mean over the upstreams the group ran on (X over the same upstream
 over seeds. A few curves per panel instead of every arm of every upstream in one."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
