@@ -41,7 +41,7 @@ def fig_cost(df: pd.DataFrame, root: Path | None = None, metric: str = "test_acc
     tasks = sorted(data["task"].unique())
     arms = list(dict.fromkeys(data["arm"]))
     width = 0.8 / max(1, len(tasks))
-    fig = Figure(figsize=(max(4.5, 0.9 * len(arms) + 2.0), 3.4), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 0.9 * len(arms) + 2.0), 3.6), layout="constrained")
     ax = fig.add_subplot()
     top = 1.0
     for i, task in enumerate(tasks):
@@ -62,5 +62,5 @@ def fig_cost(df: pd.DataFrame, root: Path | None = None, metric: str = "test_acc
     ax.legend(fontsize=7, frameon=False, ncols=min(3, len(tasks)), loc="upper left")
     meta = data.iloc[0]
     extra = ", ".join(f"{k} {meta[k]}" for k in ("upstream", "model", "device", "threads", "steps") if k in data)
-    fig.suptitle(f"Learner cost, measured side by side ({extra})", fontsize=9)
+    fig.suptitle(f"Learner cost: step time over X's, measured side by side in one process\n({extra})", fontsize=9)
     return fig, data
