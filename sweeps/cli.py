@@ -236,7 +236,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         # a run shared with another sweep (same spec, same key) keeps that sweep's name in its record:
         # the plan says which runs are this sweep's
-        write_json_atomic(sweep_plan_path(results, cfg.name), {"sweep": cfg.name, "keys": list(plan.keys)})
+        keys = list(plan.keys)
+        if _narrowed(args):  # a narrowed run adds to the sweep's plan: the full grid's shared runs stay listed
+            from bench.store import read_json
+
+            before = read_json(sweep_plan_path(results, cfg.name))
+            previous = before.get("keys") if isinstance(before, dict) else None
+            keys = list(dict.fromkeys([*(previous or []), *keys]))
+        write_json_atomic(sweep_plan_path(results, cfg.name), {"sweep": cfg.name, "keys": keys})
         done, states, alive, todo = classify()
         resubmits = sum(1 for r in todo if states[r.key].state == "failed")
         pairs = []

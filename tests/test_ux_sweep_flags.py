@@ -1,12 +1,11 @@
 """`sweep --set/--seeds/--limit`, the local sweep's progress bar and `status`'s sweep-level line."""
 from __future__ import annotations
 
-import textwrap
+import json
 
 import pytest
 
 from bench.cli import main as cli_main
-from bench.errors import UsageError
 from bench.spec import make_spec, parse_assignments
 from bench.store import ResultsStore
 from sweeps import load_sweep, plan_sweep
@@ -55,7 +54,11 @@ def test_dry_run_with_limit_plans_only_n(capsys, tmp_path):
 
 
 def test_sweep_demo_with_set_runs_locally_with_the_keys_of_run(capsys, tmp_path):
+    from bench.store import sweep_plan_path, write_json_atomic
+
     results = tmp_path / "r"
+    (results / "sweeps" / "demo").mkdir(parents=True)
+    write_json_atomic(sweep_plan_path(results, "demo"), {"sweep": "demo", "keys": ["full0grid000"]})  # a full run's plan
     code, out, err = run_cli(capsys, "sweep", "demo", "--set", "epochs=1", "--seeds", "0", "--limit", "2",
                              "--executor", "local", "--results", results, "--wandb", "disabled")
     assert code == 0, out + err
@@ -67,6 +70,9 @@ def test_sweep_demo_with_set_runs_locally_with_the_keys_of_run(capsys, tmp_path)
     assert got == want
     for k in got:
         assert store.read_result(k)["spec"]["epochs"] == 1
+    # the narrowed run adds its keys to the sweep's plan; the full grid's stay (reports --sweep demo sees both)
+    plan = json.loads(sweep_plan_path(results, "demo").read_text())["keys"]
+    assert plan[0] == "full0grid000" and set(plan[1:]) == want
     code, out, _ = run_cli(capsys, "status", "demo", "--set", "epochs=1", "--seeds", "0", "--limit", "2",
                            "--results", results)
     assert "sweep: 2/2 done, 0 running, 0 failed, 0 pending, 0 not submitted; nothing in flight" in out
