@@ -1,5 +1,9 @@
 """Per-sample image policies: RandAugment, AutoAugment, TrivialAugment (torchvision v2 semantics).
 
+`rand-m{M}-n{N}` is torchvision's RandAugment, not timm's: M is one of 31 bins (m9 = 30 % of an op's
+maximum; timm: m9 = 90 %), every drawn op applies (timm: each with p=0.5), fill black, nearest
+interpolation; the README's "Upstreams" paragraph lists the differences.
+
 torchvision's transforms draw from the global RNG, so we split each policy in two: `draw_ops` picks
 the ops and signed magnitudes from the generator passed in (mirroring torchvision's draw order call
 for call, so a generator seeded s gives exactly what torchvision gives after torch.manual_seed(s)),
@@ -24,7 +28,7 @@ from baselines.registry import INT, PolicyError, register_method
 
 Op = tuple[str, float]  # (torchvision op name, signed magnitude)
 
-RAND_MAX_MAGNITUDE = 30  # RandAugment's 31 magnitude bins, as in torchvision and timm
+RAND_MAX_MAGNITUDE = 30  # torchvision's 31 magnitude bins (timm's M is on a 0-10 scale: README, "Upstreams")
 _AUTO_POLICIES = ("imagenet", "cifar10", "svhn")
 
 

@@ -137,6 +137,42 @@ def mixed_cost_settings(records) -> str | None:
     return f"costs measured under different settings ({'; '.join(mixed)}): compare epoch_s with care" if mixed else None
 
 
+_STARTUP_CHARGED = False  # the process's start-up is charged to the first run it trains, once
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux: /proc), None where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, after the command name
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _startup_s() -> float:
+    """The interpreter start-up and imports before the first run_spec of this process (0 for later runs:
+    a debug or packed sweep trains several runs in one process)."""
+    global _STARTUP_CHARGED
+    if _STARTUP_CHARGED:
+        return 0.0
+    _STARTUP_CHARGED = True
+    return process_age_s() or 0.0
+
+
+def process_cost(phases: dict[str, float], t_enter: float, startup_s: float) -> dict[str, Any]:
+    """result.json's `cost.process_s` (what the run cost its job, start-up to the record) and
+    `cost.phases` (its parts; `other_s` = lock waits, checks and what no phase names)."""
+    import time
+
+    total = startup_s + (time.perf_counter() - t_enter)
+    named = {"startup_s": startup_s, **phases}
+    return {"process_s": round(total, 3),
+            "phases": {**{k: round(v, 3) for k, v in named.items()}, "other_s": round(max(0.0, total - sum(named.values())), 3)}}
+
+
 def _slurm_ids() -> dict[str, str]:
     keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
     return {k.lower(): os.environ[k] for k in keys if k in os.environ}
@@ -157,6 +193,10 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
     `data_on_device`: off, on or auto: keep the training split on the device and augment it there
     (batched path; the same batches); auto uses it on a GPU where it fits, else the loader path.
     Which path ran is recorded as cost.data_path (an execution setting: not in the key)."""
+    import time
+
+    t_enter = time.perf_counter()
+    startup_s = _startup_s()
     store = ResultsStore(resolve_results_root(results))
     key = spec.key
     done = store.read_result(key, spec)
@@ -184,7 +224,9 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
     task = get_task(spec.task)
     from bench.data import with_reference
 
+    t_load = time.perf_counter()
     data = with_reference(task.load(data_root, spec), spec.ref_frac, spec.ref_from, spec.seed)
+    timing = {"t_enter": t_enter, "startup_s": startup_s, "load_s": time.perf_counter() - t_load}
     if data_on_device == "on":  # fail before anything is written (the trainer decides again, on its own split)
         import baselines
 
@@ -198,11 +240,14 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
             return done
         return _train(spec, store, task, data, device, threads, wandb_mode=wandb_mode, sweep=sweep, progress=progress,
                       echo=progress if echo is None else echo, workers=workers, on_epoch_end=on_epoch_end,
-                      keep_checkpoints=keep_checkpoints, aug_path=aug_path, data_on_device=data_on_device)
+                      keep_checkpoints=keep_checkpoints, aug_path=aug_path, data_on_device=data_on_device, timing=timing)
 
 
 def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads: int, *, wandb_mode, sweep, progress,
-           echo, workers, on_epoch_end, keep_checkpoints="best", aug_path="auto", data_on_device="off") -> dict[str, Any]:
+           echo, workers, on_epoch_end, keep_checkpoints="best", aug_path="auto", data_on_device="off",
+           timing: dict | None = None) -> dict[str, Any]:
+    import time
+
     import torch
 
     from bench.trainer import Trainer
@@ -217,13 +262,22 @@ def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads:
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     tracker = trainer = None
+    t_setup = time.perf_counter()
     try:
         from bench.tracking import start_tracking
 
         tracker = start_tracking(spec.to_dict(), key, run_dir, wandb_mode, sweep)
         trainer = Trainer(spec, task, data, store, device=device, workers=workers, aug_path=aug_path, progress=progress, echo=echo,
                           tracker=tracker, on_epoch_end=on_epoch_end, data_on_device=data_on_device)
+        t_fit = time.perf_counter()
         out = trainer.fit()
+        fit_s = time.perf_counter() - t_fit
+        if timing is not None:  # the training loop (wall_s: epochs, validation, checkpoints) and around it
+            # a resumed run's wall_s also holds the loops of earlier processes; the phases are this process's
+            loop_s = min(float(out["cost"].get("wall_s", 0.0)), fit_s)
+            out["cost"].update(process_cost({"load_s": timing["load_s"], "setup_s": t_fit - t_setup, "loop_s": loop_s,
+                                             "final_eval_s": max(0.0, fit_s - loop_s)},
+                                            timing["t_enter"], timing["startup_s"]))
         record = dict(key=key, status="done", sweep=sweep, spec=spec.to_dict(), semantics=spec.semantics, metrics=out["metrics"], cost=out["cost"],
                       data=split_sizes(data), info=_jsonable(data.info), versions=versions(), host=socket.gethostname(), device=str(trainer.device),
                       threads=threads, workers=workers, warnings=out.get("warnings", []), finished_at=_now())

@@ -97,6 +97,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--set", action="append", default=[], help="extra run field / saflex.knob overrides")
+    p.add_argument("--csv", help="also write the rows to this CSV (task, upstream, arm, x_ms, arm_ms, ratio, ...): "
+                                 "what `saflex-bench figures` draws as the side-by-side cost figure")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.data_root = resolve_data_root(args.data_root)
@@ -115,11 +117,20 @@ def main() -> None:
         else:
             arms.append((learner, f"{args.upstream}+{learner}", {}))
     print(f"{'task':28s}{'arm':>16}{'X ms':>9}{'arm ms':>9}{'ratio':>8}")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for task_name in tasks:
             times = measure(task_name, args, [(m, o) for _, m, o in arms], tmp)
             for (label, _, _), t in zip(arms, times[1:]):
                 print(f"{task_name:28s}{label:>16}{times[0] * 1e3:>9.2f}{t * 1e3:>9.2f}{t / times[0]:>8.3f}", flush=True)
+                rows.append(dict(task=task_name, upstream=args.upstream, model=args.model, arm=label.rstrip("*"),
+                                 x_ms=times[0] * 1e3, arm_ms=t * 1e3, ratio=t / times[0], steps=args.steps,
+                                 threads=args.threads, device=args.device))
+    if args.csv:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
         if "saflex" in args.learners:
             print("* the default setting's refresh period")
 

@@ -61,10 +61,17 @@ def cmd_figures(args: argparse.Namespace) -> int:
         raise _usage_error(f"unknown figure {', '.join(unknown)} (valid: {', '.join(FIGURES)})")
     df, root, files_root = _load(args)
     print(_source_line(df))
-    for name, paths, why in write_figures(df, files_root, _out_dir(args, root), metric=args.metric, only=args.only):
+    from reports.figures import FAMILY_FIGURES
+
+    written = write_figures(df, files_root, _out_dir(args, root), metric=args.metric, only=args.only,
+                            cost_csv=args.cost_csv)
+    for name, paths, why in written:
         if why:
             print(f"{name}: no data: {why} (placeholder written)")
         print(f"wrote {', '.join(str(p) for p in paths)}")
+    left = sorted(FAMILY_FIGURES - {n for n, _, _ in written}) if not args.only else []
+    if left:
+        print(f"not drawn (their data is not there; ask with --only to see why): {', '.join(left)}")
     return 0
 
 
@@ -89,6 +96,35 @@ def cmd_wandb_report(args: argparse.Namespace) -> int:
               "its specification is in the file above")
         return 0
     print(f"saved wandb report: {wrep.save_report(report)}")
+    return 0
+
+
+def cmd_wandb_push(args: argparse.Namespace) -> int:
+    from reports import wandb_push
+    from reports.load import load_results
+
+    entity, _, project = args.project.rpartition("/")
+    if not project or "/" in entity:
+        from bench.errors import UsageError
+
+        raise UsageError(f"--project must be PROJECT or ENTITY/PROJECT (got '{args.project}')")
+    root = _results_root(args)
+    df = load_results(root, args.sweep)
+    print(_source_line(df))
+    out = Path(args.out) if args.out else root / "wandb_push"
+    runs = wandb_push.push_offline(root, df, out, project)
+    print(f"wrote {len(runs)} offline wandb runs under {out}")
+    cmd = wandb_push.sync_command([out / "*" / "wandb" / "offline-run-*"], entity or None, project)
+    if not args.sync:
+        print("upload them with:  " + " ".join(cmd))
+        return 0
+    code = wandb_push.sync(runs, entity or None, project)
+    if code:
+        from bench.errors import UsageError
+
+        raise UsageError(f"`wandb sync` failed (exit {code}); the offline runs stay under {out}: retry with "
+                         + " ".join(cmd))
+    print(f"synced {len(runs)} runs to {args.project}")
     return 0
 
 
@@ -151,10 +187,14 @@ def register(subparsers) -> None:
     _common(p)
     p.set_defaults(func=cmd_report)
 
-    p = subparsers.add_parser("figures", help="regenerate the paper's figures (PNG, PDF + plotted data CSV)")
+    p = subparsers.add_parser("figures", help="figures of the stored results: paired-gain forest plot, learning "
+                                              "curves, ... (PNG, PDF + the plotted data as CSV)")
     _common(p)
     p.add_argument("--only", nargs="+", metavar="FIG",
-                   help="only these figures, e.g. fig1_accuracy fig2_gain (default: all)")
+                   help="only these figures, e.g. fig1_accuracy fig2_forest (default: all)")
+    p.add_argument("--cost-csv", metavar="FILE",
+                   help="side-by-side step timings for fig4_cost (benchmarks/bench_saflex_overhead.py --csv; "
+                        "default: <results>/benchmarks/side_by_side_cost.csv, else no cost figure)")
     p.set_defaults(func=cmd_figures)
 
     p = subparsers.add_parser("study", help="a study's report from its results table (studies/<NAME>/), "
@@ -188,3 +228,14 @@ def register(subparsers) -> None:
     _common(p, wandb_source=False)
     p.add_argument("--dry-run", action="store_true", help="do not save: write the report spec JSON only")
     p.set_defaults(func=cmd_wandb_report)
+
+    p = subparsers.add_parser("wandb-push", help="stored results -> offline wandb runs (+ `wandb sync` with --sync)",
+                              description="Write every done run of the results root (or of --sweep) as an offline "
+                                          "wandb run, as the tracker logs a live one (id = run key), so a study "
+                                          "without wandb data can be uploaded and reported on.")
+    p.add_argument("--project", required=True, metavar="[ENTITY/]PROJECT", help="wandb project to upload to")
+    p.add_argument("--results", metavar="R", help="results root (default: $SAFLEX_RESULTS or ./results)")
+    p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep")
+    p.add_argument("--out", metavar="DIR", help="where the offline runs go (default: <results>/wandb_push)")
+    p.add_argument("--sync", action="store_true", help="upload them now with `wandb sync` (needs the network)")
+    p.set_defaults(func=cmd_wandb_push)

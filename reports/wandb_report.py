@@ -1,10 +1,16 @@
 """A wandb Report of the benchmark, built with wandb-workspaces (reports.v2).
 
-Blocks: an intro; per dataset (task) a panel grid whose runset holds that task's runs grouped by
-config.method, with a bar plot of the test metric and a line plot of the validation curve (both
-grouped by config.method, so every learner arm X, X+saflex, X+ref, ... is one group); the gain table
-of every arm against X and X+ref (computed here, the exact paired t-CIs wandb cannot do) with the
-average per arm; a cost grid (epoch time grouped by config.method + the step-overhead table).
+Blocks: an intro; per dataset (task) a panel grid whose runset holds that task's runs, grouped by
+the arm's full identity (`arm_groupby`: config.method plus every spec field and learner knob that
+differs within the task's runs, so three SAFLEX settings of one method are three groups), with a bar
+plot of the test metric and a line plot of the validation curve (the panels follow the runset's
+grouping); the gain table of every arm against X and X+ref (computed here, the exact paired t-CIs
+wandb cannot do) with the average per arm; a cost grid (epoch time per arm group; no overhead ratio:
+separately timed runs cannot give one, see docs/saflex_cost.md for the side-by-side benchmark).
+
+Runs: with `--sweep`, the runs of wandb group = that sweep when every loaded run was logged under it,
+else (a run shared with another sweep keeps that sweep's group) the loaded runs by id (wandb id = run
+key); without `--sweep`, the loaded runs by id: the report shows exactly the runs the tables count.
 
 Offline (WANDB_MODE offline/disabled, no API key, or --dry-run) the report is not saved; its
 specification is written to JSON instead. Building never touches the network: wandb-workspaces
@@ -25,7 +31,7 @@ from reports.tables import average_gain, comparison_table, display_average, disp
 # Keys as bench/tracking.py logs them to wandb: config = the RunSpec fields, group = sweep, history
 # = the metrics.jsonl rows with `epoch`, summary = result metrics (bare names) + `cost/<name>` +
 # `status`. Kept here in one place so a change in the tracker is a one-line change in the report.
-GROUP_BY = "config.method"
+GROUP_BY = "config.method"  # the first key of every arm grouping (see arm_groupby)
 EPOCH_KEY = "epoch"
 COST_KEY = "cost/epoch_s"
 
@@ -56,13 +62,55 @@ def _q(v: str) -> str:
     return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _filters(task: str | None, sweep: str | None) -> str:
-    # bench/tracking.py: config = the spec, group = the sweep; only finished runs, like the tables
+def _filters(task: str | None, sweep: str | None, keys: list[str] | None = None) -> str:
+    # bench/tracking.py: config = the spec, group = the sweep, id = the run key; only finished runs,
+    # like the tables. `keys`: the explicit run set (used instead of the sweep's group)
     parts = [f"Config('task') = {_q(task)}"] if task else []
-    if sweep:
+    if keys is not None:
+        parts.append(f"Metric('ID') in [{', '.join(_q(k) for k in sorted(keys))}]")
+    elif sweep:
         parts.append(f"Group = {_q(sweep)}")
     parts.append("State = 'finished'")
     return " and ".join(parts)
+
+
+def arm_groupby(df: pd.DataFrame) -> list[str]:
+    """wandb config keys that tell the arms of `df` apart: config.method, then every other spec field
+    that varies within it (model, epochs, ref_frac, ...; not the seed) and every learner knob that does
+    (`config.saflex.eps`: wandb flattens the nested knob dicts the tracker logs under the learner's
+    name). Knob variants of one method are then separate groups, never one bar."""
+    from reports.load import identity_columns, knob_columns
+
+    fields = [c for c in identity_columns(df) if c not in ("method", "seed", "task")
+              and c in df and df[c].nunique(dropna=False) > 1]
+    knobs = [c for lr, g in df.groupby("learner", sort=True) for c in knob_columns(df, lr)
+             if g[c].nunique(dropna=False) > 1]  # within the learner's runs: other learners lack its knobs
+    return [GROUP_BY, *(f"config.{c}" for c in fields + knobs)]
+
+
+def group_runs(configs: list[dict[str, Any]], groupby: list[str]) -> dict[tuple, list[int]]:
+    """How a runset grouped by `groupby` splits runs with these wandb configs (nested dicts flattened
+    with dots, as the wandb UI does): group key -> run indices. Mirrors the server for tests and for
+    the report's own table of groups; a missing key groups as None, like wandb's '-' group."""
+    from reports.load import _flatten
+
+    groups: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        flat = _flatten(cfg)
+        key = tuple(_scalar_key(flat.get(g.split(".", 1)[1])) for g in groupby)
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+def _scalar_key(v: Any) -> Any:
+    return json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
+
+
+def _run_filter_keys(df: pd.DataFrame, sweep: str | None) -> list[str] | None:
+    """None: the sweep's wandb group holds exactly the loaded runs; else the explicit run set."""
+    if sweep and "sweep" in df and (df["sweep"] == sweep).all():
+        return None
+    return [str(k) for k in df["key"]]
 
 
 def _md(disp: pd.DataFrame) -> str:
@@ -83,22 +131,26 @@ def build_report(df: pd.DataFrame, project: str, sweep: str | None = None, metri
     disp = display_table(table, metric)
 
     def runset(label: str, task: str | None) -> Any:
-        return wr.Runset(entity=entity, project=name, name=label, filters=_filters(task, sweep), groupby=[GROUP_BY])
+        sub = df[df["task"] == task] if task else df
+        keys = _run_filter_keys(sub, sweep)
+        return wr.Runset(entity=entity, project=name, name=label, filters=_filters(task, sweep, keys),
+                         groupby=arm_groupby(sub))
 
     blocks: list[Any] = [wr.MarkdownBlock(text=(
         f"X vs {', '.join(method_label(a) for a in arm_order(df['arm'].unique()) if a != 'none') or 'no learner'} "
         f"on {df['task'].nunique()} datasets, {len(df)} runs"
-        + (f" of sweep `{sweep}`" if sweep else "") + f". Panels group runs by `{GROUP_BY}`: bars are the mean "
+        + (f" of sweep `{sweep}`" if sweep else "") + ". Panels group runs by the arm (method and every spec "
+        "field or learner knob that differs among the dataset's runs, as the runsets list them): bars are the mean "
         "over seeds with standard-error whiskers; the exact 95 % Student-t CIs and paired gains are in "
         "the gain table (generated by `saflex-bench wandb-report`)."))]
     for task in sorted(df["task"].unique()):
         blocks += [wr.H2(text=task), wr.PanelGrid(
             runsets=[runset(task, task)],
             panels=[
-                wr.BarPlot(title=f"{task}: {metric} by method", metrics=[metric], orientation="v",
-                           groupby=GROUP_BY, groupby_aggfunc="mean", groupby_rangefunc="stderr",
+                wr.BarPlot(title=f"{task}: {metric} by arm", metrics=[metric], orientation="v", aggregate=True,
+                           groupby_aggfunc="mean", groupby_rangefunc="stderr",
                            title_y=metric, layout=wr.Layout(x=0, y=0, w=12, h=8)),
-                wr.LinePlot(title=f"{task}: {val_key} vs epoch", x=EPOCH_KEY, y=[val_key], groupby=GROUP_BY,
+                wr.LinePlot(title=f"{task}: {val_key} vs epoch", x=EPOCH_KEY, y=[val_key], aggregate=True,
                             groupby_aggfunc="mean", groupby_rangefunc="stderr", title_x="epoch",
                             title_y=val_key, layout=wr.Layout(x=12, y=0, w=12, h=8)),
             ])]
@@ -108,14 +160,14 @@ def build_report(df: pd.DataFrame, project: str, sweep: str | None = None, metri
     blocks += [wr.H2(text="Learner gains"),
                wr.MarkdownBlock(text=f"{_md(disp)}\n\n{legend(ref=has_ref)}\n\n{avg_md}{gain_lines}\n\n"
                                      "Flags mark missing pairs, n<2 (no CI) and n<3 (CI very wide).")]
-    cost = table[["task", "upstream", "arm", "none_step_s_mean", "arm_step_s_mean", "overhead_step_s"]].assign(
-        arm=[method_label(a) if a else "–" for a in table["arm"]])
-    cost_md = _md(cost.rename(columns={"none_step_s_mean": "s/step X", "arm_step_s_mean": "s/step arm",
-                                       "overhead_step_s": "overhead"}).round(4))
+    cost_md = ("Seconds per epoch of each arm, as its runs recorded them. The runs were timed separately "
+               "(other jobs, other nodes, other load), so their ratio is not the learner's overhead; "
+               "that needs a side-by-side measurement (`benchmarks/bench_saflex_overhead.py`, "
+               "docs/saflex_cost.md).")
     blocks += [wr.H2(text="Cost"), wr.PanelGrid(
         runsets=[runset("all runs", None)],
-        panels=[wr.BarPlot(title="time per epoch by method (s)", metrics=[COST_KEY], orientation="v",
-                           groupby=GROUP_BY, groupby_aggfunc="mean", groupby_rangefunc="stderr",
+        panels=[wr.BarPlot(title="time per epoch by arm (s)", metrics=[COST_KEY], orientation="v",
+                           aggregate=True, groupby_aggfunc="mean", groupby_rangefunc="stderr",
                            title_y="s / epoch", layout=wr.Layout(x=0, y=0, w=12, h=8)),
                 wr.MarkdownPanel(markdown=cost_md, layout=wr.Layout(x=12, y=0, w=12, h=8))])]
     return wr.Report(entity=entity, project=name, title=title or f"SAFLEX benchmark{f' — {sweep}' if sweep else ''}",

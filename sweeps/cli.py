@@ -26,6 +26,7 @@ def register(subparsers: Any) -> None:
                       help="wait for the jobs and report each (default for local and debug)")
     wait.add_argument("--no-wait", dest="wait", action="store_false", help="return once submitted (default for slurm)")
     _common(sw)
+    _narrowing(sw)
     sw.add_argument("--data-root", help="folder with the datasets (default $SAFLEX_DATA)")
     sw.add_argument("--wandb", choices=("online", "offline", "disabled"), help="wandb mode (default $WANDB_MODE or offline)")
     sw.add_argument("--threads", type=int,
@@ -40,6 +41,7 @@ def register(subparsers: Any) -> None:
                                description="Print each planned run's state (failures with their last line) and the totals.")
     st.add_argument("file", metavar="FILE", help="sweep YAML (a path or a shipped sweep name)")
     _common(st)
+    _narrowing(st)
     st.add_argument("--only", choices=("done", "running", "pending", "failed", "not-submitted"),
                     help="list only runs in this state (the totals still count all)")
     st.set_defaults(func=cmd_status)
@@ -53,6 +55,39 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", help="results root (default $SAFLEX_RESULTS or ./results)")
 
 
+def _narrowing(p: argparse.ArgumentParser) -> None:
+    """The flags that change the grid from the command line (give `status` the same ones as `sweep`)."""
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="fix a run field for the whole sweep, as `run --set` takes it (epochs=1, lr=0.01, "
+                        "saflex.eps=0.05, task.<option>=...); replaces that axis of the grid; repeatable")
+    p.add_argument("--seeds", metavar="S[,S...]", help="only these seeds (replaces the sweep's seed axis), e.g. 0,1")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N planned runs (a smoke test of a grid)")
+
+
+def narrow_sweep(cfg, sets: dict[str, str] | None = None, seeds: list[int] | None = None):
+    """`cfg` with `--set` fields fixed (dropped from every grid, so they override the file) and the seed
+    axis replaced by `seeds`. The values go through the same coercion as `run --set` (bench.spec)."""
+    sets = dict(sets or {})
+    fixed = {**cfg.fixed, **sets}
+    grids = [{k: v for k, v in g.items() if k not in sets} for g in cfg.grids]
+    if seeds is not None:
+        fixed.pop("seed", None)
+        grids = [{**g, "seed": tuple(seeds)} for g in grids]
+    return dataclasses.replace(cfg, fixed=fixed, grids=tuple(grids))
+
+
+def _parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(s < 0 for s in seeds):
+        raise UsageError(f"--seeds: expected non-negative integers separated by commas (e.g. 0,1), got '{text}'")
+    return list(dict.fromkeys(seeds))
+
+
 # ---- helpers --------------------------------------------------------------------------------
 def _load(args: argparse.Namespace):
     from bench.runner import resolve_results_root
@@ -60,8 +95,19 @@ def _load(args: argparse.Namespace):
     from sweeps.config import load_sweep
     from sweeps.plan import plan_sweep
 
+    from bench.spec import parse_assignments
+
     cfg = load_sweep(args.file)
+    limit = getattr(args, "limit", None)
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit: expected an integer >= 1, got {limit}")
+    sets = parse_assignments(getattr(args, "set", None) or [])
+    seeds = _parse_seeds(getattr(args, "seeds", None))
+    if sets or seeds is not None:
+        cfg = narrow_sweep(cfg, sets, seeds)
     plan = plan_sweep(cfg)
+    if limit is not None and limit < len(plan.runs):
+        plan.runs = plan.runs[:limit]
     results = resolve_results_root(args.results).resolve()
     return cfg, plan, results, ResultsStore(results)
 
@@ -69,6 +115,13 @@ def _load(args: argparse.Namespace):
 def _plan_line(plan) -> str:
     return (f"sweep {plan.sweep.name} ({plan.sweep.path}): {plan.points} grid points -> {len(plan.runs)} runs "
             f"({len(plan.skipped)} skipped by rule, {plan.duplicates} duplicates merged)")
+
+
+def _narrowed(args: argparse.Namespace) -> str:
+    parts = [f"--set {s}" for s in (getattr(args, "set", None) or [])]
+    parts += [f"--seeds {args.seeds}"] if getattr(args, "seeds", None) else []
+    parts += [f"--limit {args.limit}"] if getattr(args, "limit", None) else []
+    return f"; narrowed by {' '.join(parts)}" if parts else ""
 
 
 def _row(key: str, state: str, spec_or_point: Any, note: str = "") -> str:
@@ -111,7 +164,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         kind, why = detect_executor()
     data_root = resolve_data_root(args.data_root)
     data_root = data_root.resolve() if data_root else None
-    print(_plan_line(plan))
+    print(_plan_line(plan) + _narrowed(args))
     print(f"results {results}  executor {kind} ({why})  wandb {wandb_mode}")
 
     ledger_path = sweep_dir(results, cfg.name) / LEDGER
@@ -144,8 +197,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             items = [f"{a}={point[a]}" for a in dict.fromkeys(axes) if a in point]
             return f"[{' '.join(items)}] " if items else ""
 
+        from sweeps.launcher import estimate_run_s, stored_run_times
         from sweeps.plan import spec_view
 
+        times = stored_run_times(store.iter_results())
+        estimates = {r.key: estimate_run_s(times, r.spec) for r in todo}
         print(_header("ACTION"))
         for r in plan.runs:
             st = states[r.key]
@@ -156,6 +212,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             else:
                 action = "submit"
                 note = "resubmit: " + st.detail if st.state == "failed" else ""
+                est = estimates.get(r.key)
+                note = (note + "; " if note else "") + (f"est {est.describe()}" if est else "est ? (no stored run of this task and model)")
                 if r.spec.task in missing or "*" in missing:
                     action = "would fail"
                     note = (note + "; " if note else "") + missing.get(r.spec.task, missing.get("*", ""))
@@ -164,6 +222,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(_row("-", "skip", s.point, extra(s.point) + s.reason))
         print(f"planned {len(plan.runs)} | done {len(done)} | skipped by rule {len(plan.skipped)} | "
               f"in flight {len(alive)} | would submit {len(todo)}  (dry run: nothing submitted)")
+        _warn_timeout(launcher, [e for e in estimates.values() if e is not None], len(todo))
         failing = [r for r in todo if r.spec.task in missing]
         if failing or "*" in missing:
             problems = sorted(set(missing.values()))
@@ -177,7 +236,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         # a run shared with another sweep (same spec, same key) keeps that sweep's name in its record:
         # the plan says which runs are this sweep's
-        write_json_atomic(sweep_plan_path(results, cfg.name), {"sweep": cfg.name, "keys": list(plan.keys)})
+        keys = list(plan.keys)
+        if _narrowed(args):  # a narrowed run adds to the sweep's plan: the full grid's shared runs stay listed
+            from bench.store import read_json
+
+            before = read_json(sweep_plan_path(results, cfg.name))
+            previous = before.get("keys") if isinstance(before, dict) else None
+            keys = list(dict.fromkeys([*(previous or []), *keys]))
+        write_json_atomic(sweep_plan_path(results, cfg.name), {"sweep": cfg.name, "keys": keys})
         done, states, alive, todo = classify()
         resubmits = sum(1 for r in todo if states[r.key].state == "failed")
         pairs = []
@@ -204,6 +270,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"follow with: saflex-bench status {args.file} --results {results}")
         return 0
     return _wait(pairs, kind, store, results, cfg.name)
+
+
+def _warn_timeout(launcher, estimates, n_todo: int) -> None:
+    """The longest estimated run against the launcher's timeout_min (a job trains one run, or
+    runs_per_job of them side by side)."""
+    if not estimates:
+        if n_todo:
+            print("time per job: no stored run of these tasks and models to estimate from")
+        return
+    worst = max(estimates, key=lambda e: e.seconds)
+    line = f"time per job: longest estimate {worst.describe()}; launcher timeout_min {launcher.timeout_min}"
+    print(line)
+    if worst.seconds > 60 * launcher.timeout_min:
+        print(f"saflex-bench: warning: launcher timeout_min {launcher.timeout_min} is below the estimated "
+              f"{worst.seconds / 60:.1f} min of the longest run: raise it in the sweep file", file=sys.stderr)
 
 
 def _missing_data(plan, data_root) -> dict[str, str]:
@@ -234,6 +315,12 @@ def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) 
     errors: dict[int, Any] = {}  # job -> its error, asked once (a failed debug job reruns when asked again)
     print(f"waiting for {what} (Ctrl-C stops waiting{'' if kind == 'slurm' else ' and the jobs'}; "
           "a later `sweep` resumes unfinished runs)", flush=True)
+    from tqdm.auto import tqdm
+
+    from sweeps.status import run_seconds
+
+    # the bar (stderr) counts finished runs, ETA from their rate; the per-run lines go above it (stdout)
+    bar = tqdm(total=n, unit="run", desc=sweep_name or "sweep", file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
     try:
         while remaining:
             progressed = False
@@ -260,16 +347,19 @@ def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) 
                 rec = store.read_result(run.key)
                 if rec is not None:
                     m = rec.get("metrics", {})
-                    note = f"test_acc {m.get('test_acc', float('nan')):.4f}  ({_fmt_s(rec.get('cost', {}).get('wall_s', 0))})"
+                    note = f"test_acc {m.get('test_acc', float('nan')):.4f}  ({_fmt_s(run_seconds(rec) or 0)})"
                     state = "done"
                 else:
                     failed += 1
                     state = "failed"
                     note = _failure_line(store, run.key, job, err, ledger.get(run.key))
-                print(f"[{finished}/{n}] " + _row(run.key, state, run.spec, note), flush=True)
+                bar.write(f"[{finished}/{n}] " + _row(run.key, state, run.spec, note), file=sys.stdout)
+                bar.update(1)
+                bar.set_postfix(failed=failed, refresh=False)
             if remaining and not progressed:
                 time.sleep(1.0 if kind != "slurm" else 5.0)
     except KeyboardInterrupt:
+        bar.close()
         left = [(r, j) for r, j in remaining]
         never = []
         if kind == "local" and left:
@@ -283,6 +373,7 @@ def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) 
         print(f"saflex-bench: interrupted: {finished}/{n} finished, {stopped} stopped (they keep their last checkpoint), "
               f"{len(never)} never started; re-run the same `sweep` command to resume", file=sys.stderr)
         return 130
+    bar.close()
     print(f"finished {what} in {_fmt_s(time.time() - t0)}: done {n - failed} / failed {failed}")
     return 1 if failed else 0
 
@@ -306,12 +397,12 @@ def _failure_line(store, key: str, job, err, entry: dict | None = None) -> str:
 # ---- status -----------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
     from sweeps.launcher import LEDGER, read_ledger, sweep_dir
-    from sweeps.status import counts, format_counts, progress_line, run_states
+    from sweeps.status import counts, format_counts, progress_line, run_states, sweep_line
 
     cfg, plan, results, store = _load(args)
     ledger = read_ledger(sweep_dir(results, cfg.name) / LEDGER)
     states = run_states(store, plan.keys, ledger, specs={r.key: r.spec for r in plan.runs})
-    print(_plan_line(plan))
+    print(_plan_line(plan) + _narrowed(args))
     print(f"results {results}")
     only = args.only.replace("-", " ") if args.only else None
     print(_header())
@@ -332,6 +423,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(_row(r.key, st.state, r.spec, note))
     c = counts(states)
     print(format_counts(c) + f"  (skipped by rule {len(plan.skipped)})")
+    print(sweep_line(store, states, cfg.launcher.array_parallelism))
     return 0
 
 

@@ -224,3 +224,45 @@ class _DetachedPopen:
     def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802 - mirrors subprocess.Popen
         kwargs.setdefault("start_new_session", True)
         return subprocess.Popen(*args, **kwargs)
+
+
+# ---- how long a job will take (sweep --dry-run) ---------------------------------------------
+@dataclasses.dataclass
+class TimeEstimate:
+    seconds: float
+    n: int  # stored runs it is based on
+    loop_only: bool  # some were recorded before cost.process_s: start-up, loading, evaluation missing
+
+    def describe(self) -> str:
+        m, s = divmod(int(round(self.seconds)), 60)
+        return f"~{m} min {s:02d} s" + (" (loop only)" if self.loop_only else "") + f" from {self.n} run{'s' if self.n != 1 else ''}"
+
+
+def stored_run_times(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[tuple[float, float, bool]]]:
+    """(task, model) -> [(fixed seconds, seconds per epoch, loop only)] of finished runs: what a run cost
+    besides its epochs (start-up, data, evaluation) and per epoch (cost.wall_s / epochs run)."""
+    out: dict[tuple[str, str], list[tuple[float, float, bool]]] = {}
+    for rec in records:
+        spec, cost, metrics = rec.get("spec") or {}, rec.get("cost") or {}, rec.get("metrics") or {}
+        epochs = metrics.get("epochs_run") or spec.get("epochs")
+        loop = cost.get("wall_s")
+        if not spec.get("task") or not isinstance(loop, (int, float)) or not epochs:
+            continue
+        total = cost.get("process_s")
+        exact = isinstance(total, (int, float))
+        fixed = max(0.0, float(total) - float(loop)) if exact else 0.0
+        out.setdefault((spec["task"], str(spec.get("model"))), []).append((fixed, float(loop) / int(epochs), not exact))
+    return out
+
+
+def estimate_run_s(times: Mapping[tuple[str, str], list[tuple[float, float, bool]]], spec: Any) -> TimeEstimate | None:
+    """A run's expected process time: the median fixed part plus the median epoch time x its epochs,
+    over the stored runs of its task and model (None when there are none)."""
+    import statistics
+
+    rows = times.get((spec.task, str(spec.model)))
+    if not rows:
+        return None
+    fixed = statistics.median(r[0] for r in rows)
+    per_epoch = statistics.median(r[1] for r in rows)
+    return TimeEstimate(fixed + per_epoch * spec.epochs, len(rows), any(r[2] for r in rows))

@@ -287,3 +287,62 @@ def format_counts(c: Mapping[str, int]) -> str:
 
 def state_dump(states: Mapping[str, RunStatus]) -> str:  # for debugging / --json
     return json.dumps({k: vars(v) for k, v in states.items()}, indent=2)
+
+
+# ---- the sweep as a whole ---------------------------------------------------------------------
+def run_seconds(record: Mapping[str, Any]) -> float | None:
+    """What a finished run cost its job: the whole process (cost.process_s) where recorded, else the
+    training loop alone (cost.wall_s, records before process_s: an underestimate)."""
+    cost = record.get("cost") or {}
+    for k in ("process_s", "wall_s"):
+        v = cost.get(k)
+        if isinstance(v, (int, float)) and v > 0:
+            return float(v)
+    return None
+
+
+def _elapsed_s(started_at: str | None) -> float:
+    import datetime as dt
+
+    try:
+        t0 = dt.datetime.strptime(str(started_at), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return 0.0
+    return max(0.0, (dt.datetime.now(dt.timezone.utc) - t0).total_seconds())
+
+
+def sweep_eta(store: Any, states: Mapping[str, RunStatus], parallelism: int) -> tuple[float | None, int]:
+    """(seconds until the alive runs are done, how many finished runs it is based on): the median time of
+    the finished runs for every pending run and what is left of it for every running one, spread over
+    `parallelism` slots. None before any run has finished."""
+    import statistics
+
+    times = [t for k, st in states.items() if st.state == DONE for t in [run_seconds(store.read_result(k) or {})]
+             if t is not None]
+    if not times:
+        return None, 0
+    med = statistics.median(times)
+    work = 0.0
+    for k, st in states.items():
+        if st.state == PENDING:
+            work += med
+        elif st.state == RUNNING:
+            work += max(0.0, med - _elapsed_s((store.read_attempt(k) or {}).get("started_at")))
+    return work / max(1, parallelism), len(times)
+
+
+def sweep_line(store: Any, states: Mapping[str, RunStatus], parallelism: int) -> str:
+    """One line for the whole sweep: 'sweep: 12/18 done, 2 running, 0 failed, 4 pending; ETA 6 min (...)'."""
+    c = counts(states)
+    total = len(states)
+    eta, n = sweep_eta(store, states, parallelism)
+    alive = c[RUNNING] + c[PENDING]
+    if not alive:
+        tail = "nothing in flight"
+    elif eta is None:
+        tail = "ETA after the first run finishes"
+    else:
+        m, s = divmod(int(round(eta)), 60)
+        tail = f"ETA {m} min {s:02d} s (median of {n} finished run{'s' if n != 1 else ''}, {parallelism} at a time)"
+    return (f"sweep: {c[DONE]}/{total} done, {c[RUNNING]} running, {c[FAILED]} failed, "
+            f"{c[PENDING]} pending, {c[NOT_SUBMITTED]} not submitted; {tail}")

@@ -316,8 +316,9 @@ def figs(df, root, tmp_path_factory):
 
 def test_figures_written(figs):
     out, whys = figs
-    assert list(whys) == ["fig1_accuracy", "fig2_gain", "fig3_diagnostics", "fig4_cost", "fig5_learning_curves"]
-    assert list(whys) == [n for n in FIGURES if n not in FAMILY_FIGURES]  # no few-shot runs: no fig6
+    assert list(whys) == ["fig1_accuracy", "fig2_forest", "fig3_diagnostics", "fig5_learning_curves"]
+    # no few-shot runs: no fig6; no side-by-side timings: no fig4 (the runs' own timings never make one)
+    assert list(whys) == sorted(n for n in FIGURES if n not in FAMILY_FIGURES)
     assert all(w is None for w in whys.values())
     for name in whys:
         for ext in ("png", "pdf", "csv"):
@@ -339,13 +340,16 @@ def test_fig1_csv(figs):
 
 
 def test_fig2_csv(figs):
-    d = pd.read_csv(figs[0] / "fig2_gain.csv")
-    exp = sorted(expected_gains().items(), key=lambda kv: kv[1][0])
-    assert list(zip(d["task"], d["upstream"])) == [k for k, _ in exp]                    # sorted
-    for (_, (m, lo, hi)), (_, r) in zip(exp, d.iterrows()):
-        assert close(r["gain_test_acc_mean"], m) and close(r["gain_test_acc_ci_lo"], lo)
-    avg = np.mean([v[0] for v in expected_gains().values()])
-    assert np.allclose(d["avg_gain_test_acc"], avg)
+    d = pd.read_csv(figs[0] / "fig2_forest.csv", keep_default_na=False, na_values=[""])
+    exp = sorted(expected_gains().items())
+    rows = d[d["kind"] == "experiment"]
+    assert list(zip(rows["task"], rows["upstream"])) == [k for k, _ in exp]  # one row per experiment, fixed order
+    for (_, (m, lo, hi)), (_, r) in zip(exp, rows.iterrows()):
+        assert close(r["gain_mean"], m) and close(r["gain_ci_lo"], lo) and close(r["gain_ci_hi"], hi)
+    (avg,) = d[d["kind"] == "average"].itertuples()  # the average at the bottom, with its CI over experiments
+    m, lo, hi = t_ci([v[0] for v in expected_gains().values()])
+    assert d.iloc[-1]["kind"] == "average" and close(avg.gain_mean, m) and close(avg.gain_ci_lo, lo)
+    assert avg.n == len(expected_gains())
 
 
 def test_fig3_csv(figs, root, df):
@@ -369,25 +373,27 @@ def test_fig3_csv(figs, root, df):
     assert (d["n_runs"] == len(sx)).all()
 
 
-def test_fig4_csv(figs):
-    d = pd.read_csv(figs[0] / "fig4_cost.csv")
-    assert (d["time_metric"] == "step_s").all() and len(d) == len(ACC)
-    for (task, up), arms in ACC.items():
-        r = d[(d["task"] == task) & (d["upstream"] == up)].iloc[0]
-        tx = np.mean([epoch_s_of((task, up), "x", s) / 100 for s in arms["x"]])
-        ts = np.mean([epoch_s_of((task, up), "s", s) / 100 for s in arms["s"]])
-        assert close(r["x_time_s"], tx) and close(r["ratio"], ts / tx)
-    for up, g in d.groupby("upstream"):
-        assert np.allclose(g["upstream_mean_ratio"], g["ratio"].mean())
+def test_fig4_only_from_side_by_side_timings(df, root, tmp_path):
+    """The runs' separately timed step_s (here ×1.5) never make a cost figure; a side-by-side CSV does."""
+    assert "fig4_cost" not in {n for n, _, _ in write_figures(df, root, tmp_path / "a")}
+    (name, _, why), = write_figures(df, root, tmp_path / "b", only=["fig4_cost"])
+    assert why.startswith("no side-by-side timing")
+    csv = tmp_path / "bench.csv"
+    pd.DataFrame({"task": [DG, DG], "upstream": [RA, RA], "arm": ["saflex", "augnet"], "x_ms": [10.0, 10.0],
+                  "arm_ms": [10.8, 19.0], "ratio": [1.08, 1.9]}).to_csv(csv, index=False)
+    (name, paths, why), = write_figures(df, root, tmp_path / "c", only=["fig4_cost"], cost_csv=csv)
+    assert why is None and list(pd.read_csv(paths[2])["ratio"]) == [1.08, 1.9]
 
 
 def test_fig5_csv(figs):
     d = pd.read_csv(figs[0] / "fig5_learning_curves.csv")
-    assert set(d["method"]) == {RA, RA + "+saflex"} and set(d["epoch"]) == set(range(1, N_EPOCHS + 1))
-    for method, arm in ((RA, "x"), (RA + "+saflex", "s")):
+    # one panel per dataset and arm group (here: saflex), X in it over the group's upstreams
+    assert set(d["group"]) == {"saflex"} and set(d["arm"]) == {"none", "saflex"} and set(d["upstreams"]) == {RA}
+    assert set(d["epoch"]) == set(range(1, N_EPOCHS + 1))
+    for label, arm in (("none", "x"), ("saflex", "s")):
         seeds = ACC[(BM, RA)][arm]
         for e in range(N_EPOCHS):
-            r = d[(d["method"] == method) & (d["epoch"] == e + 1)].iloc[0]
+            r = d[(d["arm"] == label) & (d["epoch"] == e + 1)].iloc[0]
             m, lo, hi = t_ci([curve_of(acc, s)[e] for s, acc in seeds.items()])
             assert r["n"] == len(seeds) and close(r["val_acc_mean"], m) and close(r["val_acc_ci_lo"], lo)
 
@@ -515,7 +521,7 @@ def test_wandb_report_spec_offline(root, tmp_path, capsys, monkeypatch):
         assert rs["filters"] == f"Config('task') = '{task}' and Group = 'demo' and State = 'finished'"
         expr.expr_to_filters(rs["filters"])  # a filter wandb-workspaces can parse
         assert [p["type"] for p in grid["panels"]] == ["BarPlot", "LinePlot"]
-        assert all(p["groupby"] == "config.method" for p in grid["panels"])
+        assert all(p["groupby"] is None and p["aggregate"] for p in grid["panels"])  # the runset's grouping
         assert grid["panels"][0]["metrics"] == ["test_acc"] and grid["panels"][1]["y"] == ["val_acc"]
     gain = blocks[blocks.index(next(b for b in blocks if b.get("text") == "Learner gains")) + 1]
     assert gain["type"] == "MarkdownBlock"
@@ -525,7 +531,7 @@ def test_wandb_report_spec_offline(root, tmp_path, capsys, monkeypatch):
     assert f"{100 * avg:+.2f} points" in gain["text"]
     cost = grids[2]
     assert [p["type"] for p in cost["panels"]] == ["BarPlot", "MarkdownPanel"]
-    assert cost["panels"][0]["groupby"] == "config.method" and cost["panels"][0]["metrics"] == ["cost/epoch_s"]
+    assert cost["panels"][0]["aggregate"] and cost["panels"][0]["metrics"] == ["cost/epoch_s"]
     assert "overhead" in cost["panels"][1]["markdown"]
     assert "api_key" not in path.read_text().lower()
 

@@ -6,8 +6,10 @@ of saflex_core.Saflex: the prompt head s * h T^T has no bias, so the reference s
 image and soft labels q are over the class prompts; the loss is the w-weighted FLYP loss whose
 captions are the q-mixtures of class prompts (task.objective=ce: w-weighted soft CE against q).
 
-Once bench/learners/saflex.py builds its adapter through `task.saflex_adapter(cfg)` when the task
-has one (and says so with `uses_task_adapter = True`), `X+saflex` does the same on clip tasks.
+bench/learners/saflex.py now builds its adapter through `task.saflex_adapter(cfg)` when the task has
+one (`uses_task_adapter = True`), so `X+saflex` computes the same on clip tasks. This name stays: the
+shipped clip sweeps (sweeps/clip.yaml, sweeps/clip_cpu.yaml) and their stored runs use it, and the
+learner's name is part of a run's key.
 """
 from __future__ import annotations
 
