@@ -15,7 +15,8 @@ tomllib = pytest.importorskip("tomllib")
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-SHIPPED = ("saflex_core", "baselines", "bench", "sweeps", "reports")
+SHIPPED_MODULES = tuple(PYPROJECT["tool"]["setuptools"].get("py-modules", []))  # top-level modules (lazy_registry)
+SHIPPED = ("saflex_core", "baselines", "bench", "sweeps", "reports", *SHIPPED_MODULES)
 # import name -> distribution name, where they differ
 DIST = {"PIL": "pillow", "skimage": "scikit-image", "sklearn": "scikit-learn", "yaml": "pyyaml",
         "open_clip": "open_clip_torch", "wandb_workspaces": "wandb-workspaces"}
@@ -51,7 +52,8 @@ def _imports(path: Path) -> list[tuple[str, bool, int]]:
 
 
 def _shipped_files() -> list[Path]:
-    return sorted(f for p in SHIPPED for f in (REPO / p).rglob("*.py"))
+    return sorted([f for p in SHIPPED if (REPO / p).is_dir() for f in (REPO / p).rglob("*.py")]
+                  + [REPO / f"{m}.py" for m in SHIPPED_MODULES])
 
 
 def test_every_third_party_import_is_declared():
