@@ -32,6 +32,7 @@ TUNING_SEEDS = (0,)
 CRITERION = ("on the tuning seed's runs only: fewest degenerate selections (selected epoch's selection-split accuracy "
              "at or below the split's majority rate); ties go to the first of " + ", ".join(RULE_PREFERENCE)
              + " (val AUC is the official MedMNIST rule and the stored runs' rule). No test metric is read.")
+MAJORITY, DEGENERATE = "selection.majority", "selection.degenerate"  # columns annotate_selection adds
 TOL = 1e-9  # accuracies are k/n: "at or below" must not depend on float rounding
 
 
@@ -106,15 +107,15 @@ def selection_majority(df: pd.DataFrame, data_root=None,
 
 
 def annotate_selection(df: pd.DataFrame, data_root=None, majority: pd.Series | None = None) -> pd.DataFrame:
-    """df + `select_majority` and `degenerate` (1/0/NaN: the stored selection's val acc at or below it)."""
+    """df + MAJORITY and DEGENERATE (1/0/NaN: the stored selection's val acc at or below the majority rate)."""
     df = df.copy()
-    df["select_majority"] = selection_majority(df, data_root) if majority is None else majority.reindex(df.index)
+    df[MAJORITY] = selection_majority(df, data_root) if majority is None else majority.reindex(df.index)
     acc = df["metrics.val_acc"] if "metrics.val_acc" in df else pd.Series(math.nan, index=df.index)
-    df["degenerate"] = [is_degenerate(a, m) for a, m in zip(acc.astype(float), df["select_majority"])]
+    df[DEGENERATE] = [is_degenerate(a, m) for a, m in zip(acc.astype(float), df[MAJORITY])]
     return df
 
 
-def degenerate_counts(df: pd.DataFrame, by: Iterable[str] = ("arm",), col: str = "degenerate") -> pd.DataFrame:
+def degenerate_counts(df: pd.DataFrame, by: Iterable[str] = ("arm",), col: str = DEGENERATE) -> pd.DataFrame:
     """Per group: runs, degenerate selections, runs whose status is unknown (majority rate not found)."""
     by = list(by)
     g = df.groupby(by, dropna=False)[col]
@@ -136,20 +137,20 @@ def read_epochs(run_dir) -> list[dict]:
 def rule_selections(df: pd.DataFrame, epochs_of: Callable[[pd.Series], list[dict]] | None = None,
                     rules: Iterable[str] = RULE_PREFERENCE) -> pd.DataFrame:
     """One row per run x rule: the epoch the rule picks, that epoch's val acc / loss / AUC, whether it is
-    degenerate (needs df['select_majority']), and whether it is the epoch the run stored (`stored`)."""
+    degenerate (needs df[MAJORITY]), and whether it is the epoch the run stored (`stored`)."""
     epochs_of = epochs_of or (lambda r: read_epochs(r.get("run_dir")))
     rows = []
     for i, r in df.iterrows():
         eps = [e for e in epochs_of(r) if "epoch" in e]
         for rule in rules:
             e = select_epoch(eps, rule)
-            maj = float(r.get("select_majority", math.nan))
+            maj = float(r.get(MAJORITY, math.nan))
             acc = float(e.get("val_acc", math.nan)) if e else math.nan
             rows.append({"row": i, "key": r.get("key"), "seed": r.get("seed"), "arm": r.get("arm"), "rule": rule,
                          "epoch": int(e["epoch"]) if e else None, "val_acc": acc,
                          "val_loss": float(e.get("val_loss", math.nan)) if e else math.nan,
                          "val_auc": float(e.get("val_auc", math.nan)) if e else math.nan,
-                         "select_majority": maj, "degenerate": is_degenerate(acc, maj) if e else math.nan,
+                         "majority": maj, "degenerate": is_degenerate(acc, maj) if e else math.nan,
                          "stored": bool(e) and int(e["epoch"]) == int(r.get("metrics.best_epoch", -1))})
     return pd.DataFrame(rows)
 
@@ -172,7 +173,7 @@ def _rule_table(sel: pd.DataFrame) -> pd.DataFrame:
         s = sel[sel["rule"] == rule]
         rows.append({"rule": rule, "runs": len(s), "degenerate": int((s["degenerate"] == 1).sum()),
                      "unknown": int(s["degenerate"].isna().sum()),
-                     "margin": float((s["val_acc"] - s["select_majority"]).mean())})
+                     "margin": float((s["val_acc"] - s["majority"]).mean())})
     return pd.DataFrame(rows)
 
 

@@ -45,7 +45,7 @@ def test_degenerate_uses_the_selection_split_not_test():
     df = frame([{"key": "a", "arm": "none", "seed": 1, "metrics.val_acc": 0.9, "metrics.test_acc": 0.1},
                 {"key": "b", "arm": "saflex", "seed": 1, "metrics.val_acc": 0.5, "metrics.test_acc": 0.99}])
     out = annotate_selection(df, majority=pd.Series([0.6, 0.6]))
-    assert out["degenerate"].tolist() == [0.0, 1.0]
+    assert out["selection.degenerate"].tolist() == [0.0, 1.0]
     counts = degenerate_counts(out).set_index("arm")
     assert counts.loc["saflex", "degenerate"] == 1 and counts.loc["none", "degenerate"] == 0
 
@@ -79,7 +79,7 @@ def runs_with_epochs():
     for seed in (0, 1, 2):
         for arm in ("none", "saflex"):
             k = f"{arm}{seed}"
-            rows.append({"key": k, "arm": arm, "seed": seed, "select_majority": 0.6, "select_metric": "auc",
+            rows.append({"key": k, "arm": arm, "seed": seed, "selection.majority": 0.6, "select_metric": "auc",
                          "metrics.best_epoch": 1 if seed == 0 else 2, "cost.wall_s": 10.0})
             eps[k] = tune if seed == 0 else other
     return frame(rows), eps
