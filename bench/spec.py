@@ -34,13 +34,6 @@ LATER_DEFAULTS = {"ref_frac": None, "ref_from": "val", "options": None}
 # which reproduce the behaviour before the knob existed; a stored spec without one ran at that value
 LATER_SAFLEX_KNOBS = {"ref_ema": 0.0, "ref_budget": 0.125, "ref_ramp": True}  # the ramp acts on refresh=auto only,
 # which no record before ref_ramp used
-# SAFLEX's earlier default reference steps (issue 18), oldest first: the first release's, then an interim
-# one (val_batch=32, refresh=4, ref_ema=0.5) that met the cost goal but whose 32-image subsets left the
-# weights mostly noise on the small sets (benchmarks/bench_saflex_staleness.py). Sweeps that reproduce
-# the studies run under them pin these.
-FIRST_SAFLEX_DEFAULTS = {"val_batch": 512, "refresh": 1, "ref_ema": 0.0}
-INTERIM_SAFLEX_DEFAULTS = {"val_batch": 32, "refresh": 4, "ref_ema": 0.5}
-PAST_SAFLEX_DEFAULTS = {"first release": FIRST_SAFLEX_DEFAULTS, "interim": INTERIM_SAFLEX_DEFAULTS}
 
 
 def stored_knobs(learner: str, knobs: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -95,20 +95,31 @@ def cmd_wandb_report(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from reports.study import write_study
+    from reports.study_loader import load_study, study_names
 
-    root = _results_root(args)
-    if not root.is_dir():
+    if args.list:
+        for name in study_names(args.studies_dir):
+            study = load_study(name, args.studies_dir)
+            print(f"{name}: {study.QUESTION}")
+            for c in study.COMMANDS:
+                print(f"    {c}")
+        return 0
+    if not args.name:
         from bench.errors import UsageError
 
-        raise UsageError(f"results root {root} does not exist")
-    aa = tuple(Path(p) for p in args.aa_results) if args.aa_results else None
-    for p in aa or ():
-        if not (p / "runs").is_dir():
-            from bench.errors import UsageError
+        raise UsageError("study: give a study NAME or --list")
+    study = load_study(args.name, args.studies_dir)
+    if args.build_table:
+        for p in args.build_table:
+            if not (Path(p) / "runs").is_dir():
+                from bench.errors import UsageError
 
-            raise UsageError(f"A/A results root {p} has no runs/ (give two regenerations of the same sweep)")
-    print(f"wrote {write_study(root, args.out or 'reports/studies/saflex_medmnist.md', aa_root=aa)}")
+                raise UsageError(f"results root {p}: no run folders there (expected {Path(p) / 'runs'}/<key>/)")
+        paths = study.build_table([Path(p) for p in args.build_table], args.table)
+    else:
+        paths = study.write_report(args.table, args.out)
+    for p in paths:
+        print(f"wrote {p}")
     return 0
 
 
@@ -150,12 +161,17 @@ def register(subparsers) -> None:
                    help="only these figures, e.g. fig1_accuracy fig2_gain (default: all)")
     p.set_defaults(func=cmd_figures)
 
-    p = subparsers.add_parser("study", help="write the SAFLEX MedMNIST study (markdown) from stored results")
-    p.add_argument("--results", metavar="R", help="results root (default: $SAFLEX_RESULTS or ./results)")
-    p.add_argument("--out", metavar="FILE", help="markdown file (default: reports/studies/saflex_medmnist.md)")
-    p.add_argument("--aa-results", metavar=("A", "B"), nargs=2,
-                   help="two results roots of the same specs run under different numerics (e.g. 1 vs 2 threads) "
-                        "for the noise-floor section")
+    p = subparsers.add_parser("study", help="a study's report from its results table (studies/<NAME>/), "
+                                            "or its table from run folders, or --list",
+                              description="Studies live in the checkout (studies/<NAME>/: sweeps, report code, "
+                                          "README, results table), not in the installed package.")
+    p.add_argument("name", nargs="?", metavar="NAME", help="the study (see --list)")
+    p.add_argument("--list", action="store_true", help="list the studies with their question and commands")
+    p.add_argument("--studies-dir", metavar="DIR", help="where the studies are (default: ./studies, else the checkout's)")
+    p.add_argument("--build-table", nargs="+", metavar="RESULTS_ROOT",
+                   help="build the study's results table from these results roots of run folders")
+    p.add_argument("--table", metavar="DIR", help="the study's table folder (default: studies/<NAME>/results)")
+    p.add_argument("--out", metavar="PATH", help="where the report goes (default: the study's own report file)")
     p.set_defaults(func=cmd_study)
 
     p = subparsers.add_parser("compare", help="two regenerations of the same runs: per-run differences, "

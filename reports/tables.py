@@ -21,7 +21,6 @@ from reports.load import NONE, REF, arm_order, describe_skipped, experiment_colu
 from reports.compare import numerics_mismatch
 from reports.stats import mean_ci, paired_diff_ci
 
-PAPER_HEADLINE_GAIN = {"saflex": 1.2}  # points: a learner's paper's average gain, quoted next to ours
 FLAG_HELP = {
     "missing_pair": "a seed has X but not this arm or the reverse (see unpaired_seeds); Δ uses the pairs only",
     "no_baseline": "no X run at all for this experiment",

@@ -1,0 +1,148 @@
+"""A study's results as a compact, versioned table instead of run folders.
+
+A table folder holds `table.json` (schema version, where the runs came from, and per frame its file,
+column order and dtypes) and one JSON-lines file per frame, one row a line, so that adding or
+rerunning runs changes only their lines in a git diff. Frames a study usually keeps:
+
+- `runs`: one row per done run, the tidy frame of `reports.load` (every spec field, derived
+  columns, metrics.*, cost.*, data.*, versions.*, numerics.*), minus `run_dir` (a machine path);
+- `epochs`: one row per run and logged epoch (`key`, `epoch` and the values metrics.jsonl logged);
+- `saflex_diag`: per X+SAFLEX run with a per-sample diagnostics file, summary statistics of its
+  last epoch's weights and label shifts (the per-sample arrays are not kept).
+
+Values round-trip exactly: floats are written with repr (shortest exact form), NaN cells are left
+out of their line (read back as NaN), None is written as null, and each column gets its dtype back.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+SCHEMA_VERSION = 1
+META = "table.json"
+
+
+def _usage_error(msg: str) -> Exception:
+    from bench.errors import UsageError
+
+    return UsageError(msg)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(f"not JSON-serialisable: {type(v).__name__}")
+
+
+def _missing(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _lines(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    out = []
+    for row in df.itertuples(index=False, name=None):
+        d = {c: v for c, v in zip(cols, row) if not _missing(v)}
+        out.append(json.dumps(d, separators=(",", ":"), default=_plain, allow_nan=True) + "\n")
+    return "".join(out)
+
+
+def write_table(table_dir: str | Path, frames: Mapping[str, pd.DataFrame], meta: Mapping[str, Any] | None = None) -> list[Path]:
+    """Write each frame to `<name>.jsonl` and `table.json` last (atomically each), so a reader never
+    sees a new sidecar with an old frame. `meta`: anything else a study keeps (source names, ...)."""
+    from bench.store import write_bytes_atomic, write_json_atomic
+
+    d = Path(table_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    paths, spec = [], {}
+    for name, df in frames.items():
+        path = d / f"{name}.jsonl"
+        write_bytes_atomic(path, _lines(df).encode())
+        spec[name] = {"file": path.name, "rows": len(df), "columns": list(map(str, df.columns)),
+                      "dtypes": {str(c): str(t) for c, t in df.dtypes.items()},
+                      "attrs": {k: v for k, v in df.attrs.items() if isinstance(v, (str, int, float, dict, list, type(None)))}}
+        paths.append(path)
+    write_json_atomic(d / META, {"schema_version": SCHEMA_VERSION, "frames": spec, "meta": dict(meta or {})})
+    return [*paths, d / META]
+
+
+def read_table(table_dir: str | Path) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """The frames of a table folder (dtypes, column order and attrs restored) and its `meta`."""
+    d = Path(table_dir)
+    try:
+        sidecar = json.loads((d / META).read_text())
+    except OSError:
+        raise _usage_error(f"no study table at {d} (expected {d / META}; build it with "
+                           "`saflex-bench study NAME --build-table RESULTS_ROOT`)") from None
+    except ValueError as e:
+        raise _usage_error(f"study table {d / META} does not parse ({e})") from None
+    version = sidecar.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise _usage_error(f"study table {d} has schema version {version}; this code reads {SCHEMA_VERSION} "
+                           "(rebuild it with `saflex-bench study NAME --build-table RESULTS_ROOT`)")
+    frames = {}
+    for name, spec in sidecar["frames"].items():
+        rows = [json.loads(line) for line in (d / spec["file"]).read_text().splitlines() if line]
+        # built as object (no inference, so a null stays None), then each column gets its dtype back
+        df = pd.DataFrame(rows or None, columns=spec["columns"], dtype=object)
+        for c, t in spec["dtypes"].items():
+            if t != "object":
+                df[c] = df[c].astype(t)
+        df.attrs.update(spec.get("attrs") or {})
+        frames[name] = df
+    return frames, dict(sidecar.get("meta") or {})
+
+
+# ---- building the frames from a results root of run folders ---------------------------------------
+def runs_frame(root: str | Path, sweep: str | None = None) -> pd.DataFrame:
+    """The done runs of a results root (optionally one sweep's), as `reports.load.load_results` reads
+    them, without the machine path `run_dir`; attrs: source = the root's folder name, skipped."""
+    from reports.load import load_results
+
+    df = load_results(root, sweep).drop(columns="run_dir", errors="ignore")
+    df.attrs["source"] = Path(root).resolve().name
+    return df
+
+
+def epochs_frame(root: str | Path, keys: Iterable[str]) -> pd.DataFrame:
+    """One row per run and logged epoch: key, then the values of metrics.jsonl (a torn last line is
+    dropped, as the store reads it)."""
+    from bench.store import ResultsStore
+
+    store = ResultsStore(root)
+    rows = [{"key": k, **r} for k in keys for r in store.read_metrics(k)]
+    if not rows:
+        return pd.DataFrame(columns=["key", "epoch"])
+    df = pd.DataFrame(rows)
+    front = [c for c in ("key", "epoch") if c in df]
+    return df[front + sorted(c for c in df.columns if c not in front)]
+
+
+DIAG_STATS = ("n", "n_corrupted", "w_mean", "w_std", "w_min", "w_max", "w_low_frac", "label_shift_mean")
+
+
+def saflex_diag_frame(root: str | Path, keys: Iterable[str]) -> pd.DataFrame:
+    """Per run with SAFLEX's per-sample diagnostics (last epoch): sample count, corrupted count, the
+    weights' mean, std, min, max and share below 0.5, the mean label shift."""
+    from bench.store import SAFLEX_DIAG, ResultsStore
+
+    store = ResultsStore(root)
+    rows = []
+    for k in keys:
+        f = store.run_dir(k) / SAFLEX_DIAG
+        if not f.is_file():
+            continue
+        with np.load(f) as z:
+            w = z["w"]
+            ls = z["label_shift"] if "label_shift" in z else None
+            cor = z["corrupted"] if "corrupted" in z else None
+        rows.append({"key": k, "n": int(w.size), "n_corrupted": int(cor.sum()) if cor is not None else None,
+                     "w_mean": float(w.mean()), "w_std": float(w.std()), "w_min": float(w.min()),
+                     "w_max": float(w.max()), "w_low_frac": float((w < 0.5).mean()),
+                     "label_shift_mean": float(ls.mean()) if ls is not None else None})
+    return pd.DataFrame(rows, columns=["key", *DIAG_STATS])

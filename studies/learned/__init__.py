@@ -1,0 +1,38 @@
+"""Learned-augmentation competitors vs SAFLEX on the MedMNIST study's sets. See README.md."""
+from __future__ import annotations
+
+from pathlib import Path
+
+QUESTION = ("Do learned-augmentation methods (Augerino, AugNet, AdAutoMix, Soft Augmentation) or SAFLEX gain over "
+            "the same upstream (rand-m9-n2) and the label-budget control on three MedMNIST sets?")
+COMMANDS = (
+    "saflex-bench sweep studies/learned/sweeps/learned.yaml --results R --data-root DIR --executor local",
+    "saflex-bench study learned --build-table R",
+    "saflex-bench study learned",
+)
+HERE = Path(__file__).resolve().parent
+TABLE = HERE / "results"
+REPORT = HERE / "report"
+SWEEP = "learned"  # the sweep's name in its records (and its plan, for the runs it shares)
+
+
+def build_table(roots, table_dir=None) -> list[Path]:
+    """results/ from one results root: the runs of the `learned` sweep, those it shares included."""
+    from reports.study_table import runs_frame, write_table
+
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    if len(roots) != 1:
+        from bench.errors import UsageError
+
+        raise UsageError(f"learned builds its table from one results root (got {len(roots)})")
+    return write_table(table_dir or TABLE, {"runs": runs_frame(roots[0], SWEEP)}, {"study": "learned"})
+
+
+def write_report(table_dir=None, out=None) -> list[Path]:
+    """report/table.{md,tex,csv} and gain_summary.csv (`saflex-bench report`'s tables), from the table."""
+    from reports.study_table import read_table
+    from reports.tables import write_tables
+
+    frames, _ = read_table(table_dir or TABLE)
+    paths, _ = write_tables(frames["runs"], out or REPORT)
+    return paths

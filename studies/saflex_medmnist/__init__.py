@@ -1,0 +1,62 @@
+"""The SAFLEX MedMNIST study: does SAFLEX beat the augmentations it sits on, on three MedMNIST sets?
+See README.md. The report code is report.py; its data is the table in results/."""
+from __future__ import annotations
+
+from pathlib import Path
+
+QUESTION = ("Does SAFLEX (a weight and a soft label per augmented sample) beat the upstream augmentation it sits "
+            "on, and the label-budget control X+ref, on three small MedMNIST sets?")
+COMMANDS = (
+    "saflex-bench sweep studies/saflex_medmnist/sweeps/saflex_fair.yaml --results R --data-root DIR --executor local",
+    "saflex-bench sweep studies/saflex_medmnist/sweeps/saflex_fair_noisy.yaml --results R --data-root DIR --executor local",
+    "saflex-bench study saflex_medmnist --build-table R",
+    "saflex-bench study saflex_medmnist",
+)
+HERE = Path(__file__).resolve().parent
+TABLE = HERE / "results"
+REPORT = HERE / "report.md"
+# the A/A pair of the noise-floor section: the noise_floor study's table, beside this one
+AA_TABLE = HERE.parent / "noise_floor" / "results"
+
+
+def build_table(roots, table_dir=None) -> list[Path]:
+    """results/ from one results root of run folders: the study's runs (its three tasks), their
+    logged epochs, and SAFLEX's per-run weight summaries."""
+    from reports.study_table import write_table
+
+    from .report import study_data
+
+    (root,) = _one_root(roots)
+    data = study_data(root)
+    return write_table(table_dir or TABLE, {"runs": data.runs, "epochs": data.epochs, "saflex_diag": data.saflex_diag},
+                       {"study": "saflex_medmnist"})
+
+
+def load_data(table_dir=None, aa_table=None):
+    """The report's data (report.StudyData) from the tables alone; the A/A pair where its table exists."""
+    from reports.study_table import read_table
+
+    from .report import StudyData
+
+    frames, _ = read_table(table_dir or TABLE)
+    aa_dir = Path(aa_table) if aa_table else AA_TABLE
+    aa = None
+    if (aa_dir / "table.json").is_file():
+        aa_frames, _ = read_table(aa_dir)
+        aa = (aa_frames["runs_a"], aa_frames["runs_b"])
+    return StudyData(frames["runs"], frames["epochs"], frames["saflex_diag"], aa)
+
+
+def write_report(table_dir=None, out=None, aa_table=None) -> list[Path]:
+    from .report import write_markdown
+
+    return [write_markdown(load_data(table_dir, aa_table), out or REPORT)]
+
+
+def _one_root(roots):
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    if len(roots) != 1:
+        from bench.errors import UsageError
+
+        raise UsageError(f"saflex_medmnist builds its table from one results root (got {len(roots)})")
+    return roots
