@@ -72,28 +72,51 @@ def _record(run_dir) -> dict:
 
 def _data_majority(spec_dict: Mapping, data_root) -> float:
     from bench.data import with_reference
+    from bench.runner import resolve_data_root
     from bench.spec import RunSpec
     from bench.tasks import get_task
 
     spec = RunSpec.from_dict(spec_dict)
-    data = with_reference(get_task(spec.task).load(data_root, spec), spec.ref_frac, spec.ref_from, spec.seed)
+    data = with_reference(get_task(spec.task).load(resolve_data_root(data_root), spec), spec.ref_frac, spec.ref_from, spec.seed)
     y = data.select.y
     return majority_rate(y.tolist()) if y.ndim == 1 else math.nan
 
 
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def split_spec(row: Mapping) -> dict:
+    """The spec fields that decide a run's selection split, from a tidy row (reports.load's frame, or a
+    study's compact table, which keep no run files): task, seed, the reference carve, task options."""
+    d = {"task": row.get("task"), "method": row.get("upstream") or "none", "seed": int(row.get("seed"))}
+    for k in ("model", "ref_frac", "ref_from", "as_rgb"):
+        v = row.get(k)
+        if not _missing(v):
+            d[k] = v.item() if hasattr(v, "item") else v  # numpy scalars from a frame
+    opts = row.get("options")
+    opts = json.loads(opts) if isinstance(opts, str) and opts else {}
+    opts.update({k[len("options."):]: v for k, v in row.items() if str(k).startswith("options.") and not _missing(v)})
+    if opts:
+        d["options"] = opts
+    return d
+
+
 def selection_majority(df: pd.DataFrame, data_root=None,
                        compute: Callable[[Mapping, object], float] | None = None) -> pd.Series:
-    """Per run (df index): the majority rate of its selection split; recorded value first, else computed
-    from the task's data (one load per task, options, ref_frac and seed); NaN when neither is possible
-    (no run files, or the data is missing)."""
+    """Per run (df index): the majority rate of its selection split; the value its record holds first,
+    else computed from the task's data (one load per task, options, ref_frac and seed; the spec from the
+    record, or from the row when there are no run files); NaN when the data is missing."""
     compute = compute or _data_majority
     cache: dict[str, float] = {}
     out = {}
     for i, r in df.iterrows():
         rec = _record(r.get("run_dir")) if isinstance(r.get("run_dir"), str) else {}
         v = (rec.get("info") or {}).get("select_majority")
-        if v is None and rec.get("spec"):
-            s = rec["spec"]
+        if _missing(v) and not _missing(r.get(MAJORITY)):
+            v = r.get(MAJORITY)  # already in the frame (a study table keeps it)
+        if _missing(v) and (rec.get("spec") or not _missing(r.get("task"))):
+            s = rec.get("spec") or split_spec(r)
             k = json.dumps([s.get("task"), s.get("options"), s.get("ref_frac"), s.get("ref_from"), s.get("seed")],
                            sort_keys=True, default=str)
             if k not in cache:
@@ -208,3 +231,121 @@ def rerun_cost(df: pd.DataFrame, selections: pd.DataFrame, rule: str, time_col: 
     t = df.loc[differs, time_col].astype(float) if time_col in df else pd.Series(dtype=float)
     return {"rule": rule, "runs": len(differs), "of": len(df), "seconds": float(t.sum()),
             "mean_s": float(t.mean()) if len(t) else math.nan}
+
+
+# ---- a study's selection section ------------------------------------------------------------------
+def selection_frame(runs: pd.DataFrame, data_root=None) -> pd.DataFrame:
+    """key + MAJORITY: what a study's compact table keeps so its report needs no data files."""
+    return pd.DataFrame({"key": runs["key"].to_numpy(), MAJORITY: selection_majority(runs, data_root).to_numpy()})
+
+
+def _pts(v: float) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{100 * v:+.2f}"
+
+
+def clustered_gain(df: pd.DataFrame, arm: str, base: str, metric: str, drop_degenerate: bool = False,
+                   confidence: float = 0.95):
+    """Paired (by seed) gain arm − base per experiment (task, upstream), averaged per task first, with a
+    t-interval over tasks (tasks are the independent units). drop_degenerate: leave out every seed pair
+    where either run selected a degenerate epoch. Returns (CI, pairs used, pairs dropped)."""
+    from reports.stats import mean_ci
+
+    col = f"metrics.{metric}"
+    per_task: dict = {}
+    used = dropped = 0
+    for (task, _up), g in df.groupby(["task", "upstream"], sort=True):
+        a = g[g["arm"] == arm].groupby("seed").agg(v=(col, "mean"), d=(DEGENERATE, "max") if DEGENERATE in g else (col, "size"))
+        b = g[g["arm"] == base].groupby("seed").agg(v=(col, "mean"), d=(DEGENERATE, "max") if DEGENERATE in g else (col, "size"))
+        seeds = a.index.intersection(b.index)
+        if drop_degenerate and DEGENERATE in g:
+            bad = [s for s in seeds if a.loc[s, "d"] == 1 or b.loc[s, "d"] == 1]
+            dropped += len(bad)
+            seeds = seeds.difference(bad)
+        used += len(seeds)
+        if len(seeds):
+            per_task.setdefault(task, []).append(float((a.loc[seeds, "v"] - b.loc[seeds, "v"]).mean()))
+    return mean_ci([sum(v) / len(v) for v in per_task.values()], confidence), used, dropped
+
+
+def _fisher(k1: int, n1: int, k2: int, n2: int) -> float:
+    from scipy.stats import fisher_exact
+
+    return float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]])[1]) if n1 and n2 else math.nan
+
+
+def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.DataFrame, learner_arm: str,
+                      learner_name: str = "X+SAFLEX", tuning_seeds: Iterable[int] = TUNING_SEEDS,
+                      time_col: str = "cost.wall_s") -> list[str]:
+    """Markdown: the main comparison's accuracy and AUC side by side (reports/paper.py), degenerate
+    selections per arm, the selection rule chosen on the tuning seeds (or why none can be), its cost,
+    and the conclusions under it. `main` and `all_runs` must carry MAJORITY/DEGENERATE (annotate_selection);
+    `epochs` is the per-epoch frame (key, epoch, val_*)."""
+    from reports.load import NONE, REF
+    from reports.paper import METRIC_LABEL, degenerate_note, paper_table, second_metric, to_markdown
+
+    seeds = tuple(tuning_seeds)
+    m2 = second_metric(main) or "test_auc"
+    L = [f"## Accuracy and {METRIC_LABEL.get(m2, m2)}, degenerate selections, and the selection rule", ""]
+    if not len(main):
+        return L + ["_No main-comparison runs._", ""]
+    L += [f"Test accuracy and test {METRIC_LABEL.get(m2, m2)} of the main comparison side by side (points; arms: mean ± "
+          "95 % t half-width over seeds; Δ: paired by seed, [95 % CI]). " + degenerate_note(main), "",
+          to_markdown(paper_table(main)), ""]
+    # degenerate counts per arm
+    names = {NONE: "X", REF: "X+ref", learner_arm: learner_name}
+    cnt = {a: (int((g[DEGENERATE] == 1).sum()), len(g)) for a, g in main.groupby("arm")}
+    base_k = sum(cnt.get(a, (0, 0))[0] for a in (NONE, REF))
+    base_n = sum(cnt.get(a, (0, 0))[1] for a in (NONE, REF))
+    k, n = cnt.get(learner_arm, (0, 0))
+    per_learner = all_runs.groupby("learner")[DEGENERATE].agg(lambda s: f"{int((s == 1).sum())}/{len(s)}")
+    L += ["### Degenerate selections (selected epoch's selection-split accuracy at or below its majority rate)", "",
+          "| arm | runs | degenerate | share |", "|---|---:|---:|---:|"]
+    for a in (NONE, REF, learner_arm):
+        if a in cnt:
+            L.append(f"| {names[a]} | {cnt[a][1]} | {cnt[a][0]} | {100 * cnt[a][0] / cnt[a][1]:.1f} % |")
+    L += ["", f"{learner_name} {k}/{n} against X and X+ref together {base_k}/{base_n} (two-sided Fisher exact "
+          f"p = {_fisher(k, n, base_k, base_n):.3f}). Over all {len(all_runs)} stored runs, per learner: "
+          + ", ".join(f"{lr} {v}" for lr, v in per_learner.items()) + ".", ""]
+    # the rule, on the tuning seeds only
+    eps = {key: g.to_dict("records") for key, g in epochs.groupby("key")} if len(epochs) else {}
+    sel = rule_selections(main, epochs_of=lambda r: eps.get(r["key"], []))
+    choice = choose_rule(sel, seeds)
+    seeds_s = ", ".join(map(str, seeds))
+    L += ["### The selection rule, chosen on the tuning seed", "", f"Criterion, declared before looking: {CRITERION}", ""]
+    if choice.rule is None:
+        per_run = float(main[time_col].mean()) if time_col in main else math.nan
+        n_need = main.groupby(["task", "upstream", "arm"]).ngroups
+        L += [f"**No rule is chosen here:** {choice.reason}. The stored runs of this comparison use seeds "
+              f"{', '.join(map(str, sorted(main['seed'].unique())))}; seed {seeds_s} is reserved for tuning and none "
+              f"of its runs under this protocol is stored. Producing them costs {n_need} runs (one per task, upstream "
+              f"and arm) x {per_run:.0f} s measured mean run time = {n_need * per_run / 60:.0f} CPU-minutes at 1 thread; "
+              "until then the runs keep the rule they ran with (val AUC, MedMNIST's official rule) and every "
+              "table flags the degenerate selections it produced.", ""]
+    else:
+        L += [f"**Chosen: {choice.rule}** ({choice.reason}).", "",
+              "| rule | tuning runs | degenerate | unknown | mean val acc − majority |", "|---|---:|---:|---:|---:|"]
+        L += [f"| {r.rule} | {r.runs} | {r.degenerate} | {r.unknown} | {_pts(r.margin)} |" for r in choice.table.itertuples()]
+        L += [""]
+    if len(choice.diagnostic):
+        L += ["Diagnostic only (the reported seeds; never used to choose): degenerate selections each rule would "
+              "make on the stored epochs: " + "; ".join(f"{r.rule} {r.degenerate}/{r.runs}" for r in choice.diagnostic.itertuples())
+              + ". Test metrics exist only at the epoch the stored rule picked, so another rule's test numbers need reruns:", ""]
+        for rule in RULE_PREFERENCE:
+            c = rerun_cost(main, sel, rule, time_col)
+            if c["runs"]:
+                L.append(f"- {rule}: {c['runs']} of {c['of']} runs select another epoch -> {c['runs']} reruns x "
+                         f"{c['mean_s']:.0f} s measured = {c['seconds'] / 3600:.1f} CPU-hours (not run).")
+        L += [""]
+    # conclusions under the rule in force
+    rule_in_force = choice.rule or "val_auc"
+    L += [f"### Conclusions under {rule_in_force}", ""]
+    for metric in ("test_acc", m2):
+        for base in (NONE, REF):
+            ci, used, _ = clustered_gain(main, learner_arm, base, metric)
+            ci_d, used_d, dropped = clustered_gain(main, learner_arm, base, metric, drop_degenerate=True)
+            L.append(f"- {learner_name} − {names[base]}, {METRIC_LABEL.get(metric, metric)}, task-clustered: "
+                     f"{_pts(ci.mean)} [{_pts(ci.lo)}, {_pts(ci.hi)}] ({used} pairs); without the {dropped} pairs with a "
+                     f"degenerate selection: {_pts(ci_d.mean)} [{_pts(ci_d.lo)}, {_pts(ci_d.hi)}] ({used_d} pairs).")
+    L += ["", "Intervals are over tasks (the independent units), so with 3 tasks they have 2 degrees of freedom: "
+          "none of these can confirm or rule out a 1-point gain.", ""]
+    return L

@@ -27,9 +27,12 @@ def build_table(roots, table_dir=None) -> list[Path]:
     from .report import study_data
 
     (root,) = _one_root(roots)
+    from reports.selection import selection_frame
+
     data = study_data(root)
-    return write_table(table_dir or TABLE, {"runs": data.runs, "epochs": data.epochs, "saflex_diag": data.saflex_diag},
-                       {"study": "saflex_medmnist"})
+    # the selection split's majority rate per run (recorded, else from the data under $SAFLEX_DATA)
+    return write_table(table_dir or TABLE, {"runs": data.runs, "epochs": data.epochs, "saflex_diag": data.saflex_diag,
+                                            "selection": selection_frame(data.runs)}, {"study": "saflex_medmnist"})
 
 
 def load_data(table_dir=None, aa_table=None):
@@ -44,7 +47,7 @@ def load_data(table_dir=None, aa_table=None):
     if (aa_dir / "table.json").is_file():
         aa_frames, _ = read_table(aa_dir)
         aa = (aa_frames["runs_a"], aa_frames["runs_b"])
-    return StudyData(frames["runs"], frames["epochs"], frames["saflex_diag"], aa)
+    return StudyData(frames["runs"], frames["epochs"], frames["saflex_diag"], aa, selection=frames.get("selection"))
 
 
 def write_report(table_dir=None, out=None, aa_table=None) -> list[Path]:

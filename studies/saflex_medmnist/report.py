@@ -65,6 +65,7 @@ class StudyData:
     saflex_diag: pd.DataFrame
     aa: tuple[pd.DataFrame, pd.DataFrame] | None = None
     _last: dict = field(default_factory=dict, repr=False)
+    selection: pd.DataFrame | None = None  # key, selection.majority (reports/selection.py selection_frame)
 
     def last_epoch(self, key: Any) -> dict:
         """The last epoch a run logged ({} if none)."""
@@ -967,6 +968,21 @@ def write_markdown(data: StudyData, out: str | Path = DEFAULT_OUT) -> Path:
     return out
 
 
+def _selection_md(main: pd.DataFrame, df: pd.DataFrame, data: StudyData, sx_name: str) -> list[str]:
+    """Accuracy and AUC side by side, degenerate selections per arm, the selection rule chosen on the
+    tuning seed and the conclusions under it (reports/selection.py), from the table's majority rates."""
+    from reports.selection import annotate_selection, selection_section
+
+    if data.selection is None or not len(data.selection):
+        return ["## Selection", "", "_No selection-split majority rates in the results table: rebuild it "
+                "(`saflex-bench study saflex_medmnist --build-table R` with $SAFLEX_DATA set)._", ""]
+    maj = data.selection.set_index("key")["selection.majority"]
+    # `knobs` labels arms (render's _with_labels), it is not a protocol column: the tables group without it
+    ann = lambda f: annotate_selection(f.drop(columns="knobs", errors="ignore"), majority=f["key"].map(maj))  # noqa: E731
+    sx_arm = next(iter(main.loc[main["learner"] == SAFLEX, "arm"].unique()), SAFLEX)
+    return selection_section(ann(main), ann(df), data.epochs, sx_arm, f"X+{sx_name}")
+
+
 def render(data: StudyData) -> str:
     """The report (Markdown) from the study's data alone."""
     df = _with_labels(data.runs)
@@ -1023,6 +1039,8 @@ def render(data: StudyData) -> str:
                   f"{over.median():.2f}× (runs of a sweep share the machine unevenly: indicative).", ""]
     else:
         L += ["_No main-comparison runs found._", ""]
+
+    L += _selection_md(main, df, data, sx_name)
 
     diag = diagnostics_rows(main, data) if len(main) else pd.DataFrame()
     if len(diag) and diag[[k for k, _ in DIAG_COLUMNS]].notna().any().any():
