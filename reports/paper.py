@@ -96,7 +96,8 @@ def paper_table(df: pd.DataFrame, metrics: list[str] | None = None, confidence: 
     if long.empty:
         return pd.DataFrame()
     long = long.copy()
-    long["task"] = long["task"].map(lambda t: t.split("/", 1)[-1].split(":")[-1])
+    # "medmnist/breastmnist" -> "breastmnist", "tabular/pmlb:pima" -> "pima"; other ids stay whole ("digits/sklearn")
+    long["task"] = long["task"].map(lambda t: t.split("/", 1)[-1].split(":")[-1] if t.startswith(("medmnist/", "tabular/")) else t)
     label_cols = _row_label_cols(long)
     long["cell"] = [_fmt(r.mean, r.ci_lo, r.ci_hi, signed=r.kind == "gain")
                     + (degenerate_mark.format(n=r.n_degenerate) if r.n_degenerate and r.kind == "arm" else "")
