@@ -47,7 +47,9 @@ def test_no_machine_path_in_flagship_sweeps(name):
     assert not MACHINE_PATH.search((REPO / "sweeps" / f"{name}.yaml").read_text())
 
 
-def test_no_machine_path_in_docs():
-    hits = [f"{p.relative_to(REPO)}:{i}" for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+def test_no_machine_path_in_docs_or_sweep_comments():
+    files = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "sweeps").glob("*.yaml")),
+             REPO / "sweeps" / "README.md"]
+    hits = [f"{p.relative_to(REPO)}:{i}" for p in files
             for i, line in enumerate(p.read_text().splitlines(), 1) if MACHINE_PATH.search(line)]
     assert hits == []
