@@ -300,6 +300,10 @@ def main_table(main: pd.DataFrame) -> pd.DataFrame:
             flags.append("unpaired seeds " + _seeds(unpaired))
         if g.groupby(["learner", "seed"]).size().gt(1).any():
             flags.append("duplicate seeds averaged")
+        if "selection.degenerate" in g:  # reports/selection.py: selected epoch at or below the majority rate
+            deg = [int((f["selection.degenerate"] == 1).sum()) for f in (x, r, s)]
+            if any(deg):
+                flags.append("degenerate selections X/X+ref/SAFLEX " + "/".join(map(str, deg)))
 
         def cost(frame: pd.DataFrame) -> float:
             for c in ("cost.step_s", "cost.epoch_s"):
@@ -987,6 +991,10 @@ def render(data: StudyData) -> str:
     """The report (Markdown) from the study's data alone."""
     df = _with_labels(data.runs)
     df = df[df["task"].isin(TASKS)]
+    if data.selection is not None and len(data.selection):  # degenerate selections, flagged in every table
+        from reports.selection import annotate_selection
+
+        df = annotate_selection(df, majority=df["key"].map(data.selection.set_index("key")["selection.majority"]))
     setting = main_setting(df)
     main, fair = main_runs(df, setting)
     truns = tuning_runs(df)
@@ -1007,7 +1015,8 @@ def render(data: StudyData) -> str:
     if len(table):
         L += [*_main_md(table), "", LEGEND_SEEDS + " X = the upstream alone; X+ref = X trained on train + the "
               "reference part (label-budget control); pairs = seeds paired for Δ SAFLEX − X / Δ SAFLEX − (X+ref); "
-              f"flag `<{MIN_SEEDS} pairs`: fewer paired seeds than the study asks for.", ""]
+              f"flag `<{MIN_SEEDS} pairs`: fewer paired seeds than the study asks for; `degenerate selections a/b/c`: runs of "
+              "X / X+ref / X+SAFLEX whose selected epoch's selection-split accuracy is at or below its majority rate.", ""]
         L += ["### Average over experiments, clustered by task", "",
               "Experiments of one task share its data and test set, so they are not independent: each task's "
               "experiment gains are averaged first, and the 95 % t-interval is taken over tasks.", "",
