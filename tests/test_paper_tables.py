@@ -97,3 +97,17 @@ def test_latex_compiles(tmp_path):
     r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-2000:]
+
+
+def test_comparison_table_counts_and_flags_degenerate_selections():
+    from reports.tables import comparison_table, display_table
+
+    df = runs()
+    df["learner_cfg"] = ""
+    t = comparison_table(df).set_index(["task", "upstream", "arm"])
+    hit = t.loc[("medmnist/retinamnist", "rand-m9-n2", "saflex")]
+    assert hit["n_degenerate_arm"] == 1 and hit["n_degenerate_none"] == 0 and "degenerate" in hit["flags"]
+    assert not t.drop(index=("medmnist/retinamnist", "rand-m9-n2", "saflex"))["flags"].str.contains("degenerate").any()
+    assert "degenerate (X/arm)" in display_table(comparison_table(df)).columns
+    t0 = comparison_table(df.drop(columns=DEGENERATE))  # not checked: no column, no flag
+    assert "degenerate (X/arm)" not in display_table(t0).columns and not t0["flags"].str.contains("degenerate").any()

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from reports.selection import (RULE_PREFERENCE, annotate_selection, choose_rule, degenerate_counts, is_degenerate,
+from reports.selection import (CRITERION, RULE_PREFERENCE, annotate_selection, choose_rule, degenerate_counts, is_degenerate,
                                majority_rate, rerun_cost, rule_selections, select_epoch, selection_majority)
 
 
@@ -129,3 +129,37 @@ def test_recorded_majority_equals_the_one_recomputed_from_the_data(tmp_path):
     (run_dir / "result.json").write_text(json.dumps(rec))
     got = selection_majority(frame([{"run_dir": str(run_dir)}]))
     assert got.iloc[0] == pytest.approx(recorded)
+
+
+def test_clustered_gain_averages_per_task_first_and_drops_degenerate_pairs():
+    from reports.selection import DEGENERATE, clustered_gain
+
+    rows = []
+    # task a: two upstreams with gains +2 and +4 (task mean +3); task b: one upstream, gain -1,
+    # except seed 2 whose X run is degenerate with a gain of +9
+    for task, ups in (("a", {"u1": 0.02, "u2": 0.04}), ("b", {"u1": -0.01})):
+        for up, gain in ups.items():
+            for seed in (1, 2):
+                g = 0.09 if (task == "b" and seed == 2) else gain
+                deg = float(task == "b" and seed == 2)
+                rows += [{"task": task, "upstream": up, "seed": seed, "arm": "none", "metrics.test_acc": 0.5, DEGENERATE: deg},
+                         {"task": task, "upstream": up, "seed": seed, "arm": "saflex", "metrics.test_acc": 0.5 + g,
+                          DEGENERATE: 0.0}]
+    df = frame(rows)
+    ci, used, dropped = clustered_gain(df, "saflex", "none", "test_acc")
+    assert ci.mean == pytest.approx((0.03 + 0.04) / 2) and ci.n == 2 and used == 6 and dropped == 0
+    ci, used, dropped = clustered_gain(df, "saflex", "none", "test_acc", drop_degenerate=True)
+    assert ci.mean == pytest.approx((0.03 - 0.01) / 2) and used == 5 and dropped == 1
+
+
+def test_selection_section_says_which_rule_and_why():
+    from reports.selection import DEGENERATE, selection_section
+
+    df, eps = runs_with_epochs()
+    df = df.assign(task="medmnist/breastmnist", upstream="rand-m9-n2", family="medmnist", learner=df["arm"],
+                   **{"metrics.test_acc": 0.8, "metrics.test_auc": 0.9, "metrics.val_acc": 0.7, DEGENERATE: 0.0})
+    epochs = frame([{"key": k, **e} for k, rows in eps.items() for e in rows])
+    text = "\n".join(selection_section(df, df, epochs, "saflex"))
+    assert "**Chosen: val_loss**" in text and "tied with val_acc" in text and "test" not in CRITERION.split("No test")[0]
+    text = "\n".join(selection_section(df[df["seed"] > 0], df, epochs, "saflex"))
+    assert "No rule is chosen here" in text and "reruns" in text
