@@ -27,12 +27,10 @@ def build_table(roots, table_dir=None) -> list[Path]:
     from .report import study_data
 
     (root,) = _one_root(roots)
-    from reports.selection import selection_frame
-
     data = study_data(root)
-    # the selection split's majority rate per run (recorded, else from the data under $SAFLEX_DATA)
+    # + the selection split's majority rate per run (recorded, else from the data under $SAFLEX_DATA)
     return write_table(table_dir or TABLE, {"runs": data.runs, "epochs": data.epochs, "saflex_diag": data.saflex_diag,
-                                            "selection": selection_frame(data.runs)}, {"study": "saflex_medmnist"})
+                                            "selection": data.selection}, {"study": "saflex_medmnist"})
 
 
 def load_data(table_dir=None, aa_table=None):

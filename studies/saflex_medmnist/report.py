@@ -956,7 +956,10 @@ def study_data(root: str | Path, aa_roots: tuple | None = None) -> StudyData:
     runs = runs[runs["task"].isin(TASKS)].reset_index(drop=True)
     runs.attrs["source"] = source
     aa = tuple(runs_frame(r) for r in aa_roots) if aa_roots else None
-    return StudyData(runs, epochs_frame(root, runs["key"]), saflex_diag_frame(root, runs["key"]), aa)
+    from reports.selection import selection_frame  # majority rates: recorded, else from the data ($SAFLEX_DATA)
+
+    return StudyData(runs, epochs_frame(root, runs["key"]), saflex_diag_frame(root, runs["key"]), aa,
+                     selection=selection_frame(runs))
 
 
 def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: tuple | None = None) -> Path:
