@@ -288,9 +288,10 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
     L = [f"## Accuracy and {METRIC_LABEL.get(m2, m2)}, degenerate selections, and the selection rule", ""]
     if not len(main):
         return L + ["_No main-comparison runs._", ""]
-    L += [f"Test accuracy and test {METRIC_LABEL.get(m2, m2)} of the main comparison side by side (points; arms: mean ± "
-          "95 % t half-width over seeds; Δ: paired by seed, [95 % CI]). " + degenerate_note(main), "",
-          to_markdown(paper_table(main)), ""]
+    L += [f"Test accuracy and test {METRIC_LABEL.get(m2, m2)} of the main comparison side by side.", "",
+          to_markdown(paper_table(main)), "",
+          "± = half-width of the 95 % Student-t interval over seeds, points; Δ: paired by seed, [95 % CI]. "
+          + degenerate_note(main), ""]
     # degenerate counts per arm
     names = {NONE: "X", REF: "X+ref", learner_arm: learner_name}
     cnt = {a: (int((g[DEGENERATE] == 1).sum()), len(g)) for a, g in main.groupby("arm")}
