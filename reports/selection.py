@@ -11,9 +11,10 @@ epoch is degenerate, and which rule to use, decided on the tuning seed only.
   bench/trainer.py (`score >= best`). Only `val_*` columns of metrics.jsonl are read: never a test metric.
 
 `choose_rule` declares its criterion up front (CRITERION): on the tuning seed's runs, the rule with the
-fewest degenerate selections; ties go to the first rule of RULE_PREFERENCE (val AUC: the MedMNIST
-official protocol and today's default, so a tie keeps the stored runs valid; then val loss, a proper
-scoring rule; then val acc). No selection-split score breaks ties: each rule wins on its own score.
+fewest degenerate selections; ties go to the rule the runs already use (a tie keeps the stored runs
+valid: no reruns), then to the first of RULE_PREFERENCE (val AUC: the MedMNIST official protocol; then
+val loss, a proper scoring rule; then val acc). No selection-split score breaks ties: each rule wins on
+its own score.
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ RULE_PREFERENCE = ("val_auc", "val_loss", "val_acc")
 SPEC_RULE = {"auc": "val_auc", "loss": "val_loss", "acc": "val_acc"}  # RunSpec.select_metric -> rule
 TUNING_SEEDS = (0,)
 CRITERION = ("on the tuning seed's runs only: fewest degenerate selections (selected epoch's selection-split accuracy "
-             "at or below the split's majority rate); ties go to the first of " + ", ".join(RULE_PREFERENCE)
-             + " (val AUC is the official MedMNIST rule and the stored runs' rule). No test metric is read.")
+             "at or below the split's majority rate); ties go to the rule the runs already use (no reruns), then to "
+             "the first of " + ", ".join(RULE_PREFERENCE) + " (val AUC: MedMNIST's official rule). No test metric is read.")
 MAJORITY, DEGENERATE = "selection.majority", "selection.degenerate"  # columns annotate_selection adds
 TOL = 1e-9  # accuracies are k/n: "at or below" must not depend on float rounding
 
@@ -200,9 +201,17 @@ def _rule_table(sel: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def choose_rule(selections: pd.DataFrame, tuning_seeds: Iterable[int] = TUNING_SEEDS) -> RuleChoice:
+def incumbent_rule(df: pd.DataFrame) -> str | None:
+    """The rule the runs were selected with, when they all share one (RunSpec.select_metric)."""
+    rules = set(df["select_metric"].dropna().map(SPEC_RULE)) if "select_metric" in df else set()
+    return next(iter(rules)) if len(rules) == 1 and None not in rules else None
+
+
+def choose_rule(selections: pd.DataFrame, tuning_seeds: Iterable[int] = TUNING_SEEDS,
+                incumbent: str | None = None) -> RuleChoice:
     """Apply CRITERION to the runs of the tuning seeds (the rows of `rule_selections`); the other seeds'
-    table is returned as a diagnostic and never read by the choice."""
+    table is returned as a diagnostic and never read by the choice. `incumbent`: the runs' own rule,
+    first among tied rules."""
     seeds = tuple(tuning_seeds)
     on = selections[selections["seed"].isin(seeds)] if len(selections) else selections
     off = selections[~selections["seed"].isin(seeds)] if len(selections) else selections
@@ -214,11 +223,13 @@ def choose_rule(selections: pd.DataFrame, tuning_seeds: Iterable[int] = TUNING_S
     if known.empty:
         return RuleChoice(None, table, seeds, "the majority rate of no tuning run is known", diagnostic=diag)
     fewest = known["degenerate"].min()
-    tied = [r for r in RULE_PREFERENCE if r in set(known.loc[known["degenerate"] == fewest, "rule"])]
+    order = ([incumbent] if incumbent in RULE_PREFERENCE else []) + [r for r in RULE_PREFERENCE if r != incumbent]
+    tied = [r for r in order if r in set(known.loc[known["degenerate"] == fewest, "rule"])]
     rule = tied[0]
     why = (f"{rule}: {fewest} degenerate selection(s) of {int(known.set_index('rule').loc[rule, 'runs'])} tuning runs"
-           + (f", tied with {', '.join(tied[1:])}; first in the declared preference order" if len(tied) > 1 else
-              ", the fewest"))
+           + (f", tied with {', '.join(tied[1:])}; " + ("the runs' own rule" if rule == incumbent else
+                                                         "first in the declared preference order")
+              if len(tied) > 1 else ", the fewest"))
     return RuleChoice(rule, table, seeds, why, diagnostic=diag)
 
 
@@ -310,7 +321,7 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
     # the rule, on the tuning seeds only
     eps = {key: g.to_dict("records") for key, g in epochs.groupby("key")} if len(epochs) else {}
     sel = rule_selections(main, epochs_of=lambda r: eps.get(r["key"], []))
-    choice = choose_rule(sel, seeds)
+    choice = choose_rule(sel, seeds, incumbent_rule(main))
     seeds_s = ", ".join(map(str, seeds))
     L += ["### The selection rule, chosen on the tuning seed", "", f"Criterion, declared before looking: {CRITERION}", ""]
     if choice.rule is None:
@@ -320,7 +331,7 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
               f"{', '.join(map(str, sorted(main['seed'].unique())))}; seed {seeds_s} is reserved for tuning and none "
               f"of its runs under this protocol is stored. Producing them costs {n_need} runs (one per task, upstream "
               f"and arm) x {per_run:.0f} s measured mean run time = {n_need * per_run / 60:.0f} CPU-minutes at 1 thread; "
-              "until then the runs keep the rule they ran with (val AUC, MedMNIST's official rule) and every "
+              f"until then the runs keep the rule they ran with ({incumbent_rule(main) or 'their own'}) and every "
               "table flags the degenerate selections it produced.", ""]
     else:
         L += [f"**Chosen: {choice.rule}** ({choice.reason}).", "",
@@ -338,7 +349,7 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
                          f"{c['mean_s']:.0f} s measured = {c['seconds'] / 3600:.1f} CPU-hours (not run).")
         L += [""]
     # conclusions under the rule in force
-    rule_in_force = choice.rule or "val_auc"
+    rule_in_force = choice.rule or incumbent_rule(main) or "the runs' own rules"
     L += [f"### Conclusions under {rule_in_force}", ""]
     for metric in ("test_acc", m2):
         for base in (NONE, REF):

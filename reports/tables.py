@@ -415,7 +415,24 @@ def main_table_md(df: pd.DataFrame, confidence: float = 0.95) -> list[str]:
         out += ["Degenerate selections per arm: " + "; ".join(
             f"{method_label(r.arm)} {r.degenerate}/{r.runs}" + (f" ({r.unknown} unknown)" if r.unknown else "")
             for r in c.itertuples()) + ".", ""]
+        out += _rule_line(df)
     return out
+
+
+def _rule_line(df: pd.DataFrame) -> list[str]:
+    """The selection rule reports/selection.py picks on the tuning seed, from the runs' metrics.jsonl
+    (local store only; runs from wandb carry no run files)."""
+    from reports.selection import CRITERION, TUNING_SEEDS, choose_rule, incumbent_rule, rule_selections
+
+    if "run_dir" not in df.columns or df["run_dir"].isna().all():
+        return []
+    choice = choose_rule(rule_selections(df), TUNING_SEEDS, incumbent_rule(df))
+    if choice.table.empty or not choice.table["runs"].sum():
+        return [f"Selection rule: not chosen ({choice.reason}).", ""]
+    counts = "; ".join(f"{r.rule} {r.degenerate}/{r.runs}" for r in choice.table.itertuples())
+    return [f"Selection rule on the tuning seed ({', '.join(map(str, TUNING_SEEDS))}): "
+            + (f"**{choice.rule}** ({choice.reason})" if choice.rule else f"none ({choice.reason})")
+            + f"; degenerate selections per rule: {counts}. Criterion: {CRITERION}", ""]
 
 
 def to_markdown(df: pd.DataFrame, table: pd.DataFrame, avg: pd.DataFrame, metric: str = "test_acc",

@@ -96,6 +96,9 @@ def test_rule_is_chosen_on_the_tuning_seed_only():
     # the other seeds would have ruled val_loss out: they are a diagnostic only
     assert choice.diagnostic.set_index("rule").loc["val_loss", "degenerate"] == 4
     assert choose_rule(sel, tuning_seeds=(1, 2)).rule == "val_auc"  # there val_loss degenerates; val_auc ties val_acc
+    # a tie goes to the runs' own rule first (no reruns)
+    assert choose_rule(sel, incumbent="val_acc").rule == "val_acc"
+    assert choose_rule(sel, incumbent="val_auc").rule == "val_loss"  # val_auc is not among the tied
 
 
 def test_no_tuning_seed_means_no_choice():
