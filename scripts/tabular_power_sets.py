@@ -11,8 +11,8 @@
      Mushroom data as agaricus_lepiota and mushroom, 21 rows apart); the alphabetically first name stays.
 
     python scripts/tabular_power_sets.py --index DATA/tabular/pmlb/INDEX.tsv             # print the list
-    python scripts/tabular_power_sets.py --index DATA/tabular/pmlb/INDEX.tsv --write sweeps/tabular_power.yaml
-    python scripts/tabular_power_sets.py --index DATA/tabular/pmlb/INDEX.tsv --check sweeps/tabular_power.yaml
+    python scripts/tabular_power_sets.py --index DATA/tabular/pmlb/INDEX.tsv --write studies/tabular_power/sweeps/tabular_power.yaml
+    python scripts/tabular_power_sets.py --index DATA/tabular/pmlb/INDEX.tsv --check studies/tabular_power/sweeps/tabular_power.yaml
 """
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def sweep_yaml(names: list[str]) -> str:
 # set = that part); ref_frac 0.5 of the selection split (val_frac 0.2), every arm on the same labels.
 # Seed 0 is the tuning seed (selection rule: reports/selection.py); seeds 1-5 are the reported pairs.
 # {len(names)} sets x {len(UPSTREAMS)} upstreams x 3 arms x {len(TUNING_SEEDS) + len(SEEDS)} seeds = {n_runs * (len(TUNING_SEEDS) + len(SEEDS))} runs ({n_runs * len(SEEDS)} reported), MLP 2x128, {EPOCHS} epochs.
-#   saflex-bench sweep tabular_power --executor local --threads 1 --data-root DIR     # DIR holds tabular/
-#   saflex-bench report --sweep tabular_power --data-root DIR
+#   saflex-bench sweep studies/tabular_power/sweeps/tabular_power.yaml --executor local --threads 1 --data-root DIR --results R
+#   saflex-bench study tabular_power --build-table R; saflex-bench study tabular_power
 name: tabular_power
 description: {len(names)} PMLB sets (rule in docs/tabular_power.md) x {{{', '.join(UPSTREAMS)}}} x {{X, X+ref, X+saflex}} x seeds 0 (tuning) + 1-5, ref_frac 0.5
 fixed:
