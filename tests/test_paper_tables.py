@@ -111,3 +111,16 @@ def test_comparison_table_counts_and_flags_degenerate_selections():
     assert "degenerate (X/arm)" in display_table(comparison_table(df)).columns
     t0 = comparison_table(df.drop(columns=DEGENERATE))  # not checked: no column, no flag
     assert "degenerate (X/arm)" not in display_table(t0).columns and not t0["flags"].str.contains("degenerate").any()
+
+
+def test_medmnist_study_ships_its_main_table_as_latex(tmp_path):
+    from pathlib import Path
+
+    from reports.study_loader import load_study
+
+    repo = Path(__file__).resolve().parents[1]
+    study = load_study("saflex_medmnist", repo / "studies")
+    study.write_report(None, tmp_path / "report.md")
+    tex = (tmp_path / "main_table.tex").read_text()
+    assert tex == (study.HERE / "main_table.tex").read_text()
+    assert re.search(r"\\begin\{tabular\}\{llr+\}", tex) and "X+ref" in tex and "AUC" in tex

@@ -49,9 +49,14 @@ def load_data(table_dir=None, aa_table=None):
 
 
 def write_report(table_dir=None, out=None, aa_table=None) -> list[Path]:
-    from .report import write_markdown
+    """report.md, and main_table.tex beside it (the main comparison in a paper's layout: datasets as rows,
+    X / X+ref / X+SAFLEX and the paired gains as columns, accuracy and AUC; reports/paper.py)."""
+    from .report import main_table_tex, write_markdown
 
-    return [write_markdown(load_data(table_dir, aa_table), out or REPORT)]
+    data = load_data(table_dir, aa_table)
+    md = write_markdown(data, out or REPORT)
+    (md.parent / "main_table.tex").write_text(main_table_tex(data))
+    return [md]
 
 
 def _one_root(roots):

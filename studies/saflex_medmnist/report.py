@@ -990,6 +990,23 @@ def _selection_md(main: pd.DataFrame, df: pd.DataFrame, data: StudyData, sx_name
     return selection_section(ann(main), ann(df), data.epochs, sx_arm, f"X+{sx_name}")
 
 
+def main_table_tex(data: StudyData) -> str:
+    """The main comparison (X, X+ref, X+SAFLEX at the default in force) as a LaTeX table (booktabs,
+    multirow), degenerate selections marked."""
+    from reports.paper import paper_table, to_latex
+    from reports.selection import annotate_selection
+
+    df = _with_labels(data.runs)
+    df = df[df["task"].isin(TASKS)]
+    main, _ = main_runs(df, main_setting(df))
+    main = main.drop(columns="knobs", errors="ignore")
+    if data.selection is not None and len(data.selection):
+        main = annotate_selection(main, majority=main["key"].map(data.selection.set_index("key")["selection.majority"]))
+    return to_latex(paper_table(main), caption="MedMNIST: test accuracy and AUC (points) of X, X+ref and X+SAFLEX; "
+                    "mean ± 95 % t half-width over seeds; Δ paired by seed with its 95 % CI; d: degenerate selections.",
+                    label="tab:saflex-medmnist") + "\n"
+
+
 def render(data: StudyData) -> str:
     """The report (Markdown) from the study's data alone."""
     df = _with_labels(data.runs)
