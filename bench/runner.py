@@ -145,7 +145,7 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
     Which path ran is recorded as cost.data_path (an execution setting: not in the key)."""
     store = ResultsStore(resolve_results_root(results))
     key = spec.key
-    done = store.read_result(key)
+    done = store.read_result(key, spec)
     if done is not None:
         return done
     # user errors surface before anything is written
@@ -179,7 +179,7 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
         use_device_resident(baselines.create_method(spec.upstream), data.train.x, data.train.y, device, "on", aug_path)
     check_results_root(store.root)
     with run_lock(store.run_dir(key)):
-        done = store.read_result(key)  # another process finished it while we waited
+        done = store.read_result(key, spec)  # another process finished it while we waited
         if done is not None:
             return done
         return _train(spec, store, task, data, device, threads, wandb_mode=wandb_mode, sweep=sweep, progress=progress,
@@ -217,7 +217,7 @@ def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads:
 
         record["numerics"] = numerics_info(trainer.device)  # what decides the float order (not identity)
         fault_point("before-result")
-        store.write_result(key, record)  # LAST: from here on the run counts as done
+        store.write_result(key, record, spec)  # LAST: from here on the run counts as done
         fault_point("after-result")
         store.write_attempt(key, {**attempt, "state": "done", "ended_at": _now()})
         tracker.finish(record)

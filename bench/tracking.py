@@ -83,7 +83,9 @@ class WandbTracker(Tracker):
         self.mode = mode
         self.run_id = run.id
         self.dir = Path(run.dir).parent  # <run_dir>/wandb/<offline|run>-<time>-<key>
-        self._metrics = Path(run_dir) / "metrics.jsonl"
+        from bench.results.records import METRICS
+
+        self._metrics = Path(run_dir) / METRICS
         self._first = True
         self._finished = False
 
@@ -106,17 +108,9 @@ class WandbTracker(Tracker):
         rewrites from the checkpoint on resume). A process that was killed may not have flushed its
         wandb segment; this makes the latest segment hold the whole curve. Syncing the segments of
         one id in order, wandb keeps the first value of a step and drops repeats."""
-        import json
+        from bench.results import read_metrics
 
-        try:
-            lines = self._metrics.read_text().splitlines()
-        except OSError:
-            return
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                break
+        for row in read_metrics(self._metrics):
             epoch = row.get("epoch")
             if isinstance(epoch, int) and 1 <= epoch < step:
                 self._log(row, epoch)

@@ -32,7 +32,7 @@ import torch
 
 from bench.runner import resolve_data_root
 
-STUDY_EPOCHS = {"medmnist/pneumoniamnist": 5}  # sweeps/saflex_fair.yaml's schedule; 20 elsewhere
+STUDY_EPOCHS = {"medmnist/pneumoniamnist": 5}  # the MedMNIST study's schedule (studies/saflex_medmnist/sweeps/saflex_fair.yaml); 20 elsewhere
 EXACT = {"saflex.val_batch": 1 << 30, "saflex.refresh": 1, "saflex.ref_ema": 0.0}
 
 

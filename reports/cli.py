@@ -33,8 +33,11 @@ def _source_line(df) -> str:
 
     skipped = describe_skipped(df.attrs.get("skipped") or {})
     sweep = df.attrs.get("sweep")
-    return (f"loaded {len(df)} done runs from {df.attrs.get('source')}" + (f" (sweep {sweep})" if sweep else "")
-            + (f"; {skipped}" if skipped else ""))
+    not_done = sorted((df.attrs.get("not_done") or {}).items())  # named, never silently dropped
+    shown = [f"  not done: {k}: {why}" for k, why in not_done[:20]]
+    shown += [f"  ... and {len(not_done) - 20} more"] if len(not_done) > 20 else []
+    return "\n".join([f"loaded {len(df)} done runs from {df.attrs.get('source')}" + (f" (sweep {sweep})" if sweep else "")
+                      + (f"; {skipped}" if skipped else ""), *shown])
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ under two thread counts: docs/reproducibility.md) and, per spec key present in b
   conclusion in A and in B (sign of the mean paired gain over seeds, and whether its 95 % t-CI
   excludes 0) and whether they agree.
 
-Also, for the report writers (reports/tables.py, reports/study.py):
+Also, for the report writers (reports/tables.py, the studies' report code):
 - `gain_noise_verdict` / `classify_gains` / `experiment_noise`: is a gain above the numerical noise
   floor, above the seed spread, both or neither;
 - `numerics_mismatch(df_group)`: a line when the runs of one comparison ran under different numerics.
@@ -151,6 +151,21 @@ class Comparison:
     only_b: int
     numerics_a: str
     numerics_b: str
+    dropped: list[tuple[str, str]] | None = None  # (key, why) of every run left out of the comparison
+
+
+def dropped_runs(df_a: pd.DataFrame, df_b: pd.DataFrame) -> list[tuple[str, str]]:
+    """Each key done in one root only, with why the other root has no done record of it (its
+    not-done reason from the results index, or 'no run folder')."""
+    out = []
+    for here, there, df_h, df_t in (("A", "B", df_a, df_b), ("B", "A", df_b, df_a)):
+        why_not = df_t.attrs.get("not_done") or {}
+        for key in sorted(set(df_h["key"]) - set(df_t["key"])):
+            out.append((key, f"done in {here} only; {there}: {why_not.get(key, 'no run folder')}"))
+    nd_a, nd_b = df_a.attrs.get("not_done") or {}, df_b.attrs.get("not_done") or {}
+    for key in sorted((set(nd_a) | set(nd_b)) - set(df_a["key"]) - set(df_b["key"])):
+        out.append((key, f"done in neither; A: {nd_a.get(key, 'no run folder')}; B: {nd_b.get(key, 'no run folder')}"))
+    return out
 
 
 def compare_frames(df_a: pd.DataFrame, df_b: pd.DataFrame, metric: str = "test_acc") -> Comparison:
@@ -167,7 +182,7 @@ def compare_frames(df_a: pd.DataFrame, df_b: pd.DataFrame, metric: str = "test_a
     return Comparison(metric, str(df_a.attrs.get("source", "A")), str(df_b.attrs.get("source", "B")), runs,
                       floor, conc, len(set(df_a["key"]) - keys),
                       len(set(df_b["key"]) - keys), numerics_summary(df_a[df_a["key"].isin(keys)]),
-                      numerics_summary(df_b[df_b["key"].isin(keys)]))
+                      numerics_summary(df_b[df_b["key"].isin(keys)]), dropped_runs(df_a, df_b))
 
 
 def compare_roots(root_a: str | Path, root_b: str | Path, sweep: str | None = None,
@@ -287,6 +302,9 @@ def to_markdown(c: Comparison) -> str:
              "| key | task | method | seed | A | B | Δ |", "|---|---|---|---|---|---|---|"]
     for r in c.runs.itertuples():
         lines.append(f"| {r.key} | {r.task} | {r.method} | {r.seed} | {_pct(r.a)} | {_pct(r.b)} | {100 * r.diff:+.2f} |")
+    if c.dropped:
+        lines += ["", "## Runs left out", "", "| key | why |", "|---|---|"]
+        lines += [f"| {k} | {why} |" for k, why in c.dropped]
     lines += ["", "## Conclusions: learner arm vs `none`, paired over seeds (95 % t-CI)", ""]
     if c.conclusions.empty:
         lines.append("no experiment has both a `none` arm and a learner arm in the common runs")

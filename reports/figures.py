@@ -11,7 +11,6 @@ renders with Agg (PNG) / the PDF backend.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Callable
@@ -23,6 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from bench.results import read_metrics
 from reports.load import NONE, arm_order, experiment_columns, method_label
 from reports.stats import mean_ci, roc_auc
 from reports.tables import arm_stats, average_gain, comparison_table
@@ -322,18 +322,6 @@ def fig_cost(df: pd.DataFrame, root: Path | None = None, metric: str = "test_acc
 
 
 # ---- (5) learning curves per method ----------------------------------------------------------
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue  # a torn last line of a killed run
-        if isinstance(obj, dict):
-            rows.append(obj)
-    return rows
-
-
 @register("fig5_learning_curves")
 def fig_learning_curves(df: pd.DataFrame, root: Path | None = None, metric: str = "test_acc"):
     vm = _val_metric(metric)
@@ -342,10 +330,7 @@ def fig_learning_curves(df: pd.DataFrame, root: Path | None = None, metric: str 
     pts = []
     for _, r in df.iterrows():
         d = _run_dir(r, root)
-        f = d / "metrics.jsonl" if d else None
-        if f is None or not f.is_file():
-            continue
-        for row in _read_jsonl(f):
+        for row in read_metrics(d) if d else ():  # bench.results: the one metrics.jsonl reader
             if "epoch" in row and row.get(vm) is not None:
                 pts.append({"panel": f"{_panel_label(r, extras)} · {r['upstream']}", "method": r["method"],
                             "upstream": r["upstream"], "learner": r["learner"], "arm": r["arm"], "seed": r["seed"],

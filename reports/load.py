@@ -35,6 +35,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from bench.results.rows import learner_defaults, record_to_row, split_method  # noqa: F401 - the one row mapping
+from bench.results.rows import scalar as _scalar  # noqa: F401
+
 # Columns that are not part of the run identity (everything else in the frame that is not metrics.*,
 # cost.*, versions.* or saflex.* came from the spec). Keeps `identity_columns` correct when RunSpec
 # grows a field: no list of spec fields to keep in sync here.
@@ -66,68 +69,47 @@ def default_results_root() -> Path:
 def planned_keys(root: Path, sweep: str) -> set[str]:
     """Keys the sweep planned (bench.store.sweep_plan_path, written by `saflex-bench sweep`),
     including runs another sweep ran first; empty when the file is absent (older stores)."""
-    from bench.store import sweep_plan_path
+    from bench.results.store import planned_keys as _planned
 
-    try:
-        return set(json.loads(sweep_plan_path(root, sweep).read_text())["keys"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
+    return _planned(root, sweep)
 
 
 def load_results(root: str | os.PathLike, sweep: str | None = None) -> pd.DataFrame:
     """All done runs under `root` (optionally only those of `sweep`: its records, and the runs its
-    plan shares with other sweeps) as one frame.
+    plan shares with other sweeps) as one frame, read from the store's index (bench.results).
 
-    A run counts iff `result.json` parses and has status "done"; the others are counted in
-    ``df.attrs["skipped"]`` (``no_result`` = run dir without result.json, i.e. running or died,
-    ``unreadable``, ``not_done``). Raises UsageError for a missing/empty root or an unknown sweep.
+    A run counts iff it is done (bench.results.record_problem); the others are counted in
+    ``df.attrs["skipped"]`` by reason (e.g. "no result.json (running, not started or died)",
+    "result.json holds no metrics: rerun") and listed in ``df.attrs["not_done"]`` ({key: reason}).
+    Raises UsageError for a missing/empty root or an unknown sweep.
     """
+    from bench.results.index import load_index
+
     root = Path(root)
     runs_dir = root / "runs"
     if not runs_dir.is_dir():
         raise _usage_error(f"no results store at {root} (expected {runs_dir}/<key>/result.json; "
                            "set --results or $SAFLEX_RESULTS)")
-    skipped: Counter = Counter()
-    sweeps: set[str] = set()
+    index = load_index(root, epochs=False)
     planned = planned_keys(root, sweep) if sweep is not None else set()
-    if planned:
-        sweeps.add(sweep)
-    records: list[tuple[dict, Path]] = []
-    for d in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        f = d / "result.json"
-        if not f.exists():
-            skipped["no_result"] += 1  # cannot tell its sweep: spec.json carries no sweep
-            continue
-        try:
-            rec = json.loads(f.read_text())
-            if not isinstance(rec, dict) or not isinstance(rec.get("spec"), dict):
-                raise ValueError("not a result record")
-        except (OSError, ValueError):
-            skipped["unreadable"] += 1
-            continue
-        if rec.get("sweep"):
-            sweeps.add(str(rec["sweep"]))
-        if sweep is not None and rec.get("sweep") != sweep and d.name not in planned:
-            continue
-        if rec.get("status") != "done":
-            skipped["not_done"] += 1
-            continue
-        records.append((rec, d))
+    sweeps = index.sweeps() | ({sweep} if planned else set())
     if sweep is not None and sweep not in sweeps:
         raise _usage_error(f"unknown sweep '{sweep}' under {root} "
                            f"(sweeps there: {', '.join(sorted(sweeps)) or 'none'})")
-    if not records:
+    rows, not_done = index.frame_rows(sweep, planned)
+    skipped = dict(Counter(not_done.values()))
+    if not rows:
         where = f"sweep '{sweep}' under {root}" if sweep else str(root)
-        raise _usage_error(f"no done runs in {where} ({describe_skipped(dict(skipped)) or 'no run dirs'})")
-    df = frame_from_records(records)
-    df.attrs.update(source=str(root), sweep=sweep, skipped=dict(skipped))
+        raise _usage_error(f"no done runs in {where} ({describe_skipped(skipped) or 'no run dirs'})")
+    df = frame_from_rows(rows)
+    df.attrs.update(source=str(root), sweep=sweep, skipped=skipped, not_done=not_done)
     return df
 
 
 def describe_skipped(skipped: Mapping[str, int]) -> str:
-    """One line for report headers, e.g. '2 skipped: 1 not done, 1 without result.json'."""
+    """One line for report headers, e.g. '2 skipped: 1 result.json holds no metrics: rerun, ...'."""
     names = {"not_done": "status not done", "unreadable": "unreadable result.json",
-             "no_result": "run dir without result.json (running or died)"}
+             "no_result": "run dir without result.json (running or died)"}  # the wandb loader's reasons
     parts = [f"{n} {names.get(k, k)}" for k, n in sorted(skipped.items()) if n]
     total = sum(skipped.values())
     return f"{total} skipped: " + ", ".join(parts) if total else ""
@@ -137,72 +119,6 @@ def describe_skipped(skipped: Mapping[str, int]) -> str:
 NONE = "none"          # the plain-training learner: the baseline arm of every comparison
 REF = "ref"            # the label-budget control: the second baseline when present
 SINGLE_CFG = ""        # learner_cfg when all loaded runs of a learner share one knob setting
-
-
-def _scalar(v: Any) -> Any:
-    """Make a spec value hashable/groupable (lists -> 'a,b', dicts -> canonical JSON)."""
-    if isinstance(v, (list, tuple)):
-        return ",".join(str(x) for x in v)
-    if isinstance(v, Mapping):
-        return json.dumps(v, sort_keys=True, separators=(",", ":"))
-    return v
-
-
-def split_method(method: str) -> tuple[str, str]:
-    """`UPSTREAM[+LEARNER]` -> (upstream, learner); bench.learners is the single source of the grammar."""
-    from bench.learners import split_method as _split
-
-    return _split(method)
-
-
-def learner_defaults(learner: str) -> dict[str, Any]:
-    """The learner's default knobs as its class declares them ({} for a learner unknown here: its
-    settings are then labelled by value only)."""
-    try:
-        from bench.learners import get_learner_class
-
-        return dict(get_learner_class(learner).default_knobs() or {})
-    except Exception:  # unknown learner (results from another install) or its package missing
-        return {}
-
-
-def record_to_row(rec: Mapping[str, Any], run_dir: Path | None = None) -> dict[str, Any]:
-    spec = dict(rec.get("spec") or {})
-    row: dict[str, Any] = {"key": rec.get("key") or (run_dir.name if run_dir else None),
-                           "sweep": rec.get("sweep"), "status": rec.get("status")}
-    method = str(spec.get("method", ""))
-    upstream, learner = split_method(method)
-    head, plus, tail = method.rpartition("+")
-    if learner == NONE and plus and isinstance(spec.get(tail), Mapping):
-        upstream, learner = head, tail  # a learner not registered here, recognised by its knobs
-    # the learner's knobs: `saflex` (first release's field, null for other learners) or a key named
-    # after the learner; flattened as `<learner>.<knob>` so they never enter the run identity
-    knobs = spec.pop("saflex", None)
-    if learner not in (NONE, "saflex"):
-        own = spec.pop(learner, None)
-        knobs = own if isinstance(own, Mapping) else None
-    for k, v in spec.items():
-        row[k] = _scalar(v)
-    if knobs is not None:  # knobs added after a record was written are stored only when set
-        from bench.spec import stored_knobs  # absent = the value before the knob existed, not today's default
-
-        knobs = {**learner_defaults(learner), **stored_knobs(learner, knobs)}
-    for k, v in dict(knobs or {}).items():
-        row[f"{learner}.{k}"] = _scalar(v)
-    row["upstream"], row["learner"] = upstream, learner
-    row["saflex"] = learner == "saflex"  # the first release's column, kept for old callers
-    task = str(spec.get("task", ""))
-    family, sep, dataset = task.partition("/")
-    row["family"], row["dataset"] = (family, dataset) if sep else ("", task)
-    for section in ("metrics", "cost", "versions", "data", "numerics"):
-        for k, v in dict(rec.get(section) or {}).items():
-            row[f"{section}.{k}"] = v
-    if "cost.learner_s" not in row and "cost.saflex_s" in row:  # records before the learner redesign
-        row["cost.learner_s"] = row["cost.saflex_s"]
-    for k in ("host", "device", "finished_at"):
-        row[k] = rec.get(k)
-    row["run_dir"] = str(run_dir) if run_dir is not None else None
-    return row
 
 
 def knob_columns(df: pd.DataFrame, learner: str | None = None) -> list[str]:
@@ -286,7 +202,13 @@ _FRONT = ["key", "sweep", "status", "task", "family", "dataset", "method", "upst
 
 
 def frame_from_records(records: Iterable[tuple[Mapping[str, Any], Path | None]]) -> pd.DataFrame:
-    df = pd.DataFrame([record_to_row(rec, d) for rec, d in records])
+    return frame_from_rows([record_to_row(rec, d) for rec, d in records])
+
+
+def frame_from_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The tidy frame from per-run rows (bench.results.rows / the index): adds the columns that
+    depend on the whole set (learner_cfg, arm, saflex_cfg) and orders columns and rows."""
+    df = pd.DataFrame(rows)
     if df.empty:
         return df
     df["saflex"] = df["saflex"].astype(bool)

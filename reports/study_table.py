@@ -55,7 +55,7 @@ def _lines(df: pd.DataFrame) -> str:
 def write_table(table_dir: str | Path, frames: Mapping[str, pd.DataFrame], meta: Mapping[str, Any] | None = None) -> list[Path]:
     """Write each frame to `<name>.jsonl` and `table.json` last (atomically each), so a reader never
     sees a new sidecar with an old frame. `meta`: anything else a study keeps (source names, ...)."""
-    from bench.store import write_bytes_atomic, write_json_atomic
+    from bench.results.store import write_bytes_atomic, write_json_atomic
 
     d = Path(table_dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -98,10 +98,11 @@ def read_table(table_dir: str | Path) -> tuple[dict[str, pd.DataFrame], dict[str
     return frames, dict(sidecar.get("meta") or {})
 
 
-# ---- building the frames from a results root of run folders ---------------------------------------
+# ---- building the frames from a results root of run folders (through its index, bench.results) ------
 def runs_frame(root: str | Path, sweep: str | None = None) -> pd.DataFrame:
     """The done runs of a results root (optionally one sweep's), as `reports.load.load_results` reads
-    them, without the machine path `run_dir`; attrs: source = the root's folder name, skipped."""
+    them from the store's index, without the machine path `run_dir`; attrs: source = the root's
+    folder name, skipped (counts by reason), not_done ({key: why})."""
     from reports.load import load_results
 
     df = load_results(root, sweep).drop(columns="run_dir", errors="ignore")
@@ -110,17 +111,15 @@ def runs_frame(root: str | Path, sweep: str | None = None) -> pd.DataFrame:
 
 
 def epochs_frame(root: str | Path, keys: Iterable[str]) -> pd.DataFrame:
-    """One row per run and logged epoch: key, then the values of metrics.jsonl (a torn last line is
-    dropped, as the store reads it)."""
-    from bench.store import ResultsStore
+    """One row per run and logged epoch, runs in key order: key, epoch, then the values metrics.jsonl
+    logged (the store's index reads them, bench.results.read_metrics' torn-line rule)."""
+    from bench.results.index import epochs_frame as index_epochs
 
-    store = ResultsStore(root)
-    rows = [{"key": k, **r} for k in keys for r in store.read_metrics(k)]
-    if not rows:
+    df = index_epochs(root, list(keys))
+    if not len(df):
         return pd.DataFrame(columns=["key", "epoch"])
-    df = pd.DataFrame(rows)
     front = [c for c in ("key", "epoch") if c in df]
-    return df[front + sorted(c for c in df.columns if c not in front)]
+    return df[front + sorted(c for c in df.columns if c not in front)].reset_index(drop=True)
 
 
 DIAG_STATS = ("n", "n_corrupted", "w_mean", "w_std", "w_min", "w_max", "w_low_frac", "label_shift_mean")
@@ -129,7 +128,7 @@ DIAG_STATS = ("n", "n_corrupted", "w_mean", "w_std", "w_min", "w_max", "w_low_fr
 def saflex_diag_frame(root: str | Path, keys: Iterable[str]) -> pd.DataFrame:
     """Per run with SAFLEX's per-sample diagnostics (last epoch): sample count, corrupted count, the
     weights' mean, std, min, max and share below 0.5, the mean label shift."""
-    from bench.store import SAFLEX_DIAG, ResultsStore
+    from bench.results.store import SAFLEX_DIAG, ResultsStore
 
     store = ResultsStore(root)
     rows = []

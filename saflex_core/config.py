@@ -113,7 +113,7 @@ class SaflexConfig:
         Budget sum_i w_i <= rho * n (hard weights only; None = no budget).
     weights : "hard" | "sigmoid", default "sigmoid"
         hard: LP optimum, w_i = 1[a_i > 0] (w in [0, 1]).
-        The default was chosen on validation accuracy only (reports/studies/saflex_medmnist.md):
+        The default was chosen on validation accuracy only (studies/saflex_medmnist/report.md):
         sigmoid weights lost less validation accuracy against the upstream alone than hard 0/1 weights.
         sigmoid: w_i = sigmoid(a_i / (tau * mean|a|)), then mean-1 normalised if ``normalize``.
     tau : float > 0, default 1.0

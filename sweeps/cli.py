@@ -126,9 +126,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         launcher = dataclasses.replace(launcher, runs_per_job=args.runs_per_job)
 
     def classify():
-        keys = plan.keys
-        done = done_keys(store, keys)
-        states = run_states(store, keys, read_ledger(ledger_path), done)
+        keys, specs = plan.keys, {r.key: r.spec for r in plan.runs}
+        done = done_keys(store, keys, specs)
+        states = run_states(store, keys, read_ledger(ledger_path), done, specs=specs)
         alive = [r for r in plan.runs if states[r.key].state in ALIVE]
         todo = [r for r in plan.runs if r.key not in done and states[r.key].state not in ALIVE]
         return done, states, alive, todo
@@ -310,7 +310,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     cfg, plan, results, store = _load(args)
     ledger = read_ledger(sweep_dir(results, cfg.name) / LEDGER)
-    states = run_states(store, plan.keys, ledger)
+    states = run_states(store, plan.keys, ledger, specs={r.key: r.spec for r in plan.runs})
     print(_plan_line(plan))
     print(f"results {results}")
     only = args.only.replace("-", " ") if args.only else None

@@ -9,7 +9,6 @@ spec drops from the identity) are planned once.
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -120,11 +119,6 @@ def plan_sweep(cfg: SweepConfig) -> Plan:
     return plan
 
 
-def done_keys(store: Any, keys: list[str]) -> set[str]:
-    """Which of `keys` have a valid result.json (one directory scan, then a parse per existing run)."""
-    runs_dir = store.runs_dir
-    try:
-        present = {e.name for e in os.scandir(runs_dir) if e.is_dir()}
-    except FileNotFoundError:
-        return set()
-    return {k for k in keys if k in present and store.is_done(k)}
+def done_keys(store: Any, keys: list[str], specs: dict[str, Any] | None = None) -> set[str]:
+    """Which of `keys` are done (bench.results.record_problem; `specs`: {key: RunSpec} asked about)."""
+    return {k for k, why in store.problems(keys, specs).items() if why is None}

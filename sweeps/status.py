@@ -1,13 +1,16 @@
 """The state of every run of a sweep, from the results store, the ledger and the scheduler.
 
 Precedence per run:
-  done          result.json exists and parses (nothing else matters)
+  done          result.json is a complete record of today's semantics (bench.results.record_problem;
+                nothing else matters)
   running       its job is alive and has started the run (SLURM RUNNING; local controller alive and
                 attempt.json says running)
   pending       its job is alive but has not started it (SLURM PENDING / REQUEUED ...; a local job
                 waiting for a slot)
   failed        its job ended without a result (CANCELLED / FAILED / TIMEOUT / ... or a crash), or
-                attempt.json says failed / interrupted: the detail is the error's last line
+                attempt.json says failed / interrupted: the detail is the error's last line; a
+                result.json that is there but not done (truncated, no metrics, other semantics)
+                gives its reason instead
   not submitted no submission in the ledger and no attempt, or its job was stopped (Ctrl-C on `sweep`)
                 before the run started (ledger line with cancelled_at)
 `sweep` re-submits failed and not-submitted runs, never done ones nor alive ones.
@@ -177,10 +180,11 @@ def _read_job_error(entry: Mapping[str, Any]) -> str:
 
 # ---- the states -------------------------------------------------------------------------------
 def run_states(store: Any, keys: list[str], ledger: Mapping[str, dict], done: set[str] | None = None,
-               ask_scheduler: bool = True) -> dict[str, RunStatus]:
-    from sweeps.plan import done_keys
-
-    done = done_keys(store, keys) if done is None else done
+               ask_scheduler: bool = True, specs: Mapping[str, Any] | None = None) -> dict[str, RunStatus]:
+    problems = store.problems([k for k in keys if done is None or k not in done], specs)
+    done = {k for k, why in problems.items() if why is None} if done is None else done
+    # a result.json that is there but not a done record: its reason beats any log line
+    bad_record = {k: why for k, why in problems.items() if why and k not in done and not why.startswith("no ")}
     out: dict[str, RunStatus] = {}
     pending_keys = [k for k in keys if k not in done]
     slurm_ids = [ledger[k]["job_id"] for k in pending_keys if k in ledger and ledger[k].get("executor") == "slurm"]
@@ -195,7 +199,9 @@ def run_states(store: Any, keys: list[str], ledger: Mapping[str, dict], done: se
         a_state = attempt.get("state")
         a_error = attempt.get("error") or ""
         if entry is None:
-            if a_state == "running":
+            if k in bad_record and a_state != "running":
+                out[k] = RunStatus(k, FAILED, bad_record[k])
+            elif a_state == "running":
                 if attempt.get("host") == host and not _pid_alive(attempt.get("pid")):
                     out[k] = RunStatus(k, FAILED, f"process {attempt.get('pid')} died without a result")
                 else:
@@ -242,7 +248,9 @@ def run_states(store: Any, keys: list[str], ledger: Mapping[str, dict], done: se
         if entry.get("cancelled_at") and not started_after:
             out[k] = RunStatus(k, NOT_SUBMITTED, f"job {job_id} was stopped before the run started", job_id, job_state)
             continue
-        if a_state in ("failed", "interrupted") and started_after and a_error:
+        if k in bad_record:
+            detail = bad_record[k]
+        elif a_state in ("failed", "interrupted") and started_after and a_error:
             detail = a_error
         else:
             detail = _read_job_error(entry) or a_error
@@ -257,10 +265,8 @@ def progress_line(store: Any, key: str) -> str:
     rows = store.read_metrics(key)
     if not rows:
         return ""
-    from bench.store import SPEC, read_json
-
     row = rows[-1]
-    spec = read_json(store.run_dir(key) / SPEC)
+    spec = store.read_spec(key)
     total = f"/{spec['epochs']}" if isinstance(spec, dict) and spec.get("epochs") else ""
     shown = [f"loss {row['train_loss']:.4f}"] if isinstance(row.get("train_loss"), (int, float)) else []
     shown += [f"{k} {v:.4f}" for k, v in row.items() if k in ("val_acc", "val_auc") and isinstance(v, (int, float))]

@@ -217,7 +217,7 @@ def test_second_run_waits_for_the_lock_and_does_not_train_again(tmp_path):
     results = tmp_path / "r"
     s = spec(1)
     store = ResultsStore(results)
-    fake = {"key": s.key, "status": "done", "metrics": {"test_acc": 0.125, "test_auc": 0.5, "best_epoch": 1},
+    fake = {"key": s.key, "status": "done", "spec": s.to_dict(), "metrics": {"test_acc": 0.125, "test_auc": 0.5, "best_epoch": 1},
             "cost": {"epoch_s": 0.0}}
     with run_lock(store.run_dir(s.key)):  # "the first process" holds the run
         p = subprocess.Popen([PY, "-m", "bench.cli", "run", *TASK, "--epochs", "1", "--results", str(results),

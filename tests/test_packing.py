@@ -124,7 +124,7 @@ def test_a_requeued_pack_skips_its_done_runs(tmp_path):
     path = write(tmp_path, "name: p\nfixed: {task: digits/sklearn, epochs: 1}\ngrid: {method: [none], seed: [0, 1]}\n")
     plan = plan_sweep(load_sweep(path))
     for r in plan.runs:
-        store.write_result(r.key, {"key": r.key, "status": "done", "metrics": {"test_acc": 0.5}})
+        store.write_result(r.key, {"key": r.key, "status": "done", "spec": {"task": "t", "method": "none", "seed": 0}, "metrics": {"test_acc": 0.5}})
     out = PackJob()([r.spec.to_dict() for r in plan.runs], str(store.root), logs_template=str(tmp_path / "logs" / "%j"))
     assert [s["key"] for s in out] == plan.keys and {s["status"] for s in out} == {"done"}
     assert not list((tmp_path / "logs").rglob("run_*"))  # no child was started

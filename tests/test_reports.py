@@ -173,7 +173,10 @@ def test_roc_auc_matches_sklearn():
 def test_load_frame(df, root):
     n_done = sum(len(s) for arms in ACC.values() for s in arms.values())
     assert len(df) == n_done
-    assert df.attrs["skipped"] == {"not_done": 1, "unreadable": 1, "no_result": 1}
+    assert df.attrs["skipped"] == {"result.json says status 'failed', not 'done': rerun": 1,
+                                   "result.json does not parse (not JSON): rerun": 1,
+                                   "no result.json (running, not started or died)": 1}
+    assert df.attrs["not_done"]["garbage1"] == "result.json does not parse (not JSON): rerun"
     r = df[(df["task"] == DG) & (df["method"] == NZ + "+saflex") & (df["seed"] == 1)].iloc[0]
     assert r["family"] == "digits" and r["dataset"] == "sklearn"
     assert r["upstream"] == NZ and bool(r["saflex"]) and r["saflex_cfg"] == "saflex"
@@ -287,7 +290,7 @@ def test_write_tables_formats(df, tmp_path):
     g, glo, ghi = expected_gains()[(BM, RA)]
     assert f"{100 * g:+.2f} ± {100 * (ghi - glo) / 2:.2f}" in md
     assert "90.00 ± n/a" in md and "missing_pair" in md and "n<2" in md
-    assert "3 skipped" in md and "1 status not done" in md and "unreadable result.json" in md
+    assert "3 skipped" in md and "1 result.json says status 'failed'" in md and "result.json does not parse" in md
     avg_m, avg_lo, avg_hi = t_ci([v[0] for v in expected_gains().values()])
     assert f"{100 * avg_m:+.2f} points" in md and f"[{100 * avg_lo:+.2f}, {100 * avg_hi:+.2f}]" in md
     assert "paper" not in md and lines[0].startswith("Average gain of X+saflex over X (test_acc)")  # the study alone quotes the paper

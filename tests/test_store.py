@@ -8,10 +8,13 @@ import textwrap
 from bench.store import ResultsStore, read_json, write_json_atomic
 
 
+DONE = {"status": "done", "spec": {"task": "toy/blobs", "method": "none", "seed": 0}, "metrics": {"test_acc": 0.5}}
+
+
 def test_done_iff_result_parses(tmp_path):
     store = ResultsStore(tmp_path)
     assert not store.is_done("abc") and store.done_keys() == set()
-    store.write_result("abc", {"key": "abc", "status": "done"})
+    store.write_result("abc", {"key": "abc", **DONE})
     assert store.is_done("abc") and store.done_keys() == {"abc"}
     (store.run_dir("torn") ).mkdir(parents=True)
     (store.run_dir("torn") / "result.json").write_text('{"key": "torn", "sta')
@@ -41,7 +44,7 @@ def test_process_killed_during_final_write_leaves_no_result(tmp_path):
             def flush(self): self.f.flush()
             def fileno(self): return self.f.fileno()
         os.fdopen = lambda fd, mode: Slow(real_fdopen(fd, mode))
-        store.ResultsStore({str(tmp_path)!r}).write_result("k1", {{"key": "k1", "status": "done", "pad": "x" * 100000}})
+        store.ResultsStore({str(tmp_path)!r}).write_result("k1", {{"key": "k1", **{DONE!r}, "pad": "x" * 100000}})
     """)
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "HALF"

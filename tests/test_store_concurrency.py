@@ -33,9 +33,9 @@ WRITER = textwrap.dedent(
     key = f"{i:012x}"
     pad = "x" * 200_000  # a large record widens the write window
     for rep in range(10):
-        store.write_result(key, {"key": key, "status": "done", "writer": i, "rep": rep, "pad": pad})
+        store.write_result(key, {"key": key, "status": "done", "spec": {"task": "t", "method": "none", "seed": 0}, "metrics": {"test_acc": 0.5}, "writer": i, "rep": rep, "pad": pad})
         # every writer also fights over one shared run
-        store.write_result("shared000000", {"key": "shared000000", "status": "done", "writer": i, "rep": rep, "pad": pad})
+        store.write_result("shared000000", {"key": "shared000000", "status": "done", "spec": {"task": "t", "method": "none", "seed": 0}, "metrics": {"test_acc": 0.5}, "writer": i, "rep": rep, "pad": pad})
     print("ok")
     """
 )
@@ -83,7 +83,7 @@ KILLED = textwrap.dedent(
         os.replace = lambda src, dst: (stall() if str(dst).endswith("result.json") else real_replace(src, dst))
     else:                      # in the middle of writing the data
         os.fsync = lambda fd: stall()
-    ResultsStore(root).write_result("abcdefabcdef", {"key": "abcdefabcdef", "status": "done", "v": 2})
+    ResultsStore(root).write_result("abcdefabcdef", {"key": "abcdefabcdef", "status": "done", "spec": {"task": "t", "method": "none", "seed": 0}, "metrics": {"test_acc": 0.5}, "v": 2})
     """
 )
 
@@ -94,7 +94,7 @@ def test_kill_during_final_write_leaves_no_record(tmp_path, where, previous):
     root, marker = tmp_path / "results", tmp_path / "marker"
     store = ResultsStore(root)
     if previous:  # an earlier valid record must survive a torn rewrite
-        store.write_result("abcdefabcdef", {"key": "abcdefabcdef", "status": "done", "v": 1})
+        store.write_result("abcdefabcdef", {"key": "abcdefabcdef", "status": "done", "spec": {"task": "t", "method": "none", "seed": 0}, "metrics": {"test_acc": 0.5}, "v": 1})
     p = subprocess.Popen([sys.executable, "-c", KILLED, str(root), str(marker), where], env=_env())
     deadline = time.time() + 60
     while not marker.exists():
@@ -109,7 +109,7 @@ def test_kill_during_final_write_leaves_no_record(tmp_path, where, previous):
         assert not result.exists()
         assert not store.is_done("abcdefabcdef") and store.done_keys() == set()
     # the torn temp file is ignored by readers, and the next write still succeeds
-    store.write_result("abcdefabcdef", {"key": "abcdefabcdef", "status": "done", "v": 3})
+    store.write_result("abcdefabcdef", {"key": "abcdefabcdef", "status": "done", "spec": {"task": "t", "method": "none", "seed": 0}, "metrics": {"test_acc": 0.5}, "v": 3})
     assert store.read_result("abcdefabcdef")["v"] == 3
 
 

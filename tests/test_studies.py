@@ -80,3 +80,23 @@ def test_the_wheel_ships_the_five_packages_and_their_subpackages_only():
                 if "__pycache__" not in p.parts}
     assert found == expected
     assert SHIPPED <= found and not any(p.split(".")[0] in ("benchmarks", "studies", "tests", "scripts") for p in found)
+
+
+def test_the_engine_imports_no_study():
+    """studies/ -> reports/ -> bench/, never back: no shipped module imports a study or names one of
+    the study constants that moved out (SAFLEX's past defaults, the paper's headline gain)."""
+    import ast
+
+    moved = {"PAST_SAFLEX_DEFAULTS", "FIRST_SAFLEX_DEFAULTS", "INTERIM_SAFLEX_DEFAULTS", "PAPER_HEADLINE_GAIN"}
+    bad = []
+    for top in SHIPPED:
+        for f in (REPO / top).rglob("*.py"):
+            tree = ast.parse(f.read_text())
+            for node in ast.walk(tree):
+                mods = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                        [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                bad += [f"{f.relative_to(REPO)} imports {m}" for m in mods if m.split(".")[0] in ("studies",)
+                        or m.startswith("saflex_study_")]
+                if isinstance(node, ast.Name) and node.id in moved:
+                    bad.append(f"{f.relative_to(REPO)} names {node.id}")
+    assert bad == []

@@ -246,7 +246,7 @@ def test_status_states_from_attempts_and_dead_local_jobs(tmp_path):
     k_done, k_failed, k_dead, k_new = plan.keys
     results = tmp_path / "results"
     store = ResultsStore(results)
-    store.write_result(k_done, {"key": k_done, "status": "done"})
+    store.write_result(k_done, {"key": k_done, "status": "done", "spec": {"task": "t", "method": "none", "seed": 0}, "metrics": {"test_acc": 0.5}})
     store.write_attempt(k_failed, {"state": "failed", "error": "RuntimeError: CUDA out of memory", "started_at": "2030-01-01T00:00:00Z"})
     logs = sweep_dir(results, "st") / "logs" / "%j"
     dead_pid = "999999999"  # no such process
