@@ -65,10 +65,10 @@ def select_epoch(epochs: list[Mapping], rule: str) -> Mapping | None:
 
 # ---- the majority rate of each run's selection split ------------------------------------------
 def _record(run_dir) -> dict:
-    try:
-        return json.loads((Path(run_dir) / "result.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return {}
+    from bench.results import RESULT, load_record  # the one reader of run records
+
+    rec, _ = load_record(Path(run_dir) / RESULT)
+    return rec or {}
 
 
 def _data_majority(spec_dict: Mapping, data_root) -> float:
@@ -149,13 +149,10 @@ def degenerate_counts(df: pd.DataFrame, by: Iterable[str] = ("arm",), col: str =
 
 # ---- every rule on every run (metrics.jsonl) ----------------------------------------------------
 def read_epochs(run_dir) -> list[dict]:
-    """The per-epoch rows of a run's metrics.jsonl (a torn last line ends the list)."""
-    from bench.store import ResultsStore
+    """The per-epoch rows of a run's metrics.jsonl (bench.results: the one torn-line rule)."""
+    from bench.results import read_metrics
 
-    if not isinstance(run_dir, str):
-        return []
-    p = Path(run_dir)
-    return ResultsStore(p.parent.parent).read_metrics(p.name)
+    return read_metrics(run_dir) if isinstance(run_dir, str) else []
 
 
 def rule_selections(df: pd.DataFrame, epochs_of: Callable[[pd.Series], list[dict]] | None = None,
