@@ -162,7 +162,10 @@ def test_selection_section_says_which_rule_and_why():
     df = df.assign(task="medmnist/breastmnist", upstream="rand-m9-n2", family="medmnist", learner=df["arm"],
                    **{"metrics.test_acc": 0.8, "metrics.test_auc": 0.9, "metrics.val_acc": 0.7, DEGENERATE: 0.0})
     epochs = frame([{"key": k, **e} for k, rows in eps.items() for e in rows])
+    df.loc[df["seed"] == 0, "metrics.test_acc"] = 0.1  # the tuning seed's test numbers must stay out
     text = "\n".join(selection_section(df, df, epochs, "saflex"))
+    assert "80.0 ± 0.0" in text and "10.0 ±" not in text and "56.7" not in text  # 56.7: seeds 0-2 averaged
+    assert "Conclusions under val_auc (the stored rule; under val_loss they need the reruns above)" in text
     assert "**Chosen: val_loss**" in text and "tied with val_acc" in text and "test" not in CRITERION.split("No test")[0]
     text = "\n".join(selection_section(df[df["seed"] > 0], df, epochs, "saflex"))
     assert "No rule is chosen here" in text and "reruns" in text
