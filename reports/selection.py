@@ -345,8 +345,9 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
         for rule in RULE_PREFERENCE:
             c = rerun_cost(main, sel, rule, time_col)
             if c["runs"]:
+                t = f"{c['seconds'] / 3600:.1f} CPU-hours" if c["seconds"] >= 3600 else f"{c['seconds'] / 60:.1f} CPU-minutes"
                 L.append(f"- {rule}: {c['runs']} of {c['of']} runs select another epoch -> {c['runs']} reruns x "
-                         f"{c['mean_s']:.0f} s measured = {c['seconds'] / 3600:.1f} CPU-hours (not run).")
+                         f"{c['mean_s']:.0f} s measured = {t} (not run).")
         L += [""]
     # conclusions under the rule in force
     stored = incumbent_rule(main) or "the runs' own rules"
@@ -361,6 +362,7 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
             L.append(f"- {learner_name} − {names[base]}, {METRIC_LABEL.get(metric, metric)}, task-clustered: "
                      f"{_pts(ci.mean)} [{_pts(ci.lo)}, {_pts(ci.hi)}] ({used} pairs); without the {dropped} pairs with a "
                      f"degenerate selection: {_pts(ci_d.mean)} [{_pts(ci_d.lo)}, {_pts(ci_d.hi)}] ({used_d} pairs).")
-    L += ["", "Intervals are over tasks (the independent units), so with 3 tasks they have 2 degrees of freedom: "
-          "none of these can confirm or rule out a 1-point gain.", ""]
+    n_tasks = main["task"].nunique()
+    L += ["", f"Intervals are over tasks (the independent units): {n_tasks} tasks, {n_tasks - 1} degree(s) of freedom"
+          + (": none of these can confirm or rule out a 1-point gain." if n_tasks < 10 else "."), ""]
     return L

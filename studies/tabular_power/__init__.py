@@ -21,7 +21,7 @@ SWEEP = "tabular_power"
 def build_table(roots, table_dir=None) -> list[Path]:
     """results/ from one results root: the sweep's runs and each run's selection-split majority rate."""
     from reports.selection import selection_frame
-    from reports.study_table import runs_frame, write_table
+    from reports.study_table import epochs_frame, runs_frame, write_table
 
     roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
     if len(roots) != 1:
@@ -29,12 +29,14 @@ def build_table(roots, table_dir=None) -> list[Path]:
 
         raise UsageError(f"tabular_power builds its table from one results root (got {len(roots)})")
     runs = runs_frame(roots[0], SWEEP)
-    return write_table(table_dir or TABLE, {"runs": runs, "selection": selection_frame(runs)}, {"study": SWEEP})
+    return write_table(table_dir or TABLE, {"runs": runs, "epochs": epochs_frame(roots[0], runs["key"]),
+                                            "selection": selection_frame(runs)}, {"study": SWEEP})
 
 
 def write_report(table_dir=None, out=None) -> list[Path]:
     """report/table.{md,tex,csv}, gain_summary.csv, main_table.tex (`saflex-bench report`'s tables, degenerate
-    selections flagged) and power.md (the task-clustered gains and the half-width they project), from the table."""
+    selections flagged) and power.md (the selection rule chosen on seed 0, the task-clustered gains over the
+    other seeds and the half-width they project), from the table."""
     from reports.selection import annotate_selection
     from reports.study_table import read_table
     from reports.tables import write_tables
@@ -49,5 +51,5 @@ def write_report(table_dir=None, out=None) -> list[Path]:
     out = Path(out or REPORT)
     paths, _ = write_tables(runs, out)
     power = out / "power.md"
-    power.write_text(power_markdown(runs))
+    power.write_text(power_markdown(runs, frames.get("epochs")))
     return [*paths, power]

@@ -28,7 +28,13 @@ def projected_half_width(sd: float, n: int = DESIGN_SETS) -> float:
     return float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)) if n > 1 else math.nan
 
 
-def power_markdown(runs: pd.DataFrame) -> str:
+def power_markdown(runs: pd.DataFrame, epochs: pd.DataFrame | None = None) -> str:
+    """The power table over the reported seeds (seed 0 is the tuning seed), then reports/selection.py's
+    section: accuracy and balanced accuracy side by side, degenerate selections, the rule on seed 0."""
+    from reports.selection import TUNING_SEEDS, selection_section
+
+    tuning = runs[runs["seed"].isin(TUNING_SEEDS)]
+    runs = runs[~runs["seed"].isin(TUNING_SEEDS)]
     n_sets, n_up = runs["task"].nunique(), runs["upstream"].nunique()
     seeds = sorted(int(s) for s in runs["seed"].unique())
     L = ["# PMLB power study: task-clustered gains", "",
@@ -48,4 +54,8 @@ def power_markdown(runs: pd.DataFrame) -> str:
     L += ["", "Points. Per set: the paired gain averaged over seeds and upstreams; the interval is over sets (the "
           "independent units). The projection keeps this sd, so it overstates the full design's width where the sd "
           "is seed noise (the design averages 5 seeds x 2 upstreams per set, this slice fewer).", ""]
+    if epochs is not None and "selection.degenerate" in runs:
+        both = pd.concat([tuning, runs])
+        L += ["#" + line if line.startswith("#") else line
+              for line in selection_section(both, both, epochs, "saflex", "X+SAFLEX")]
     return "\n".join(L)
