@@ -76,6 +76,17 @@ def _jsonable(info: dict) -> dict:
     return out
 
 
+def _selection_info(data) -> dict:
+    """The selection split's majority rate (its most frequent class's share): a selected epoch at or below
+    it predicts one class there (reports/selection.py counts those). Absent for multi-label targets."""
+    y = data.select.y
+    if y.ndim != 1 or not len(y):
+        return {}
+    import torch
+
+    return {"select_majority": float(torch.unique(y, return_counts=True)[1].max()) / len(y)}
+
+
 def split_sizes(data) -> dict[str, int]:
     sizes = {"train": len(data.train), "val": len(data.select), **{k: len(v) for k, v in data.tests.items()}}
     if data.reference is not None:
@@ -279,7 +290,7 @@ def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads:
                                              "final_eval_s": max(0.0, fit_s - loop_s)},
                                             timing["t_enter"], timing["startup_s"]))
         record = dict(key=key, status="done", sweep=sweep, spec=spec.to_dict(), semantics=spec.semantics, metrics=out["metrics"], cost=out["cost"],
-                      data=split_sizes(data), info=_jsonable(data.info), versions=versions(), host=socket.gethostname(), device=str(trainer.device),
+                      data=split_sizes(data), info=_jsonable({**data.info, **_selection_info(data)}), versions=versions(), host=socket.gethostname(), device=str(trainer.device),
                       threads=threads, workers=workers, warnings=out.get("warnings", []), finished_at=_now())
         from bench.numerics import numerics_info
 

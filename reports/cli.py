@@ -41,10 +41,15 @@ def _source_line(df) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from reports.selection import annotate_selection
     from reports.tables import write_tables
 
     df, root, _ = _load(args)
     print(_source_line(df))
+    if len(df):  # degenerate selections: the majority rate is recorded, or recomputed from the data
+        from bench.runner import resolve_data_root
+
+        df = annotate_selection(df, resolve_data_root(getattr(args, "data_root", None)))
     paths, _ = write_tables(df, _out_dir(args, root), metric=args.metric)
     print(paths[0].read_text())  # the Markdown table, headline gain included
     for p in paths:
@@ -185,6 +190,8 @@ def register(subparsers) -> None:
                                           "and X+LEARNER, paired difference vs X and vs X+ref, cost; average gain "
                                           "per arm. Tables and CSVs in points (x100).")
     _common(p)
+    p.add_argument("--data-root", metavar="DIR", help="task data, to recompute the selection split's majority rate "
+                                                      "for records that predate it (default: $SAFLEX_DATA)")
     p.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser("figures", help="figures of the stored results: paired-gain forest plot, learning "

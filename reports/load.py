@@ -45,7 +45,7 @@ NON_SPEC_COLUMNS = (
     "key", "sweep", "status", "family", "dataset", "upstream", "learner", "learner_cfg", "arm",
     "saflex", "saflex_cfg", "host", "device", "finished_at", "run_dir",
 )
-RESULT_PREFIXES = ("metrics.", "cost.", "versions.", "data.", "numerics.")
+RESULT_PREFIXES = ("metrics.", "cost.", "versions.", "data.", "numerics.", "selection.")  # selection.*: reports/selection.py
 METRIC_NAMES = ("test_acc", "test_auc", "val_acc", "val_auc", "best_epoch", "epochs_run")
 SINGLE_SAFLEX_CFG = "saflex"  # saflex_cfg when all loaded SAFLEX runs share one knob setting
 
@@ -217,7 +217,7 @@ def frame_from_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df["saflex_cfg"] = _saflex_cfg_labels(df)
     knobs = set(knob_columns(df))
     spec_cols = [c for c in identity_columns(df)]
-    rank = {p: i for i, p in enumerate(("metrics.", "cost.", "data.", "versions.", "numerics."))}
+    rank = {p: i for i, p in enumerate(("metrics.", "cost.", "data.", "versions.", "numerics.", "selection."))}
     tail = sorted((c for c in df.columns if c.startswith(RESULT_PREFIXES)), key=lambda c: rank[c.split(".", 1)[0] + "."])
     order = ([c for c in _FRONT if c in df.columns]
              + [c for c in spec_cols if c not in _FRONT] + sorted(knobs) + tail

@@ -33,6 +33,8 @@ FLAG_HELP = {
                       "mode; see the runs' numerics.*): part of their difference can be float order, not the method",
     "mixed_cost": "X and the arm were timed under different thread counts or devices: the overhead column compares "
                   "unlike measurements",
+    "degenerate": "some runs of X or the arm selected an epoch whose selection-split accuracy is at or below the "
+                  "split's majority rate (one class predicted there; column `degenerate (X/arm)`, reports/selection.py)",
 }
 
 
@@ -58,6 +60,13 @@ def _per_seed(g: pd.DataFrame, col: str) -> pd.Series:
 
 def _mean(g: pd.DataFrame, col: str) -> float:
     return float(g[col].mean()) if col in g.columns and len(g) and g[col].notna().any() else math.nan
+
+
+def _n_degenerate(g: pd.DataFrame) -> float:
+    """Runs whose selected epoch is degenerate (reports/selection.py annotate_selection); NaN when not checked."""
+    from reports.selection import DEGENERATE
+
+    return int((g[DEGENERATE] == 1).sum()) if DEGENERATE in g.columns else math.nan
 
 
 def _ratio(a: float, b: float) -> float:
@@ -146,6 +155,9 @@ def comparison_table(df: pd.DataFrame, metric: str = "test_acc", confidence: flo
                 flags.append("mixed_numerics")
             if any(c in both and both[c].dropna().nunique() > 1 for c in ("numerics.threads", "numerics.device", "device")):
                 flags.append("mixed_cost")
+            n_deg_x, n_deg_a = _n_degenerate(base), _n_degenerate(a)
+            if n_deg_x > 0 or n_deg_a > 0:  # NaN (not checked) is not a flag
+                flags.append("degenerate")
             ex, ea = _mean(base, "cost.epoch_s"), _mean(a, "cost.epoch_s")
             tx, ta = _mean(base, "cost.step_s"), _mean(a, "cost.step_s")
             rows.append({
@@ -157,6 +169,7 @@ def comparison_table(df: pd.DataFrame, metric: str = "test_acc", confidence: flo
                 "none_epoch_s_mean": ex, "arm_epoch_s_mean": ea, "overhead_epoch_s": _ratio(ea, ex),
                 "none_step_s_mean": tx, "arm_step_s_mean": ta, "overhead_step_s": _ratio(ta, tx),
                 "arm_learner_s_mean": _mean(a, "cost.learner_s"),
+                "n_degenerate_none": n_deg_x, "n_degenerate_arm": n_deg_a,
                 "flags": ";".join(flags), "unpaired_seeds": _unpaired(x_only, a_only, arm),
             })
     return pd.DataFrame(rows)
@@ -242,6 +255,8 @@ def display_table(table: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame
         d["ms/step arm"] = _fmt_num(r["arm_step_s_mean"], ".1f", scale=1000)
         over = r["overhead_step_s"] if not _isnan(r["overhead_step_s"]) else r["overhead_epoch_s"]
         d["overhead"] = _fmt_num(over, ".2f", "×")
+        if "n_degenerate_arm" in table.columns and table["n_degenerate_arm"].notna().any():
+            d["degenerate (X/arm)"] = f"{_fmt_num(r['n_degenerate_none'], '.0f')}/{_fmt_num(r['n_degenerate_arm'], '.0f')}"
         d["flags"] = r["flags"].replace(";", ", ")
         rows.append(d)
     return pd.DataFrame(rows)
@@ -383,9 +398,47 @@ def _header_lines(df: pd.DataFrame, metric: str) -> list[str]:
             f"Metric: {metric}. Arms: {', '.join(method_label(a) for a in arms)}."]
 
 
+def main_table_md(df: pd.DataFrame, confidence: float = 0.95) -> list[str]:
+    """The paper-layout table (reports/paper.py): every arm as a column, test accuracy and AUC (balanced
+    accuracy on tabular) side by side, degenerate selections marked; then the per-arm counts."""
+    from reports.paper import degenerate_note, metrics_of, paper_table, to_markdown as paper_md
+    from reports.selection import DEGENERATE, degenerate_counts
+
+    if not len(df) or not metrics_of(df):
+        return []
+    out = ["## Main table: every arm, accuracy and " + ("balanced accuracy" if "test_bacc" in metrics_of(df) else "AUC"),
+           "", paper_md(paper_table(df, confidence=confidence)), "",
+           "Arms: mean ± half-width of the 95 % t-interval over seeds, points; Δ: paired by seed, "
+           "[95 % CI]. " + degenerate_note(df), ""]
+    if DEGENERATE in df.columns:
+        c = degenerate_counts(df, ["arm"])
+        out += ["Degenerate selections per arm: " + "; ".join(
+            f"{method_label(r.arm)} {r.degenerate}/{r.runs}" + (f" ({r.unknown} unknown)" if r.unknown else "")
+            for r in c.itertuples()) + ".", ""]
+        out += _rule_line(df)
+    return out
+
+
+def _rule_line(df: pd.DataFrame) -> list[str]:
+    """The selection rule reports/selection.py picks on the tuning seed, from the runs' metrics.jsonl
+    (local store only; runs from wandb carry no run files)."""
+    from reports.selection import CRITERION, TUNING_SEEDS, choose_rule, incumbent_rule, rule_selections
+
+    if "run_dir" not in df.columns or df["run_dir"].isna().all():
+        return []
+    choice = choose_rule(rule_selections(df), TUNING_SEEDS, incumbent_rule(df))
+    if choice.table.empty or not choice.table["runs"].sum():
+        return [f"Selection rule: not chosen ({choice.reason}).", ""]
+    counts = "; ".join(f"{r.rule} {r.degenerate}/{r.runs}" for r in choice.table.itertuples())
+    return [f"Selection rule on the tuning seed ({', '.join(map(str, TUNING_SEEDS))}): "
+            + (f"**{choice.rule}** ({choice.reason})" if choice.rule else f"none ({choice.reason})")
+            + f"; degenerate selections per rule: {counts}. Criterion: {CRITERION}", ""]
+
+
 def to_markdown(df: pd.DataFrame, table: pd.DataFrame, avg: pd.DataFrame, metric: str = "test_acc",
                 confidence: float = 0.95) -> str:
-    parts = [f"# Learners vs X: {metric}", "", *_header_lines(df, metric), "",
+    parts = [f"# Learners vs X: {metric}", "", *_header_lines(df, metric), "", *main_table_md(df, confidence),
+             f"## Every arm against X: {metric}", "",
              _md_table(display_table(table, metric)), "", legend(confidence, "seeds", _has_ref(table)), ""]
     if len(avg):
         parts += ["## Average gain per arm", "", _md_table(display_average(avg, metric)), "",
@@ -446,7 +499,8 @@ def in_points(table: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def write_tables(df: pd.DataFrame, out_dir: str | Path, metric: str = "test_acc",
                  confidence: float = 0.95) -> tuple[list[Path], list[str]]:
-    """Write table.{md,tex,csv} and gain_summary.csv (both CSVs in points); returns (paths, headline lines)."""
+    """Write table.{md,tex,csv}, gain_summary.csv (both CSVs in points) and main_table.tex (the paper
+    layout); returns (paths, headline lines)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = comparison_table(df, metric, confidence)
@@ -456,4 +510,11 @@ def write_tables(df: pd.DataFrame, out_dir: str | Path, metric: str = "test_acc"
     paths[1].write_text(to_latex(df, table, avg, metric, confidence))
     in_points(table, metric).to_csv(paths[2], index=False)
     in_points(avg, metric).to_csv(paths[3], index=False)
+    from reports.paper import metrics_of, paper_table, to_latex as paper_tex
+
+    if len(df) and metrics_of(df):  # the paper-layout table as LaTeX (booktabs, multirow)
+        paths.append(out / "main_table.tex")
+        paths[-1].write_text(paper_tex(paper_table(df, confidence=confidence), caption="Test metrics per dataset "
+                             "and method (points); Δ paired by seed with its 95 % CI; d: degenerate selections.",
+                             label="tab:main") + "\n")
     return paths, headline(avg, metric, confidence)

@@ -3,7 +3,8 @@
 # STORES_DIR holds the roots laid out as the committed stores were (saflex_fair_results/ and
 # aa/threads1/, aa/threads2/); they are in git history:
 #   git archive ac8a6a8 reports/studies | tar -x -C DIR && studies/build_tables.sh DIR/reports/studies
-# Keep the root folders' names: a report names the store it came from by its folder name.
+# Keep the root folders' names: a report names the store it came from by its folder name. Set SAFLEX_DATA
+# to the data root: older records hold no selection-split majority rate, so it is recomputed from the data.
 set -euo pipefail
 S=${1:?usage: studies/build_tables.sh STORES_DIR (holding saflex_fair_results/ and aa/threads1/, aa/threads2/)}
 S=$(cd "$S" && pwd)

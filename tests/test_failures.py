@@ -178,8 +178,8 @@ def test_dry_run_names_missing_data(tmp_path, capsys):
     code, out, err = cli(capsys, "sweep", REPO / "sweeps" / "medmnist.yaml", "--dry-run", "--executor", "local",
                          "--results", results, "--data-root", empty)
     line = one_error_line(err)
-    assert code == 2 and "108 of the 108 runs to submit cannot start: missing data file" in line
-    assert out.count("would fail") == 108 and "breastmnist.npz" in out
+    assert code == 2 and "270 of the 270 runs to submit cannot start: missing data file" in line
+    assert out.count("would fail") == 270 and "breastmnist.npz" in out
     assert not results.exists()
     code, out, err = cli(capsys, "sweep", "demo", "--dry-run", "--executor", "local", "--results", results)
     assert code == 0 and "would fail" not in out  # digits needs no files

@@ -283,7 +283,7 @@ def test_saflex_knob_variants_not_averaged(tmp_path):
 
 def test_write_tables_formats(df, tmp_path):
     paths, lines = write_tables(df, tmp_path)
-    assert [p.name for p in paths] == ["table.md", "table.tex", "table.csv", "gain_summary.csv"]
+    assert [p.name for p in paths] == ["table.md", "table.tex", "table.csv", "gain_summary.csv", "main_table.tex"]
     md = paths[0].read_text()
     m, lo, hi = t_ci(ACC[(BM, RA)]["x"].values())
     assert f"{100 * m:.2f} ± {100 * (hi - lo) / 2:.2f}" in md           # points, half-width

@@ -40,20 +40,22 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 # ---- shipped files ------------------------------------------------------------------------
-def test_demo_sweep_plans_18_digits_runs():
+def test_demo_sweep_plans_27_digits_runs_under_the_fair_protocol():
     cfg = load_sweep("demo")  # a shipped sweep by name
     plan = plan_sweep(cfg)
-    assert cfg.name == "demo" and len(plan.runs) == 18 and not plan.skipped
+    assert cfg.name == "demo" and len(plan.runs) == 27 and not plan.skipped
     assert {r.spec.task for r in plan.runs} == {"digits/sklearn"}
-    assert {r.spec.method for r in plan.runs} == {
-        "none", "none+saflex", "rand-m9-n2", "rand-m9-n2+saflex", "cutmix-a1.0", "cutmix-a1.0+saflex"}
+    assert {r.spec.method for r in plan.runs} == {f"{u}{a}" for u in ("none", "rand-m9-n2", "cutmix-a1.0")
+                                                  for a in ("", "+ref", "+saflex")}
+    assert {r.spec.ref_frac for r in plan.runs} == {0.5}
     assert {r.spec.seed for r in plan.runs} == {0, 1, 2}
     assert cfg.launcher.array_parallelism == 2 and cfg.launcher.cpus_per_task == 1
 
 
-def test_medmnist_sweep_is_3_sets_x_6_upstreams_x_saflex_x_3_seeds():
+def test_medmnist_sweep_is_3_sets_x_6_upstreams_x_3_arms_x_5_seeds():
     plan = plan_sweep(load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "medmnist.yaml"))
-    assert len(plan.runs) == 3 * 6 * 2 * 3 == 108
+    assert len(plan.runs) == 3 * 6 * 3 * 5 == 270
+    assert {r.spec.ref_frac for r in plan.runs} == {0.5} and {r.spec.learner for r in plan.runs} == {"none", "ref", "saflex"}
     assert {r.spec.task for r in plan.runs} == {"medmnist/breastmnist", "medmnist/pneumoniamnist", "medmnist/retinamnist"}
     ups = {r.spec.upstream for r in plan.runs}
     assert ups == {"none", "rand-m9-n2", "autoaug-imagenet", "trivialaug", "cutmix-a1.0", "mixup-a0.2"}

@@ -25,7 +25,10 @@ def build_table(roots, table_dir=None) -> list[Path]:
         from bench.errors import UsageError
 
         raise UsageError(f"learned builds its table from one results root (got {len(roots)})")
-    return write_table(table_dir or TABLE, {"runs": runs_frame(roots[0], SWEEP)}, {"study": "learned"})
+    from reports.selection import selection_frame
+
+    runs = runs_frame(roots[0], SWEEP)  # + each run's selection-split majority rate (data under $SAFLEX_DATA)
+    return write_table(table_dir or TABLE, {"runs": runs, "selection": selection_frame(runs)}, {"study": "learned"})
 
 
 def write_report(table_dir=None, out=None) -> list[Path]:
@@ -34,5 +37,12 @@ def write_report(table_dir=None, out=None) -> list[Path]:
     from reports.tables import write_tables
 
     frames, _ = read_table(table_dir or TABLE)
-    paths, _ = write_tables(frames["runs"], out or REPORT)
+    runs = frames["runs"]
+    if "selection" in frames:  # degenerate selections flagged in every table
+        from reports.selection import annotate_selection
+
+        maj = frames["selection"].set_index("key")["selection.majority"]
+        runs = annotate_selection(runs, majority=runs["key"].map(maj))
+        runs.attrs.update(frames["runs"].attrs)
+    paths, _ = write_tables(runs, out or REPORT)
     return paths

@@ -28,8 +28,9 @@ def build_table(roots, table_dir=None) -> list[Path]:
 
     (root,) = _one_root(roots)
     data = study_data(root)
-    return write_table(table_dir or TABLE, {"runs": data.runs, "epochs": data.epochs, "saflex_diag": data.saflex_diag},
-                       {"study": "saflex_medmnist"})
+    # + the selection split's majority rate per run (recorded, else from the data under $SAFLEX_DATA)
+    return write_table(table_dir or TABLE, {"runs": data.runs, "epochs": data.epochs, "saflex_diag": data.saflex_diag,
+                                            "selection": data.selection}, {"study": "saflex_medmnist"})
 
 
 def load_data(table_dir=None, aa_table=None):
@@ -44,13 +45,18 @@ def load_data(table_dir=None, aa_table=None):
     if (aa_dir / "table.json").is_file():
         aa_frames, _ = read_table(aa_dir)
         aa = (aa_frames["runs_a"], aa_frames["runs_b"])
-    return StudyData(frames["runs"], frames["epochs"], frames["saflex_diag"], aa)
+    return StudyData(frames["runs"], frames["epochs"], frames["saflex_diag"], aa, selection=frames.get("selection"))
 
 
 def write_report(table_dir=None, out=None, aa_table=None) -> list[Path]:
-    from .report import write_markdown
+    """report.md, and main_table.tex beside it (the main comparison in a paper's layout: datasets as rows,
+    X / X+ref / X+SAFLEX and the paired gains as columns, accuracy and AUC; reports/paper.py)."""
+    from .report import main_table_tex, write_markdown
 
-    return [write_markdown(load_data(table_dir, aa_table), out or REPORT)]
+    data = load_data(table_dir, aa_table)
+    md = write_markdown(data, out or REPORT)
+    (md.parent / "main_table.tex").write_text(main_table_tex(data))
+    return [md]
 
 
 def _one_root(roots):

@@ -65,6 +65,7 @@ class StudyData:
     saflex_diag: pd.DataFrame
     aa: tuple[pd.DataFrame, pd.DataFrame] | None = None
     _last: dict = field(default_factory=dict, repr=False)
+    selection: pd.DataFrame | None = None  # key, selection.majority (reports/selection.py selection_frame)
 
     def last_epoch(self, key: Any) -> dict:
         """The last epoch a run logged ({} if none)."""
@@ -299,6 +300,10 @@ def main_table(main: pd.DataFrame) -> pd.DataFrame:
             flags.append("unpaired seeds " + _seeds(unpaired))
         if g.groupby(["learner", "seed"]).size().gt(1).any():
             flags.append("duplicate seeds averaged")
+        if "selection.degenerate" in g:  # reports/selection.py: selected epoch at or below the majority rate
+            deg = [int((f["selection.degenerate"] == 1).sum()) for f in (x, r, s)]
+            if any(deg):
+                flags.append("degenerate selections X/X+ref/SAFLEX " + "/".join(map(str, deg)))
 
         def cost(frame: pd.DataFrame) -> float:
             for c in ("cost.step_s", "cost.epoch_s"):
@@ -951,7 +956,10 @@ def study_data(root: str | Path, aa_roots: tuple | None = None) -> StudyData:
     runs = runs[runs["task"].isin(TASKS)].reset_index(drop=True)
     runs.attrs["source"] = source
     aa = tuple(runs_frame(r) for r in aa_roots) if aa_roots else None
-    return StudyData(runs, epochs_frame(root, runs["key"]), saflex_diag_frame(root, runs["key"]), aa)
+    from reports.selection import selection_frame  # majority rates: recorded, else from the data ($SAFLEX_DATA)
+
+    return StudyData(runs, epochs_frame(root, runs["key"]), saflex_diag_frame(root, runs["key"]), aa,
+                     selection=selection_frame(runs))
 
 
 def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: tuple | None = None) -> Path:
@@ -967,10 +975,46 @@ def write_markdown(data: StudyData, out: str | Path = DEFAULT_OUT) -> Path:
     return out
 
 
+def _selection_md(main: pd.DataFrame, df: pd.DataFrame, data: StudyData, sx_name: str) -> list[str]:
+    """Accuracy and AUC side by side, degenerate selections per arm, the selection rule chosen on the
+    tuning seed and the conclusions under it (reports/selection.py), from the table's majority rates."""
+    from reports.selection import annotate_selection, selection_section
+
+    if data.selection is None or not len(data.selection):
+        return ["## Selection", "", "_No selection-split majority rates in the results table: rebuild it "
+                "(`saflex-bench study saflex_medmnist --build-table R` with $SAFLEX_DATA set)._", ""]
+    maj = data.selection.set_index("key")["selection.majority"]
+    # `knobs` labels arms (render's _with_labels), it is not a protocol column: the tables group without it
+    ann = lambda f: annotate_selection(f.drop(columns="knobs", errors="ignore"), majority=f["key"].map(maj))  # noqa: E731
+    sx_arm = next(iter(main.loc[main["learner"] == SAFLEX, "arm"].unique()), SAFLEX)
+    return selection_section(ann(main), ann(df), data.epochs, sx_arm, f"X+{sx_name}")
+
+
+def main_table_tex(data: StudyData) -> str:
+    """The main comparison (X, X+ref, X+SAFLEX at the default in force) as a LaTeX table (booktabs,
+    multirow), degenerate selections marked."""
+    from reports.paper import paper_table, to_latex
+    from reports.selection import annotate_selection
+
+    df = _with_labels(data.runs)
+    df = df[df["task"].isin(TASKS)]
+    main, _ = main_runs(df, main_setting(df))
+    main = main.drop(columns="knobs", errors="ignore")
+    if data.selection is not None and len(data.selection):
+        main = annotate_selection(main, majority=main["key"].map(data.selection.set_index("key")["selection.majority"]))
+    return to_latex(paper_table(main), caption="MedMNIST: test accuracy and AUC (points) of X, X+ref and X+SAFLEX; "
+                    "mean ± 95 % t half-width over seeds; Δ paired by seed with its 95 % CI; d: degenerate selections.",
+                    label="tab:saflex-medmnist") + "\n"
+
+
 def render(data: StudyData) -> str:
     """The report (Markdown) from the study's data alone."""
     df = _with_labels(data.runs)
     df = df[df["task"].isin(TASKS)]
+    if data.selection is not None and len(data.selection):  # degenerate selections, flagged in every table
+        from reports.selection import annotate_selection
+
+        df = annotate_selection(df, majority=df["key"].map(data.selection.set_index("key")["selection.majority"]))
     setting = main_setting(df)
     main, fair = main_runs(df, setting)
     truns = tuning_runs(df)
@@ -991,7 +1035,8 @@ def render(data: StudyData) -> str:
     if len(table):
         L += [*_main_md(table), "", LEGEND_SEEDS + " X = the upstream alone; X+ref = X trained on train + the "
               "reference part (label-budget control); pairs = seeds paired for Δ SAFLEX − X / Δ SAFLEX − (X+ref); "
-              f"flag `<{MIN_SEEDS} pairs`: fewer paired seeds than the study asks for.", ""]
+              f"flag `<{MIN_SEEDS} pairs`: fewer paired seeds than the study asks for; `degenerate selections a/b/c`: runs of "
+              "X / X+ref / X+SAFLEX whose selected epoch's selection-split accuracy is at or below its majority rate.", ""]
         L += ["### Average over experiments, clustered by task", "",
               "Experiments of one task share its data and test set, so they are not independent: each task's "
               "experiment gains are averaged first, and the 95 % t-interval is taken over tasks.", "",
@@ -1023,6 +1068,8 @@ def render(data: StudyData) -> str:
                   f"{over.median():.2f}× (runs of a sweep share the machine unevenly: indicative).", ""]
     else:
         L += ["_No main-comparison runs found._", ""]
+
+    L += _selection_md(main, df, data, sx_name)
 
     diag = diagnostics_rows(main, data) if len(main) else pd.DataFrame()
     if len(diag) and diag[[k for k, _ in DIAG_COLUMNS]].notna().any().any():

@@ -1,0 +1,55 @@
+"""Every shipped sweep that compares a learner with its upstream runs the fair protocol: a reference
+part is carved (`ref_frac`) and, for every upstream that runs with a learner using it, the control that
+gets the same labels (`X+ref`) runs too, on the same seeds and task options."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sweeps.config import load_sweep
+from sweeps.plan import plan_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+FLAGSHIP = ("demo", "medmnist", "natural", "fewshot", "ood", "tabular", "clip", "clip_cpu", "diffusion", "diffusion_cpu")
+MACHINE_PATH = re.compile(r"(/work|/root|/home|/tmp)/")
+
+
+def unfair_groups(runs) -> list[str]:
+    """Groups (everything but the learner) where a reference-using learner ran without ref_frac or
+    without an X+ref run next to it."""
+    by_group: dict = {}
+    for r in runs:
+        s = r.spec
+        ident = (s.task, s.upstream, s.seed, s.epochs, s.model, repr(sorted((s.options or {}).items())))
+        by_group.setdefault(ident, set()).add(s.learner)
+        if s.learner not in ("none", "zeroshot") and s.ref_frac is None:
+            return [f"{s.method} on {s.task}: no ref_frac"]
+    return [f"{g[1]} on {g[0]} seed {g[2]}: {sorted(ls)} without ref"
+            for g, ls in by_group.items() if ls - {"none", "zeroshot", "ref"} and "ref" not in ls]
+
+
+@pytest.mark.parametrize("name", FLAGSHIP)
+def test_flagship_sweep_is_fair(name):
+    plan = plan_sweep(load_sweep(name))
+    assert plan.runs
+    assert unfair_groups(plan.runs) == []
+
+
+def test_the_fairness_check_catches_a_missing_control():
+    runs = [r for r in plan_sweep(load_sweep("demo")).runs if r.spec.method != "cutmix-a1.0+ref"]
+    assert any("cutmix-a1.0" in p for p in unfair_groups(runs))
+
+
+@pytest.mark.parametrize("name", FLAGSHIP)
+def test_no_machine_path_in_flagship_sweeps(name):
+    assert not MACHINE_PATH.search((REPO / "sweeps" / f"{name}.yaml").read_text())
+
+
+def test_no_machine_path_in_docs_or_sweep_comments():
+    files = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "sweeps").glob("*.yaml")),
+             REPO / "sweeps" / "README.md"]
+    hits = [f"{p.relative_to(REPO)}:{i}" for p in files
+            for i, line in enumerate(p.read_text().splitlines(), 1) if MACHINE_PATH.search(line)]
+    assert hits == []
