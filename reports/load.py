@@ -44,6 +44,7 @@ from bench.results.rows import scalar as _scalar  # noqa: F401
 NON_SPEC_COLUMNS = (
     "key", "sweep", "status", "family", "dataset", "upstream", "learner", "learner_cfg", "arm",
     "saflex", "saflex_cfg", "host", "device", "finished_at", "run_dir",
+    "semantics",  # the record's semantics versions: served records all carry today's, so never an experiment axis
 )
 RESULT_PREFIXES = ("metrics.", "cost.", "versions.", "data.", "numerics.", "selection.")  # selection.*: reports/selection.py
 METRIC_NAMES = ("test_acc", "test_auc", "val_acc", "val_auc", "best_epoch", "epochs_run")
