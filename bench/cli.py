@@ -109,8 +109,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, except that a bad flag is one line (argparse prints the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="saflex-bench", description="Does SAFLEX beat the augmentations it sits on?")
+    p = OneLineParser(prog="saflex-bench", description="Does SAFLEX beat the augmentations it sits on?")
     p.add_argument("--version", action="version", version=f"saflex-bench {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

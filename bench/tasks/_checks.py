@@ -40,7 +40,8 @@ def read_table(path: Path, **kwargs: Any):
     except OSError as e:
         raise UsageError(f"cannot read data file {path} ({e.strerror or type(e).__name__})") from None
     if len(frame) == 0:
-        raise UsageError(f"data file {path} has a header but no rows; copy the file again")
+        what = "is empty" if kwargs.get("header", "infer") is None else "has a header but no rows"
+        raise UsageError(f"data file {path} {what}; copy the file again")
     return frame
 
 
