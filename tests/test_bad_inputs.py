@@ -714,3 +714,46 @@ def test_checkpoint_of_another_model_is_moved_aside_and_the_run_starts_over(tmp_
     warn = [ln for ln in capsys.readouterr().err.splitlines() if "does not belong to this run" in ln]
     assert len(warn) == 1 and f"it is for key '{seed1.key}'" in warn[0], warn
     assert rec["metrics"] == straight["metrics"]
+
+
+def _can_mount_tmpfs(where: Path) -> bool:
+    if shutil.which("unshare") is None or sys.platform != "linux":
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=1m none '{where}'"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow  # ~1.5 min: three 4-epoch runs
+def test_really_full_disk_one_line_then_rerun_continues(tmp_path):
+    """A real ENOSPC: the results root on a 6 MB tmpfs (a private mount namespace; skipped where
+    unshare/mount are not allowed). Epoch 3's checkpoint does not fit: one line, exit 1, the two saved
+    epochs kept; after the tmpfs grows (space freed) the same command resumes and ends with the metrics
+    of an uninterrupted run."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if not _can_mount_tmpfs(mnt):
+        pytest.skip("cannot mount a tmpfs in a private mount namespace here (needs unshare + CAP_SYS_ADMIN)")
+    from bench.runner import run_spec
+    from bench.spec import make_spec
+
+    run = (f"'{sys.executable}' -m bench.cli run {' '.join(DIGITS)} --epochs 4 --results '{mnt}/r' --wandb disabled "
+           f"--quiet --threads 1")
+    script = textwrap.dedent(f"""
+        mount -t tmpfs -o size=6m none '{mnt}'
+        {run} > '{tmp_path}/out1' 2> '{tmp_path}/err1'; echo $? > '{tmp_path}/rc1'
+        mount -o remount,size=64m '{mnt}'
+        {run} > '{tmp_path}/out2' 2> '{tmp_path}/err2'; echo $? > '{tmp_path}/rc2'
+        cp '{mnt}'/r/runs/*/result.json '{tmp_path}/result.json'
+    """)
+    subprocess.run(["unshare", "-m", "sh", "-c", script], env=_env_vars(), cwd=REPO, timeout=600, check=True)
+    err1 = (tmp_path / "err1").read_text()
+    assert (tmp_path / "rc1").read_text().strip() == "1"
+    check_one_line(1, err1, r"no space left on the device .* nothing saved was lost", warnings_before=True)
+    assert (tmp_path / "rc2").read_text().strip() == "0", (tmp_path / "err2").read_text()
+    assert "resumed from checkpoint after epoch 2/4" in (tmp_path / "out2").read_text()
+    import json
+
+    straight = run_spec(make_spec("digits/sklearn", "none", 0, {"epochs": 4}), tmp_path / "straight", progress=False,
+                        wandb_mode="disabled", threads=1)
+    assert json.loads((tmp_path / "result.json").read_text())["metrics"] == straight["metrics"]
