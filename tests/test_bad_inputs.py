@@ -560,6 +560,16 @@ def test_infinite_feature_is_read_as_missing(env, capsys):
     assert all(torch.isfinite(s.x).all() for s in (data.train, data.select, data.tests["test"]))
 
 
+def test_every_case_is_documented():
+    """docs/troubleshooting.md (linked from the README) has a row for every case of the tables."""
+    doc = (REPO / "docs" / "troubleshooting.md").read_text()
+    tables = [RUN_CASES, PMLB_CASES, ADULT_CASES, MEDMNIST_CASES, SWEEP_CASES, SWEEP_FLAG_CASES, ROOT_CASES]
+    missing = [name for t in tables for name in t if f"`{name}`" not in doc]
+    missing += [name for name in [*SIGNAL_CASES, *DISK_CASES] if f"`{name}`" not in doc]
+    assert missing == [], missing
+    assert "docs/troubleshooting.md" in (REPO / "README.md").read_text()
+
+
 def test_case_count():
     """The table's size, printed for the issue's note (pytest -s shows it)."""
     tables = [RUN_CASES, PMLB_CASES, ADULT_CASES, MEDMNIST_CASES, SWEEP_CASES, SWEEP_FLAG_CASES, ROOT_CASES, STORE_CASES]

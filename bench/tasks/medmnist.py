@@ -80,7 +80,8 @@ class MedMNISTTask(ImageTask):
                 raise ValueError(f"{split} split has {len(ds.imgs)} images, official size is {expected}")
             return ds
         except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as e:
-            raise UsageError(f"corrupt data file {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+            raise UsageError(f"corrupt data file {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}); "
+                             f"copy the official {self.flag}.npz again") from None
 
     def _check_arrays(self, path: Path, split: str, imgs, labels) -> None:
         """The npz's arrays as MedMNIST ships them, checked before training (a label of 7 in a 2-class set
