@@ -402,6 +402,22 @@ ROOT_CASES = {
     "results-under-a-file": (_results_under_file, r"is a file, not a directory"),
 }
 
+def _generate_missing_model(env: Env) -> list[str]:
+    env.results = env.tmp / "cache"  # checked for leftovers like a results root: no cache folder
+    return ["generate", "--task", "digits/sklearn", "--model", str(env.tmp / "no-model"), "--limit", "8",
+            "--cache", str(env.results), "--device", "cpu"]
+
+
+def _generate_bad_strength(env: Env) -> list[str]:
+    env.results = env.tmp / "cache"
+    return ["generate", "--task", "digits/sklearn", "--model", str(env.tmp), "--strength", "nan", "--cache", str(env.results)]
+
+
+ROOT_CASES.update({
+    "generate-missing-model": (_generate_missing_model, r"no Stable Diffusion pipeline folder"),
+    "generate-nan-strength": (_generate_bad_strength, r"strength"),
+})
+
 # The store / lock / tracking rows of issue 28 (a result.json holding only a key, a truncated
 # result.json, a lock held by a stopped process, wandb online without network, ...) are added here by
 # the owners of bench/results and bench/tracking, in the same (argv builder, expected regex) form.
@@ -512,8 +528,11 @@ def test_sweep_flag(name, env, capsys):
 @pytest.mark.parametrize("name", sorted({**ROOT_CASES, **STORE_CASES}))
 def test_results_root(name, env, capsys):
     build, expected = {**ROOT_CASES, **STORE_CASES}[name]
-    code, err, _ = call(capsys, build(env))
+    argv = build(env)
+    code, err, _ = call(capsys, argv)
     check_one_line(code, err, expected)
+    if name.startswith("generate"):
+        assert files_left(env.results) == []
 
 
 def test_string_in_a_float_column_is_read_as_missing_with_one_warning(env, capsys):
