@@ -14,7 +14,6 @@ and tracking rows of the same issue belong to other modules' owners: see STORE_C
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import re
 import shutil
