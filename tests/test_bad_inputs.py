@@ -123,6 +123,8 @@ RUN_CASES = {
     "method-unknown": (lambda e: ["run", "--task", "digits/sklearn", "--method", "magic", "--results", str(e.results)], r"magic"),
     "learner-unknown": (lambda e: ["run", "--task", "digits/sklearn", "--method", "none+magic", "--results", str(e.results)],
                         r"magic"),
+    "diffusion-cache-missing": (lambda e: run_args(e)[:4] + ["diffusion(p0.5,abcdef0123)"] + run_args(e)[5:],
+                                r"diffusion cache abcdef0123 not found"),
     "method-empty": (lambda e: ["run", "--task", "digits/sklearn", "--method", "", "--results", str(e.results)], r"method|upstream"),
     # execution settings
     "device-unknown": (lambda e: run_args(e, "--device", "tpu"), r"unknown device 'tpu'"),
@@ -455,6 +457,7 @@ def env(tmp_path, monkeypatch) -> Env:
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.delenv("SAFLEX_RESULTS", raising=False)
     monkeypatch.delenv("SAFLEX_DATA", raising=False)
+    monkeypatch.setenv("SAFLEX_CACHE", str(tmp_path / "cache-root"))
     monkeypatch.chdir(tmp_path)  # a default ./results would land here, and be caught below
     return Env(tmp_path, tmp_path / "results", tmp_path / "data")
 
