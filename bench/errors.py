@@ -44,7 +44,7 @@ def stop_signals_interrupt(names: tuple[str, ...] = STOP_SIGNALS):
     previous = {}
     for name in names:
         sig = getattr(signal, name, None)
-        if sig is not None:
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays ignored
             previous[sig] = signal.signal(sig, on_signal)
     try:
         yield

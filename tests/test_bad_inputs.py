@@ -788,3 +788,20 @@ def test_really_full_disk_one_line_then_rerun_continues(tmp_path):
     straight = run_spec(make_spec("digits/sklearn", "none", 0, {"epochs": 4}), tmp_path / "straight", progress=False,
                         wandb_mode="disabled", threads=1)
     assert json.loads((tmp_path / "result.json").read_text())["metrics"] == straight["metrics"]
+
+
+def test_stop_signals_respect_an_ignored_signal():
+    """Under nohup SIGHUP is ignored: the CLI must not turn it back into a stop."""
+    from bench.errors import Interrupted, stop_signals_interrupt
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with stop_signals_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            with pytest.raises(Interrupted) as stop:
+                os.kill(os.getpid(), signal.SIGUSR2)
+                time.sleep(1)
+            assert stop.value.exit_code == 128 + signal.SIGUSR2 and "SIGUSR2" in str(stop.value)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
