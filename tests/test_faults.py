@@ -19,6 +19,11 @@ one run per "life": each attempt gets a seeded random fault (point, n) until an 
 After every attempt it checks: a result.json that parses must be the complete, correct record (else
 "looks done but is not"); a result that existed must still be there, unchanged (else "lost"). At the
 end the run's metrics and its metrics.jsonl (timings aside) must equal an uninterrupted run's.
+
+Each child's stderr goes to a file; a child that ends in an error (exit neither 0 nor 86) is reported
+with the fault injected into it, the fault of the attempt before it and its last lines (error_report).
+The campaign stops at 4 attempts per fault + 20, after 3 errors in a row (a full disk fails every
+attempt) or after a time limit, whichever comes first, and says which.
 """
 from __future__ import annotations
 
