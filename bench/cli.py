@@ -9,7 +9,7 @@ import sys
 from importlib.metadata import entry_points
 
 from bench import __version__
-from bench.errors import UsageError
+from bench.errors import Interrupted, UsageError, disk_full_line, stop_signals_interrupt
 
 LISTABLE = ("tasks", "methods", "learners", "models", "knobs")
 
@@ -43,7 +43,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench.runner import resolve_results_root, run_spec
+    from bench.runner import check_threads, resolve_results_root, run_spec
     from bench.spec import ignored_knobs, make_spec, parse_assignments
 
     overrides = parse_assignments(args.set or [])
@@ -56,6 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"saflex-bench: warning: {', '.join(ignored)} ignored: method '{spec.method}' does not use that learner",
               file=sys.stderr)
     results = resolve_results_root(args.results)
+    check_threads(args.threads, args.oversubscribe)
     threads = args.threads
     if args.deterministic:
         from bench.numerics import enable_deterministic
@@ -69,9 +70,9 @@ def _run(args: argparse.Namespace) -> int:
                           device=args.device, workers=args.workers, threads=threads,
                           keep_checkpoints=args.keep_checkpoints, aug_path=args.aug_path,
                           data_on_device=args.data_on_device)
-    except KeyboardInterrupt:
-        print(f"saflex-bench: {_interrupted_line(results, spec)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"saflex-bench: {_interrupted_line(results, spec, e)}", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     for w in record.get("warnings") or []:
         print(f"warning {w} (see {results / 'runs' / record['key'] / 'run.log'})")
     m = record["metrics"]
@@ -82,18 +83,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupted_line(results, spec) -> str:
-    """What Ctrl-C left behind, in one line with the way forward."""
+def _interrupted_line(results, spec, stop: BaseException | None = None) -> str:
+    """What Ctrl-C (or SIGTERM/SIGUSR2/SIGHUP) left behind, in one line with the way forward."""
     from bench.store import ResultsStore
 
+    how = f"interrupted ({stop})" if isinstance(stop, Interrupted) else "interrupted"
     store = ResultsStore(results)
     if store.is_done(spec.key):
-        return f"interrupted after run {spec.key} finished; its result is saved (re-run the same command to print it)"
+        return f"{how} after run {spec.key} finished; its result is saved (re-run the same command to print it)"
     attempt = store.read_attempt(spec.key) or {}
     saved = attempt.get("epochs_saved") if attempt.get("pid") == os.getpid() else None
     if saved is None:
         saved = len(store.read_metrics(spec.key))
-    return (f"interrupted; {saved}/{spec.epochs} epochs of run {spec.key} are saved: "
+    return (f"{how}; {saved}/{spec.epochs} epochs of run {spec.key} are saved: "
             f"re-run the same command to resume from epoch {saved + 1}")
 
 
@@ -107,8 +109,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, except that a bad flag is one line (argparse prints the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="saflex-bench", description="Does SAFLEX beat the augmentations it sits on?")
+    p = OneLineParser(prog="saflex-bench", description="Does SAFLEX beat the augmentations it sits on?")
     p.add_argument("--version", action="version", version=f"saflex-bench {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -144,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=_positive_int,
                      help="torch CPU threads (default: the CPUs the job was given: $SLURM_CPUS_PER_TASK, "
                           "$OMP_NUM_THREADS, else the CPU affinity); recorded in result.json")
+    run.add_argument("--oversubscribe", action="store_true",
+                     help="allow --threads above the CPUs this process may use (refused by default: it only slows the run)")
     run.add_argument("--quiet", action="store_true", help="no progress bars (the per-epoch lines stay)")
     run.add_argument("--deterministic", action="store_true",
                      help="deterministic algorithms, no cuDNN autotuning, fixed threads: reruns on the same "
@@ -182,14 +193,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code = int(args.func(args) or 0)
+        with stop_signals_interrupt():
+            code = int(args.func(args) or 0)
         sys.stdout.flush()
         return code
     except BrokenPipeError:
         return _stdout_gone()
-    except KeyboardInterrupt:
-        print("saflex-bench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"saflex-bench: {'interrupted' if not isinstance(e, Interrupted) else str(e)}; re-run the same "
+              f"command to continue", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
+    except OSError as e:
+        line = disk_full_line(e)
+        if line is None:
+            raise
+        print(f"saflex-bench: error: {line}", file=sys.stderr)
+        return 1
     except Exception as e:  # noqa: BLE001 - user errors become one line; anything else keeps its traceback
         if not isinstance(e, user_errors()):
             raise

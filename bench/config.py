@@ -19,7 +19,7 @@ M = TypeVar("M", bound=BaseModel)
 class Knobs(BaseModel):
     """Base of every learner's knob schema: unknown names are errors, values are coerced from strings."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # nan/inf knobs crash mid-run
 
     @classmethod
     def knob_names(cls) -> tuple[str, ...]:

@@ -230,6 +230,8 @@ def load_pipeline(model: str, dtype: str, device: str, attention_slicing: bool =
     from diffusers import StableDiffusionImg2ImgPipeline
 
     model = resolve_model(model)
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).is_dir():  # a path, not a hub id: say so at once
+        raise UsageError(f"no Stable Diffusion pipeline folder at {model!r} (give a local pipeline folder or a hub id)")
 
     kwargs: dict[str, Any] = dict(torch_dtype=getattr(torch, dtype), safety_checker=None, requires_safety_checker=False)
     try:
@@ -334,6 +336,11 @@ def generate(gspec: GenerationSpec, data_root: Path | None = None, root: Path | 
     directory = cache_dir(gspec.cache_id, root)
     task, images, labels, keys = unique_images(gspec, data_root)
     names = class_names(task)
+    pipe, load_seconds = pipeline, 0.0
+    if pipe is None and not (directory / GENERATION).is_file():  # a model that cannot load leaves no cache folder
+        t0 = time.perf_counter()
+        pipe = load_pipeline(gspec.model, gspec.dtype, device, attention_slicing)
+        load_seconds = time.perf_counter() - t0
     chunk = prepare_cache(gspec, directory, len(keys), chunk, gspec.command(data_root, root),
                           dict(class_names=names, image_shape=list(images.shape[1:])))
     n_chunks = -(-len(keys) // chunk)
@@ -351,8 +358,8 @@ def generate(gspec: GenerationSpec, data_root: Path | None = None, root: Path | 
         log(f"cache {gspec.cache_id}: shard {shard}/{shards} complete ({len(mine)} chunks), nothing to generate")
         return report
     t0 = time.perf_counter()
-    pipe = pipeline if pipeline is not None else load_pipeline(gspec.model, gspec.dtype, device, attention_slicing)
-    report.load_seconds = time.perf_counter() - t0
+    pipe = pipe if pipe is not None else load_pipeline(gspec.model, gspec.dtype, device, attention_slicing)
+    report.load_seconds = load_seconds + time.perf_counter() - t0
     for c in todo:
         if c > todo[0] and chunk_ok(directory, (read_json(directory / MANIFEST) or {"chunks": {}})["chunks"].get(chunk_name(c))):
             report.skipped_chunks += 1  # another job of the same cache (a second sweep, a requeue) wrote it meanwhile

@@ -19,12 +19,21 @@ DATA_ENV = "SAFLEX_DATA"
 RESULTS_ENV = "SAFLEX_RESULTS"
 
 
+def _not_blank(value: str | os.PathLike | None, flag: str, env: str) -> None:
+    """An explicitly empty path (`--results ''`, an unset shell variable expanded) is a mistake, not a
+    request for the default: refuse it rather than write to ./results."""
+    if value is not None and not str(os.fspath(value)).strip():
+        raise UsageError(f"{flag} is empty; give a folder (or leave {flag} out to use ${env} or the default)")
+
+
 def resolve_data_root(data_root: str | os.PathLike | None) -> Path | None:
+    _not_blank(data_root, "--data-root", DATA_ENV)
     value = data_root or os.environ.get(DATA_ENV)
     return Path(value).expanduser() if value else None
 
 
 def resolve_results_root(results: str | os.PathLike | None) -> Path:
+    _not_blank(results, "--results", RESULTS_ENV)
     return Path(results or os.environ.get(RESULTS_ENV) or "results").expanduser()
 
 
@@ -127,6 +136,29 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (affinity: respects cgroups/taskset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None, oversubscribe: bool = False, flag: str = "--threads") -> None:
+    """More torch threads than CPUs only slows a run down (16 threads on 2 cores: 3.4x the wall time;
+    1000: an epoch of digits did not end in 2 min), so it is refused unless asked for explicitly,
+    and then it is only warned about."""
+    if threads is None:
+        return
+    cpus = available_cpus()
+    if threads <= cpus:
+        return
+    msg = f"{flag} {threads} is more than the {cpus} CPU(s) this process may use on {socket.gethostname()}"
+    if not oversubscribe:
+        raise UsageError(f"{msg}; use --threads {cpus} or less (or add --oversubscribe to run anyway, slower)")
+    print(f"saflex-bench: warning: {msg}; oversubscribed threads slow the run down", file=sys.stderr)
 
 
 def resolve_threads(threads: int | None) -> int:
@@ -245,23 +277,26 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
 
         use_device_resident(baselines.create_method(spec.upstream), data.train.x, data.train.y, device, "on", aug_path)
     check_results_root(store.root)
+    from bench.trainer import Trainer
+
+    # built before the run folder exists: a model, learner or upstream that cannot start (a missing or
+    # foreign diffusion cache, a bad knob) leaves no spec.json / attempt.json that looks like progress
+    timing["t_setup"] = time.perf_counter()
+    trainer = Trainer(spec, task, data, store, device=device, workers=workers, aug_path=aug_path, progress=progress,
+                      echo=progress if echo is None else echo, on_epoch_end=on_epoch_end, data_on_device=data_on_device)
     with run_lock(store.run_dir(key)):
         done = store.read_result(key, spec)  # another process finished it while we waited
         if done is not None:
             return done
-        return _train(spec, store, task, data, device, threads, wandb_mode=wandb_mode, sweep=sweep, progress=progress,
-                      echo=progress if echo is None else echo, workers=workers, on_epoch_end=on_epoch_end,
-                      keep_checkpoints=keep_checkpoints, aug_path=aug_path, data_on_device=data_on_device, timing=timing)
+        return _train(spec, store, trainer, data, threads, wandb_mode=wandb_mode, sweep=sweep, workers=workers,
+                      keep_checkpoints=keep_checkpoints, timing=timing)
 
 
-def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads: int, *, wandb_mode, sweep, progress,
-           echo, workers, on_epoch_end, keep_checkpoints="best", aug_path="auto", data_on_device="off",
-           timing: dict | None = None) -> dict[str, Any]:
+def _train(spec: RunSpec, store: ResultsStore, trainer, data, threads: int, *, wandb_mode, sweep, workers,
+           keep_checkpoints="best", timing: dict | None = None) -> dict[str, Any]:
     import time
 
     import torch
-
-    from bench.trainer import Trainer
 
     key = spec.key
     run_dir = store.run_dir(key)
@@ -272,21 +307,18 @@ def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads:
     store.write_attempt(key, attempt)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    tracker = trainer = None
-    t_setup = time.perf_counter()
+    tracker = None
     try:
         from bench.tracking import start_tracking
 
-        tracker = start_tracking(spec.to_dict(), key, run_dir, wandb_mode, sweep)
-        trainer = Trainer(spec, task, data, store, device=device, workers=workers, aug_path=aug_path, progress=progress, echo=echo,
-                          tracker=tracker, on_epoch_end=on_epoch_end, data_on_device=data_on_device)
+        tracker = trainer.tracker = start_tracking(spec.to_dict(), key, run_dir, wandb_mode, sweep)
         t_fit = time.perf_counter()
         out = trainer.fit()
         fit_s = time.perf_counter() - t_fit
         if timing is not None:  # the training loop (wall_s: epochs, validation, checkpoints) and around it
             # a resumed run's wall_s also holds the loops of earlier processes; the phases are this process's
             loop_s = min(float(out["cost"].get("wall_s", 0.0)), fit_s)
-            out["cost"].update(process_cost({"load_s": timing["load_s"], "setup_s": t_fit - t_setup, "loop_s": loop_s,
+            out["cost"].update(process_cost({"load_s": timing["load_s"], "setup_s": t_fit - timing["t_setup"], "loop_s": loop_s,
                                              "final_eval_s": max(0.0, fit_s - loop_s)},
                                             timing["t_enter"], timing["startup_s"]))
         record = dict(key=key, status="done", sweep=sweep, spec=spec.to_dict(), semantics=spec.semantics, metrics=out["metrics"], cost=out["cost"],
@@ -305,9 +337,11 @@ def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads:
     except BaseException as e:
         state = "failed" if isinstance(e, Exception) else "interrupted"
         last = (str(e).strip().splitlines() or [""])[-1]
-        saved = trainer.saved_epoch if trainer is not None else len(store.read_metrics(key))
-        store.write_attempt(key, {**attempt, "state": state, "error": f"{type(e).__name__}: {last}", "ended_at": _now(),
-                                  "epochs_saved": saved})
+        try:  # on a full disk this write fails too: the original error is the one to report
+            store.write_attempt(key, {**attempt, "state": state, "error": f"{type(e).__name__}: {last}",
+                                      "ended_at": _now(), "epochs_saved": trainer.saved_epoch or len(store.read_metrics(key))})
+        except OSError:
+            pass
         if tracker is not None:
             try:
                 tracker.finish(None, exit_code=1)

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -231,11 +232,17 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if hint == "int" and isinstance(value, float) and not value.is_integer():
             raise ValueError
+        if hint != "bool" and isinstance(value, bool):  # YAML `seed: [true]` is not seed 1
+            raise ValueError
         if hint == "str" and not isinstance(value, str):
             value = str(value)
-        return _ADAPTERS[name].validate_python(value)
+        out = _ADAPTERS[name].validate_python(value)
     except (ValidationError, ValueError, TypeError):
         raise UsageError(f"run field '{name}' expects {hint} (got {value!r})") from None
+    if any(isinstance(v, float) and not math.isfinite(v) for v in (out if isinstance(out, tuple) else (out,))):
+        raise UsageError(f"run field '{name}' must be a finite number (got {value!r})")
+    return out
+
 
 
 def _check_choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
@@ -260,6 +267,10 @@ def normalize(spec: RunSpec) -> RunSpec:
             raise UsageError(f"run field '{name}' must be >= 1 (got {values[name]})")
     if values["lr"] <= 0:
         raise UsageError(f"run field 'lr' must be > 0 (got {values['lr']})")
+    for name, ok, what in (("weight_decay", values["weight_decay"] >= 0, ">= 0"), ("gamma", values["gamma"] > 0, "> 0"),
+                           ("momentum", 0 <= values["momentum"] < 1, "in [0, 1)")):
+        if not ok:  # the optimiser / scheduler would refuse it only once training starts
+            raise UsageError(f"run field '{name}' must be {what} (got {values[name]})")
     if any(not 0 < m < 1 for m in values["milestones"]):
         raise UsageError(f"run field 'milestones' are fractions of epochs in (0, 1) (got {values['milestones']})")
     if values["ref_frac"] is None:

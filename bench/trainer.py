@@ -166,7 +166,8 @@ class Trainer:
         s = self.state
         payload = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), sched=self.sched.state_dict(),
                        epoch=s.epoch, step=s.step, best_score=s.best_score, best_epoch=s.best_epoch,
-                       best_state=s.best_state, history=s.history, cost=s.cost, learner=self.learner.state_dict())
+                       best_state=s.best_state, history=s.history, cost=s.cost, learner=self.learner.state_dict(),
+                       identity=self.identity())
         buf = io.BytesIO()
         torch.save(payload, buf)
         store_mod.write_bytes_atomic(self.ckpt_path, buf.getvalue(), keep_previous=self.prev_ckpt_path)
@@ -184,22 +185,58 @@ class Trainer:
         for path in (self.ckpt_path, self.prev_ckpt_path):
             path.unlink(missing_ok=True)
 
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint belongs to: the run key, the learner's semantics version(s) and the code
+        version (recorded; a version change alone does not make a checkpoint foreign)."""
+        from bench import __version__
+
+        return {"key": self.key, "semantics": dict(getattr(self.spec, "semantics", None) or {}),
+                "method": self.spec.method, "code_version": __version__}
+
+    def foreign(self, ck: dict) -> str | None:
+        """Why a readable checkpoint is not this run's (another model's state under this folder, another
+        learner semantics), or None. Checkpoints written before identities existed are judged by their
+        model tensors' names and shapes alone."""
+        ident = ck.get("identity")
+        if isinstance(ident, dict):
+            mine = self.identity()
+            for field_ in ("key", "semantics"):
+                if ident.get(field_, {} if field_ == "semantics" else None) != mine[field_]:
+                    return f"it is for {field_} {ident.get(field_)!r}, this run has {mine[field_]!r}"
+        want = self.model.state_dict()
+        got = ck["model"]
+        if not isinstance(got, dict) or set(got) != set(want):
+            return "its model has other layers than this run's model"
+        for name, tensor in want.items():
+            if tuple(getattr(got[name], "shape", ())) != tuple(tensor.shape):
+                return f"its {name} has shape {tuple(got[name].shape)}, this run's model {tuple(tensor.shape)}"
+        return None
+
+    def _set_aside(self, path: Path, tag: str, code: str, why: str, then: str) -> None:
+        aside = path.with_name(f"{path.name}.{tag}-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, aside)
+        self.warn(code, f"run {self.key}: {path.name} {why}; moved to {aside.name}; {then}")
+
     def load_checkpoint(self) -> dict | None:
-        """The newest readable checkpoint (checkpoint.pt, else checkpoint.prev.pt), or None. An unreadable
-        file (truncated copy, full disk) is moved aside as `<name>.corrupt-<time>` with a warning."""
+        """The newest usable checkpoint (checkpoint.pt, else checkpoint.prev.pt), or None. An unreadable
+        file (truncated copy, full disk) is moved aside as `<name>.corrupt-<time>`, another run's or
+        model's as `<name>.foreign-<time>`, each with a one-line warning."""
+        then = "falling back to the previous checkpoint, else starting over"
         for path in (self.ckpt_path, self.prev_ckpt_path):
             if not path.exists():
                 continue
             try:
                 ck = torch.load(path, map_location=self.device, weights_only=False)
                 ck["epoch"], ck["model"]  # noqa: B018 - a dict without them is not a checkpoint either
-                return ck
             except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError...
-                aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-                os.replace(path, aside)
                 why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-                self.warn("corrupt_checkpoint", f"run {self.key}: {path.name} is unreadable ({why}); moved to "
-                          f"{aside.name}; falling back to the previous checkpoint, else starting over")
+                self._set_aside(path, "corrupt", "corrupt_checkpoint", f"is unreadable ({why})", then)
+                continue
+            why = self.foreign(ck)
+            if why is not None:
+                self._set_aside(path, "foreign", "foreign_checkpoint", f"does not belong to this run ({why})", then)
+                continue
+            return ck
         return None
 
     def maybe_resume(self) -> int:

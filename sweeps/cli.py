@@ -31,6 +31,8 @@ def register(subparsers: Any) -> None:
     sw.add_argument("--wandb", choices=("online", "offline", "disabled"), help="wandb mode (default $WANDB_MODE or offline)")
     sw.add_argument("--threads", type=int,
                     help="torch CPU threads per run (default: the sweep's launcher.cpus_per_task); recorded in result.json")
+    sw.add_argument("--oversubscribe", action="store_true",
+                    help="allow --threads above this machine's CPUs on a local/debug executor (refused by default)")
     sw.add_argument("--runs-per-job", type=int, metavar="K",
                     help="train K runs concurrently in each job, sharing its GPU (default: the sweep's "
                          "launcher.runs_per_job, 1); the job asks for K x cpus_per_task CPUs and K x mem_gb")
@@ -53,6 +55,8 @@ def register(subparsers: Any) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", help="results root (default $SAFLEX_RESULTS or ./results)")
+    p.add_argument("--allow-large-grid", dest="allow_large_grid", action="store_true",
+                   help="plan a grid above 10,000 points (refused by default: planning takes ~1 ms a point)")
 
 
 def _narrowing(p: argparse.ArgumentParser) -> None:
@@ -92,12 +96,13 @@ def _parse_seeds(text: str | None) -> list[int] | None:
 def _load(args: argparse.Namespace):
     from bench.runner import resolve_results_root
     from bench.store import ResultsStore
-    from sweeps.config import load_sweep
+    from sweeps.config import check_grid_size, load_sweep
     from sweeps.plan import plan_sweep
 
     from bench.spec import parse_assignments
 
     cfg = load_sweep(args.file)
+    check_grid_size(cfg, getattr(args, "allow_large_grid", False))
     limit = getattr(args, "limit", None)
     if limit is not None and limit < 1:
         raise UsageError(f"--limit: expected an integer >= 1, got {limit}")
@@ -162,6 +167,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         kind, why = args.executor, "--executor"
     else:
         kind, why = detect_executor()
+    if kind != "slurm":  # the runs share this machine's CPUs
+        from bench.runner import check_threads
+
+        check_threads(args.threads, args.oversubscribe)
     data_root = resolve_data_root(args.data_root)
     data_root = data_root.resolve() if data_root else None
     print(_plan_line(plan) + _narrowed(args))
@@ -358,7 +367,7 @@ def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) 
                 bar.set_postfix(failed=failed, refresh=False)
             if remaining and not progressed:
                 time.sleep(1.0 if kind != "slurm" else 5.0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM/SIGUSR2/SIGHUP (bench.errors.Interrupted)
         bar.close()
         left = [(r, j) for r, j in remaining]
         never = []
@@ -370,9 +379,15 @@ def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) 
             if results is not None and sweep_name:
                 never = mark_cancelled(results, sweep_name, left, store)
         stopped = len(left) - len(never)
-        print(f"saflex-bench: interrupted: {finished}/{n} finished, {stopped} stopped (they keep their last checkpoint), "
-              f"{len(never)} never started; re-run the same `sweep` command to resume", file=sys.stderr)
-        return 130
+        how = f"interrupted ({stop})" if str(stop) else "interrupted"
+        if kind == "slurm":
+            print(f"saflex-bench: {how}: stopped waiting; {finished}/{n} finished, the other {len(left)} jobs go on "
+                  f"under SLURM (follow with `saflex-bench status`, re-run the same `sweep` to resubmit failures)",
+                  file=sys.stderr)
+        else:
+            print(f"saflex-bench: {how}: {finished}/{n} finished, {stopped} stopped (they keep their last checkpoint), "
+                  f"{len(never)} never started; re-run the same `sweep` command to resume", file=sys.stderr)
+        return getattr(stop, "exit_code", 130)
     bar.close()
     print(f"finished {what} in {_fmt_s(time.time() - t0)}: done {n - failed} / failed {failed}")
     return 1 if failed else 0

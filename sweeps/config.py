@@ -174,6 +174,20 @@ class SweepConfig:
         return n
 
 
+# Planning normalises every grid point (~1 ms each) and holds them all: a typo such as a 10^7-point
+# grid would compute for minutes without a word. Above this many points `sweep`/`status` refuse unless
+# --allow-large-grid is given.
+MAX_GRID_POINTS = 10_000
+
+
+def check_grid_size(cfg: SweepConfig, allow_large: bool = False, limit: int = MAX_GRID_POINTS) -> None:
+    n = cfg.grid_points
+    if n > limit and not allow_large:
+        sizes = " + ".join(" x ".join(str(len(v)) for v in g.values()) for g in cfg.grids)
+        raise UsageError(f"{cfg.path}: the grid has {n:,} points ({sizes}), over the limit of {limit:,}; "
+                         f"check the grid, or pass --allow-large-grid to plan it anyway")
+
+
 def resolve_sweep_path(ref: str | os.PathLike) -> Path:
     """A sweep file path, or the name of a shipped sweep (`demo` -> sweeps/demo.yaml)."""
     p = Path(ref).expanduser()
@@ -192,6 +206,30 @@ def _type_name(v: Any) -> str:
     return {dict: "a mapping", list: "a list", str: f"'{v}'", bool: f"{v}"}.get(type(v), repr(v))
 
 
+class DuplicateKey(ValueError):
+    pass
+
+
+def _unique_key_loader():
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error (plain YAML keeps the
+    last value without a word: `seed: [0]` then `seed: [1]` would silently plan seed 1 only)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise DuplicateKey(f"line {key_node.start_mark.line + 1}: duplicate key '{key}' "
+                                       f"(first given on line {seen[key] + 1}); keep one")
+                if isinstance(key, (str, int, float, bool)):
+                    seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def load_sweep(ref: str | os.PathLike) -> SweepConfig:
     import yaml
 
@@ -203,11 +241,15 @@ def load_sweep(ref: str | os.PathLike) -> SweepConfig:
         return UsageError(f"{where}: {key}: expected {expected}{tail}")
 
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"{where}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{where}: not a text file (byte {e.start} is not UTF-8); a sweep file is YAML text") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKey as e:
+        raise UsageError(f"{where}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""

@@ -80,7 +80,30 @@ class MedMNISTTask(ImageTask):
                 raise ValueError(f"{split} split has {len(ds.imgs)} images, official size is {expected}")
             return ds
         except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as e:
-            raise UsageError(f"corrupt data file {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+            raise UsageError(f"corrupt data file {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}); "
+                             f"copy the official {self.flag}.npz again") from None
+
+    def _check_arrays(self, path: Path, split: str, imgs, labels) -> None:
+        """The npz's arrays as MedMNIST ships them, checked before training (a label of 7 in a 2-class set
+        would otherwise crash in one_hot mid-epoch, 100 labels for 546 images at the first batch)."""
+        import numpy as np
+
+        where = f"corrupt data file {path}: {split}"
+        image_shape = (28, 28) if self.in_channels == 1 else (28, 28, self.in_channels)
+        if imgs.dtype != np.uint8 or tuple(imgs.shape[1:]) != image_shape:
+            raise UsageError(f"{where}_images is {imgs.dtype} {tuple(imgs.shape)}, expected uint8 "
+                             f"(N, {', '.join(map(str, image_shape))}); copy the official {self.flag}.npz again")
+        width = self.num_classes if self.multi_label else 1
+        if labels.ndim != 2 or labels.shape != (len(imgs), width):
+            raise UsageError(f"{where}_labels has shape {tuple(labels.shape)}, expected ({len(imgs)}, {width}) "
+                             f"(one row per image); copy the official {self.flag}.npz again")
+        if labels.dtype.kind not in "iub":
+            raise UsageError(f"{where}_labels are {labels.dtype}, expected integer class codes")
+        hi = 1 if self.multi_label else self.num_classes - 1
+        if labels.size and (labels.min() < 0 or labels.max() > hi):
+            bad = labels[(labels < 0) | (labels > hi)].ravel()[:3].tolist()
+            raise UsageError(f"{where}_labels hold {bad}, outside 0..{hi} ({self.name} has {self.num_classes} "
+                             f"classes); copy the official {self.flag}.npz again")
 
     def load(self, data_root: Path | None, spec: Any = None) -> TaskData:
         import numpy as np
@@ -90,11 +113,11 @@ class MedMNISTTask(ImageTask):
         splits = {}
         for split in ("train", "val", "test"):
             ds = self._dataset(split, data_root, as_rgb)
-            imgs = np.asarray(ds.imgs)
+            imgs, labels = np.asarray(ds.imgs), np.asarray(ds.labels)
+            self._check_arrays(self._file(data_root), split, imgs, labels)
             imgs = imgs[:, None] if imgs.ndim == 3 else imgs.transpose(0, 3, 1, 2)  # -> [N,C,H,W]
             if as_rgb and imgs.shape[1] == 1:
                 imgs = np.repeat(imgs, 3, axis=1)
-            labels = np.asarray(ds.labels)
             y = torch.from_numpy(labels.astype(np.float32)) if self.multi_label else torch.from_numpy(labels[:, 0].astype(np.int64))
             splits[split] = Split(as_tensor(imgs), y)
         return TaskData(splits["train"], splits["val"], {"test": splits["test"]})

@@ -323,20 +323,20 @@ class PmlbTask(TabularTask):
         return folder / self.dataset
 
     def load(self, data_root: Path | None, spec: Any = None) -> TaskData:
-        import numpy as np
-        import pandas as pd
-        import yaml
+        from bench.tasks._checks import check_target, read_table, read_yaml, repair_stray_strings
 
         folder = self._folder(data_root)
         o = self.options(spec)
-        frame = pd.read_csv(folder / f"{self.dataset}.tsv.gz", sep="\t", compression="gzip")
+        path = folder / f"{self.dataset}.tsv.gz"
+        frame = read_table(path, sep="\t", compression="gzip")
         if TARGET not in frame.columns:
-            raise UsageError(f"{folder}: no '{TARGET}' column (PMLB layout: features then '{TARGET}')")
-        classes, y = np.unique(frame.pop(TARGET).to_numpy(), return_inverse=True)
+            raise UsageError(f"{path}: no '{TARGET}' column (PMLB layout: features then '{TARGET}')")
+        classes, y = check_target(path, frame.pop(TARGET))
         if len(classes) < 2:
             raise UsageError(f"{self.name}: only one class in '{TARGET}'")
+        repair_stray_strings(frame, path)
         meta_path = folder / "metadata.yaml"
-        metadata = yaml.safe_load(meta_path.read_text()) if meta_path.is_file() else None
+        metadata = read_yaml(meta_path) if meta_path.is_file() else None
         categorical = categorical_columns(frame, metadata if isinstance(metadata, dict) else None, o.cat_max_levels)
         (train, val, test), too_small = stratified_split(y, (o.val_frac, o.test_frac), o.split_seed)
         info = {"dataset": self.dataset, "classes": classes.tolist(), "split_seed": o.split_seed,
@@ -366,10 +366,19 @@ def read_adult(folder: str):
     import numpy as np
     import pandas as pd
 
+    from bench.tasks._checks import read_table
+
     frames = []
     for file, skip in zip(ADULT_FILES, (0, 1)):
-        f = pd.read_csv(Path(folder) / file, header=None, names=list(ADULT_COLUMNS), skiprows=skip,
-                        skipinitialspace=True, na_values="?", compression="gzip")
+        f = read_table(Path(folder) / file, header=None, names=list(ADULT_COLUMNS), skiprows=skip,
+                       skipinitialspace=True, na_values="?", compression="gzip")
+        if f["income"].isna().sum() > 1:  # more than the trailing blank line: rows with fewer fields
+            raise UsageError(f"{Path(folder) / file}: {int(f['income'].isna().sum())} rows lack the income label "
+                             f"(expected {len(ADULT_COLUMNS)} comma-separated fields a row); copy the file again")
+        for col in ADULT_COLUMNS:
+            if col not in ADULT_CATEGORICAL and col != "income" and f[col].dtype.kind == "O":
+                raise UsageError(f"{Path(folder) / file}: column '{col}' should be numeric but holds text "
+                                 f"(e.g. {f[col][pd.to_numeric(f[col], errors='coerce').isna() & f[col].notna()].iloc[0]!r})")
         frames.append(f.dropna(subset=["income"]))  # the trailing blank line
     n_train = len(frames[0])
     frame = pd.concat(frames, ignore_index=True)
