@@ -607,11 +607,11 @@ DISK_CASES = {"spec": 1, "attempt": 2, "first-checkpoint": 3, "first-metrics": 4
 def test_full_disk_is_one_line_and_the_rerun_continues(name, tmp_path, capsys, monkeypatch):
     import errno
 
-    import bench.store
+    import bench.results.store
     from bench.runner import run_spec
     from bench.spec import make_spec
 
-    real = bench.store.write_bytes_atomic
+    real = bench.results.store.write_bytes_atomic
     calls = []
 
     def full_after(path, data, keep_previous=None):
@@ -620,13 +620,13 @@ def test_full_disk_is_one_line_and_the_rerun_continues(name, tmp_path, capsys, m
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data, keep_previous)
 
-    monkeypatch.setattr(bench.store, "write_bytes_atomic", full_after)
+    monkeypatch.setattr(bench.results.store, "write_bytes_atomic", full_after)
     results = tmp_path / "r"
     argv = ["run", *DIGITS, "--epochs", "2", "--results", str(results), "--wandb", "disabled", "--quiet", "--threads", "1"]
     code, err, _ = call(capsys, argv)
     check_one_line(code, err, r"no space left on the device .*re-run the same command to continue", warnings_before=True)
     assert not list(results.rglob("result.json"))
-    monkeypatch.setattr(bench.store, "write_bytes_atomic", real)  # space freed
+    monkeypatch.setattr(bench.results.store, "write_bytes_atomic", real)  # space freed
     code, err, _ = call(capsys, argv)
     assert code == 0, err
     straight = run_spec(make_spec("digits/sklearn", "none", 0, {"epochs": 2}), tmp_path / "straight", progress=False,

@@ -57,12 +57,12 @@ def _child(root: str, fault: str | None, wandb_mode: str, disk_full: bool = Fals
         if disk_full:
             import errno
 
-            import bench.store
+            import bench.results.store
 
             def full(*args, **kwargs):
                 raise OSError(errno.ENOSPC, "No space left on device")
 
-            bench.store.write_bytes_atomic = full
+            bench.results.store.write_bytes_atomic = full
         from bench.runner import run_spec
         from bench.spec import make_spec
 
@@ -248,7 +248,7 @@ def test_full_disk_stops_the_campaign_within_a_minute_with_the_errors(tmp_path):
 def test_campaign_is_bounded_by_attempts_not_only_by_faults(tmp_path, monkeypatch):
     """Attempts whose fault never fires (here: every attempt ends without one) must not keep the
     campaign going: it stops at 4 attempts per fault + 20. Pure bookkeeping: the attempts are stubbed."""
-    import bench.store
+    import bench.results.store
 
     module = sys.modules[__name__]
     monkeypatch.setattr(module, "_attempt", lambda root, fault, *a, **k: 0)
