@@ -136,7 +136,7 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
     key = spec.key
     done = store.read_result(key)
     if done is not None:
-        return done
+        return _with_tracking(spec, store, done, wandb_mode, sweep)
     # user errors surface before anything is written
     device = resolve_device(device)
     threads = resolve_threads(threads)
@@ -170,10 +170,29 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
     with run_lock(store.run_dir(key)):
         done = store.read_result(key)  # another process finished it while we waited
         if done is not None:
-            return done
+            return _with_tracking(spec, store, done, wandb_mode, sweep, locked=True)
         return _train(spec, store, task, data, device, threads, wandb_mode=wandb_mode, sweep=sweep, progress=progress,
                       echo=progress if echo is None else echo, workers=workers, on_epoch_end=on_epoch_end,
                       keep_checkpoints=keep_checkpoints, aug_path=aug_path, data_on_device=data_on_device)
+
+
+def _with_tracking(spec: RunSpec, store: ResultsStore, record: dict, wandb_mode, sweep, locked: bool = False) -> dict:
+    """A done run: its wandb record too (written again when the process that trained it died before
+    wandb closed it; a stat when it is complete). `locked`: the caller holds the run's lock."""
+    import contextlib
+
+    from bench.tracking import ensure_record
+
+    try:
+        with contextlib.nullcontext() if locked else run_lock(store.run_dir(spec.key)):
+            ensure_record(spec.to_dict(), spec.key, store.run_dir(spec.key), wandb_mode, record.get("sweep") or sweep,
+                          record, knobs=spec.knobs)
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the result stands whatever wandb does
+        print(f"saflex-bench: warning: could not repair the wandb record of run {spec.key} ({type(e).__name__}: {e})",
+              file=sys.stderr)
+    return record
 
 
 def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads: int, *, wandb_mode, sweep, progress,
@@ -195,7 +214,7 @@ def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads:
     try:
         from bench.tracking import start_tracking
 
-        tracker = start_tracking(spec.to_dict(), key, run_dir, wandb_mode, sweep)
+        tracker = start_tracking(spec.to_dict(), key, run_dir, wandb_mode, sweep, knobs=spec.knobs)
         trainer = Trainer(spec, task, data, store, device=device, workers=workers, aug_path=aug_path, progress=progress, echo=echo,
                           tracker=tracker, on_epoch_end=on_epoch_end, data_on_device=data_on_device)
         out = trainer.fit()
