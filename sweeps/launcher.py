@@ -176,13 +176,18 @@ def _summary(record: dict | None) -> dict:
 
 
 # ---- executors ----------------------------------------------------------------------------
-def detect_executor() -> tuple[str, str]:
-    """('slurm', why) when sbatch is on PATH and sinfo answers, else ('local', why)."""
+SINFO_TIMEOUT_S = 3.0  # a controller that answers does so in well under a second; a dead one retries ~9 s
+
+
+def detect_executor(timeout: float = SINFO_TIMEOUT_S) -> tuple[str, str]:
+    """('slurm', why) when sbatch is on PATH and sinfo answers within `timeout`, else ('local', why)."""
     if shutil.which("sbatch") is None:
         return "local", "no sbatch on PATH"
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=15)
-    except (OSError, subprocess.TimeoutExpired) as e:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "local", f"sbatch found but sinfo did not answer within {timeout:g} s (no SLURM controller?)"
+    except OSError as e:
         return "local", f"sbatch found but sinfo failed ({type(e).__name__})"
     if out.returncode != 0 or not out.stdout.strip():
         return "local", "sbatch found but sinfo lists no partition"
