@@ -58,12 +58,24 @@ class Launcher:
     deterministic: bool = False
     # runs per array task, trained concurrently (sweeps/pack.py); cpus_per_task and mem_gb are per run
     runs_per_job: int = 1
+    # how a pack trains its runs: `processes` (concurrently, one child each) or `serial` (one after
+    # another in the job's own interpreter: imports and wandb paid once; cpus/mem are one run's)
+    pack_mode: str = "processes"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["setup"] = list(self.setup)
         d["slurm_additional_parameters"] = dict(self.slurm_additional_parameters)
         return d
+
+
+PACK_MODES = ("processes", "serial")
+
+
+def _pack_mode(v: Any) -> str:
+    if v not in PACK_MODES:
+        raise ValueError
+    return v
 
 
 # key -> (expected, checker) ; checker returns the coerced value or raises ValueError
@@ -130,6 +142,7 @@ _LAUNCHER_CHECKS: dict[str, tuple[Any, str]] = {
     "slurm_additional_parameters": (_scalar_map, "a mapping of sbatch option -> scalar"),
     "deterministic": (_bool, "true or false"),
     "runs_per_job": _int(1),
+    "pack_mode": (_pack_mode, "processes or serial"),
 }
 
 

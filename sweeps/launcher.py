@@ -259,7 +259,7 @@ def pack_resources(launcher: Launcher) -> Launcher:
     """What one job asks for: cpus_per_task and mem_gb are per run, so a pack of K runs asks K times
     both; gpus_per_node is the sweep's (the K runs share the job's GPU)."""
     k = launcher.runs_per_job
-    if k == 1:
+    if k == 1 or launcher.pack_mode == "serial":  # serial: one run at a time, one run's resources
         return launcher
     return dataclasses.replace(launcher, cpus_per_task=launcher.cpus_per_task * k, mem_gb=launcher.mem_gb * k)
 
@@ -287,7 +287,8 @@ def submit_runs(kind: str, results: Path, sweep_name: str, launcher: Launcher, r
                 if k == 1:
                     jobs.append(ex.submit(RunJob(), group[0].spec.to_dict(), *common))
                 else:
-                    jobs.append(ex.submit(PackJob(), [r.spec.to_dict() for r in group], *common, str(folder)))
+                    jobs.append(ex.submit(PackJob(), [r.spec.to_dict() for r in group], *common, str(folder),
+                                          launcher.pack_mode))
     entries, pairs = [], []
     t = now_iso()
     for i, (group, job) in enumerate(zip(groups, jobs)):
