@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         device = args.device or "cpu"
         torch.set_num_threads(1)
         cfg = SimpleNamespace(device=device, steps=4, repeat=1, models=["small_cnn"], aug_batch=16, aug_reps=1,
-                              pack_task="digits/sklearn", pack_runs=2, ks=(1, 2), pack_mode="serial", pack_device="cpu",
+                              pack_task="digits/sklearn", pack_runs=2, ks=(2,), pack_mode="serial", pack_device="cpu",
                               family_tasks=["digits/sklearn"], epoch_model="small_cnn")
     else:
         device = args.device or "cuda"
