@@ -183,10 +183,17 @@ def _with_tracking(spec: RunSpec, store: ResultsStore, record: dict, wandb_mode,
 
     from bench.tracking import ensure_record
 
+    run_dir = store.run_dir(spec.key)
+    attempt = store.read_attempt(spec.key) or {}
+    # only a run that was tracked: never a wandb record added to a store trained with wandb off
+    # (runs from before attempt.json named the mode: those with a wandb/ folder)
+    tracked = attempt.get("wandb", "offline" if (run_dir / "wandb").is_dir() else "disabled") != "disabled"
+    if not tracked:
+        return record
     try:
-        with contextlib.nullcontext() if locked else run_lock(store.run_dir(spec.key)):
-            ensure_record(spec.to_dict(), spec.key, store.run_dir(spec.key), wandb_mode, record.get("sweep") or sweep,
-                          record, knobs=spec.knobs)
+        with contextlib.nullcontext() if locked else run_lock(run_dir):
+            ensure_record(spec.to_dict(), spec.key, run_dir, wandb_mode, record.get("sweep") or sweep, record,
+                          knobs=spec.knobs)
     except UsageError:
         raise
     except Exception as e:  # noqa: BLE001 - the result stands whatever wandb does
@@ -205,8 +212,10 @@ def _train(spec: RunSpec, store: ResultsStore, task, data, device: str, threads:
     run_dir = store.run_dir(key)
     run_dir.mkdir(parents=True, exist_ok=True)
     store.write_spec(key, spec.to_dict())
+    from bench.tracking import resolve_mode
+
     attempt = dict(state="running", host=socket.gethostname(), pid=os.getpid(), started_at=_now(), sweep=sweep, threads=threads,
-                   **_slurm_ids())
+                   wandb=resolve_mode(wandb_mode), **_slurm_ids())
     store.write_attempt(key, attempt)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -207,3 +207,14 @@ def test_killed_after_result_repairs_wandb_record_on_next_call(tmp_path):
     # a third call finds the record complete and writes nothing more
     run_spec(spec, results, wandb_mode="offline", progress=False)
     assert len(offline_run_dirs(run_dir)) == len(runs)
+
+
+def test_done_run_trained_without_wandb_gets_no_record_later(tmp_path):
+    """A store trained with wandb off is never given wandb folders by a later call in offline mode."""
+    from bench.runner import run_spec
+    from bench.spec import make_spec
+
+    spec = make_spec("digits/sklearn", "none", 13, {"epochs": 1})
+    run_spec(spec, tmp_path, wandb_mode="disabled", progress=False)
+    run_spec(spec, tmp_path, wandb_mode="offline", progress=False)
+    assert not (tmp_path / "runs" / spec.key / "wandb").exists()
