@@ -8,7 +8,7 @@ Identity: the wandb run id IS the run key and `resume="allow"`, so a run that is
 from its checkpoint continues the same wandb run (offline: every process start writes its own
 `offline-run-<time>-<key>` directory under `<run_dir>/wandb/`, all with the same id, which
 `wandb sync` merges into one run). group = sweep name, job_type = method, tags = [task, dataset],
-config = the run spec plus the learner's full knobs (`knobs`), project = `$WANDB_PROJECT` or `saflex-bench`.
+config = the run spec plus the learner's full knobs (`learner_knobs`), project = `$WANDB_PROJECT` or `saflex-bench`.
 
 Offline (the default), the run is written when it ends, from the rows the trainer logged (which are
 metrics.jsonl's): wandb costs nothing during the epochs. A process killed after result.json but before
@@ -226,7 +226,7 @@ def tracking_config(spec_dict: Mapping[str, Any], knobs: Mapping[str, Any] | Non
     leaves out knobs at their defaults, so without this a `+saflex` run would not show ref_budget...)."""
     config = dict(spec_dict)
     if knobs:
-        config["knobs"] = dict(knobs)
+        config["learner_knobs"] = dict(knobs)
     return config
 
 

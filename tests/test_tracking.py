@@ -159,8 +159,8 @@ def test_saflex_config_carries_every_knob(tmp_path):
     t.finish(None)
     (r,) = [read_offline_run(d, wait_s=10) for d in offline_run_dirs(tmp_path)]
     for knob in ("ref_budget", "ref_ramp", "ref_ema", "val_batch", "refresh"):
-        assert knob in r["config"]["knobs"], knob
-    assert r["config"]["knobs"] == dict(spec.knobs)
+        assert knob in r["config"]["learner_knobs"], knob
+    assert r["config"]["learner_knobs"] == dict(spec.knobs)
 
 
 def test_online_without_network_fails_fast_with_one_line(tmp_path, monkeypatch):
@@ -202,7 +202,7 @@ def test_killed_after_result_repairs_wandb_record_on_next_call(tmp_path):
     full = [r for r in runs if r["steps"]]
     assert len(full) == 1 and full[0]["steps"] == [1, 2] and full[0]["exit_code"] == 0
     assert full[0]["summary"]["test_acc"] == pytest.approx(record["metrics"]["test_acc"])
-    assert full[0]["config"]["knobs"]["ref_budget"] == spec.knobs["ref_budget"]
+    assert full[0]["config"]["learner_knobs"]["ref_budget"] == spec.knobs["ref_budget"]
     assert (run_dir / "wandb" / COMPLETE).exists()
     # a third call finds the record complete and writes nothing more
     run_spec(spec, results, wandb_mode="offline", progress=False)
