@@ -235,17 +235,34 @@ ONLINE_PROBE_S = 3.0  # how long online mode waits for the wandb server before g
 
 def check_online(timeout: float = ONLINE_PROBE_S) -> None:
     """Online mode: fail in seconds, with one line, when the wandb server cannot be reached (wandb's
-    own init retries for ~100 s first)."""
+    own init retries for ~100 s first). The name lookup runs in a thread too: getaddrinfo ignores
+    socket timeouts and can hang on a node without DNS."""
     import socket
+    import threading
     from urllib.parse import urlparse
 
     url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
     host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as e:
-        raise UsageError(f"wandb online mode: cannot reach {host}:{port} ({e.strerror or type(e).__name__}); "
-                         "use --wandb offline (and `wandb sync` later) or check the network") from None
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    if not outcome:
+        why = f"no answer within {timeout:g} s"
+    elif outcome[0] is not None:
+        why = outcome[0].strerror or type(outcome[0]).__name__
+    else:
+        return
+    raise UsageError(f"wandb online mode: cannot reach {host}:{port} ({why}); "
+                     "use --wandb offline (and `wandb sync` later) or check the network")
 
 
 def start_tracking(

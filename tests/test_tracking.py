@@ -218,3 +218,18 @@ def test_done_run_trained_without_wandb_gets_no_record_later(tmp_path):
     run_spec(spec, tmp_path, wandb_mode="disabled", progress=False)
     run_spec(spec, tmp_path, wandb_mode="offline", progress=False)
     assert not (tmp_path / "runs" / spec.key / "wandb").exists()
+
+
+def test_online_probe_gives_up_on_a_server_that_never_answers(tmp_path, monkeypatch):
+    """A lookup / connect that hangs (no DNS, a firewall dropping packets) still fails within the probe's time."""
+    import socket
+    import time
+
+    from bench import tracking
+
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(30))
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match=r"cannot reach api.wandb.ai:443 \(no answer within 0.2 s\)"):
+        tracking.check_online(timeout=0.2)
+    assert time.monotonic() - t0 < 3
