@@ -33,3 +33,23 @@ def test_gpu_check_without_gpu_says_so(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py")], capture_output=True, text=True,
                          env=env, timeout=120)
     assert out.returncode == 2 and "no CUDA GPU visible (use --dry" in out.stderr
+
+
+def test_a_failing_section_is_a_row_and_the_others_go_on(capsys):
+    import runpy
+
+    mod = runpy.run_path(str(REPO / "benchmarks" / "gpu_check.py"), run_name="gpu_check_under_test")
+    calls = []
+
+    @mod["section"]("broken")
+    def broken():
+        raise RuntimeError("no such kernel\nsecond line")
+
+    @mod["section"]("fine")
+    def fine():
+        calls.append("fine")
+
+    broken()
+    fine()
+    assert mod["FAILED"] == ["broken"] and calls == ["fine"]
+    assert ("broken", "FAILED", "-", "RuntimeError: no such kernel") in mod["ROWS"]
