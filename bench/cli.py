@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "full = the resumable checkpoint too, none (default: best)")
     run.add_argument("--aug-path", dest="aug_path", choices=("auto", "per-image", "batched"), default="auto",
                      help="per-sample augmentation one image at a time or grouped by op over the batch (same images; "
-                          "auto = batched only where it measured >= 10x faster)")
+                          "auto = batched wherever the policy has a batched kernel)")
     run.add_argument("--data-on-device", dest="data_on_device", choices=("auto", "on", "off"), default="off",
                      help="keep the training split on the device and augment it there (batched path, same batches; "
                           "on: error where the upstream has no batched path or the data would not fit; auto: on a GPU "

@@ -244,7 +244,7 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
     key = spec.key
     done = store.read_result(key, spec)
     if done is not None:
-        return done
+        return _with_tracking(spec, store, done, wandb_mode, sweep)
     # user errors surface before anything is written
     device = resolve_device(device)
     threads = resolve_threads(threads)
@@ -287,9 +287,35 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
     with run_lock(store.run_dir(key)):
         done = store.read_result(key, spec)  # another process finished it while we waited
         if done is not None:
-            return done
+            return _with_tracking(spec, store, done, wandb_mode, sweep, locked=True)
         return _train(spec, store, trainer, data, threads, wandb_mode=wandb_mode, sweep=sweep, workers=workers,
                       keep_checkpoints=keep_checkpoints, timing=timing)
+
+
+def _with_tracking(spec: RunSpec, store: ResultsStore, record: dict, wandb_mode, sweep, locked: bool = False) -> dict:
+    """A done run: its wandb record too (written again when the process that trained it died before
+    wandb closed it; a stat when it is complete). `locked`: the caller holds the run's lock."""
+    import contextlib
+
+    from bench.tracking import ensure_record
+
+    run_dir = store.run_dir(spec.key)
+    attempt = store.read_attempt(spec.key) or {}
+    # only a run that was tracked: never a wandb record added to a store trained with wandb off
+    # (runs from before attempt.json named the mode: those with a wandb/ folder)
+    tracked = attempt.get("wandb", "offline" if (run_dir / "wandb").is_dir() else "disabled") != "disabled"
+    if not tracked:
+        return record
+    try:
+        with contextlib.nullcontext() if locked else run_lock(run_dir):
+            ensure_record(spec.to_dict(), spec.key, run_dir, wandb_mode, record.get("sweep") or sweep, record,
+                          knobs=spec.knobs)
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the result stands whatever wandb does
+        print(f"saflex-bench: warning: could not repair the wandb record of run {spec.key} ({type(e).__name__}: {e})",
+              file=sys.stderr)
+    return record
 
 
 def _train(spec: RunSpec, store: ResultsStore, trainer, data, threads: int, *, wandb_mode, sweep, workers,
@@ -302,8 +328,10 @@ def _train(spec: RunSpec, store: ResultsStore, trainer, data, threads: int, *, w
     run_dir = store.run_dir(key)
     run_dir.mkdir(parents=True, exist_ok=True)
     store.write_spec(key, spec.to_dict())
+    from bench.tracking import resolve_mode
+
     attempt = dict(state="running", host=socket.gethostname(), pid=os.getpid(), started_at=_now(), sweep=sweep, threads=threads,
-                   **_slurm_ids())
+                   wandb=resolve_mode(wandb_mode), **_slurm_ids())
     store.write_attempt(key, attempt)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -311,7 +339,7 @@ def _train(spec: RunSpec, store: ResultsStore, trainer, data, threads: int, *, w
     try:
         from bench.tracking import start_tracking
 
-        tracker = trainer.tracker = start_tracking(spec.to_dict(), key, run_dir, wandb_mode, sweep)
+        tracker = trainer.tracker = start_tracking(spec.to_dict(), key, run_dir, wandb_mode, sweep, knobs=spec.knobs)
         t_fit = time.perf_counter()
         out = trainer.fit()
         fit_s = time.perf_counter() - t_fit

@@ -8,7 +8,13 @@ Identity: the wandb run id IS the run key and `resume="allow"`, so a run that is
 from its checkpoint continues the same wandb run (offline: every process start writes its own
 `offline-run-<time>-<key>` directory under `<run_dir>/wandb/`, all with the same id, which
 `wandb sync` merges into one run). group = sweep name, job_type = method, tags = [task, dataset],
-config = the run spec, project = `$WANDB_PROJECT` or `saflex-bench`.
+config = the run spec plus the learner's full knobs (`learner_knobs`), project = `$WANDB_PROJECT` or `saflex-bench`.
+
+Offline (the default), the run is written when it ends, from the rows the trainer logged (which are
+metrics.jsonl's): wandb costs nothing during the epochs. A process killed after result.json but before
+wandb closed the run leaves no `wandb/complete.json`; the next call for that run writes the record again
+from metrics.jsonl and result.json (`ensure_record`). Online fails within seconds, with one line, when
+the server cannot be reached.
 
 Mode: explicit `mode` > `$WANDB_MODE` > "offline" (files inside the run directory, no network).
 "disabled" gives a no-op tracker and never imports wandb. No credential is ever written: the config
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from bench.errors import UsageError
+from bench.results.records import METRICS, read_metrics  # the one metrics.jsonl reader
 
 VALID_MODES = ("online", "offline", "disabled")
 _MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # wandb's legacy spellings of WANDB_MODE
@@ -78,16 +85,26 @@ def _scalars(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class WandbTracker(Tracker):
-    def __init__(self, run: Any, mode: str, run_dir: Path):
-        self._run = run
-        self.mode = mode
-        self.run_id = run.id
-        self.dir = Path(run.dir).parent  # <run_dir>/wandb/<offline|run>-<time>-<key>
-        from bench.results.records import METRICS
+    """The wandb run of one benchmark run. Online, it opens at the start and logs each epoch live.
+    Offline, the run's own metrics.jsonl is the log during training and the wandb run is written in
+    one go when the run ends (`finish`): wandb's start-up and shutdown stay off the epochs, and a
+    process that dies before `finish` leaves nothing half-written (the next call repairs it:
+    `ensure_record`)."""
 
-        self._metrics = Path(run_dir) / METRICS
+    def __init__(self, open_run: Any, mode: str, run_dir: Path, key: str, *, deferred: bool = False):
+        self._open_run = open_run
+        self.mode = mode
+        self.run_id = key
+        self._run_dir = Path(run_dir)
+        self._metrics = self._run_dir / METRICS
         self._first = True
         self._finished = False
+        self._pending: list[tuple[dict, int]] = []  # deferred: (row, step) logged by this process
+        self._run = None if deferred else open_run()
+
+    @property
+    def dir(self) -> Path | None:  # <run_dir>/wandb/<offline|run>-<time>-<key>
+        return Path(self._run.dir).parent if self._run is not None else None
 
     def _log(self, row: Mapping[str, Any], step: int) -> None:
         data = _scalars({k: v for k, v in row.items() if k != "epoch"})
@@ -101,33 +118,136 @@ class WandbTracker(Tracker):
             self._first = False
             if step > 1:
                 self._replay(step)
-        self._log(row, step)
+        if self._run is None:
+            self._pending.append((dict(row), int(step)))
+        else:
+            self._log(row, step)
 
     def _replay(self, step: int) -> None:
         """A resumed run: log the epochs before `step` again, from metrics.jsonl (which the trainer
         rewrites from the checkpoint on resume). A process that was killed may not have flushed its
         wandb segment; this makes the latest segment hold the whole curve. Syncing the segments of
         one id in order, wandb keeps the first value of a step and drops repeats."""
-        from bench.results import read_metrics
-
         for row in read_metrics(self._metrics):
             epoch = row.get("epoch")
             if isinstance(epoch, int) and 1 <= epoch < step:
-                self._log(row, epoch)
+                if self._run is None:
+                    self._pending.append((row, epoch))
+                else:
+                    self._log(row, epoch)
 
     def finish(self, result: Mapping[str, Any] | None = None, exit_code: int = 0) -> None:
         if self._finished:
             return
         self._finished = True
+        if self._run is None:
+            self._run = self._open_run()
+            for row, step in self._pending:
+                self._log(row, step)
         if result:
-            summary = _scalars(result.get("metrics") or {})
-            summary.update(_scalars({"cost": result.get("cost") or {}}))
-            summary["status"] = result.get("status", "done")
-            self._run.summary.update(summary)
+            self._run.summary.update(_summary(result))
         from bench.store import fault_point
 
         fault_point("wandb-finish")  # tests/test_faults.py: killed while wandb closes the run
         self._run.finish(exit_code=exit_code)
+        if result and exit_code == 0:
+            mark_complete(self._run_dir, self.mode)
+
+
+def _summary(result: Mapping[str, Any]) -> dict[str, Any]:
+    summary = _scalars(result.get("metrics") or {})
+    summary.update(_scalars({"cost": result.get("cost") or {}}))
+    summary["status"] = result.get("status", "done")
+    return summary
+
+
+
+# The marker of a finished wandb record: written after wandb closed a run whose result was logged, so
+# a run directory with result.json and no marker lost its record (killed in between) and gets it again.
+COMPLETE = "complete.json"
+
+
+def mark_complete(run_dir: Path | str, mode: str) -> None:
+    from bench.store import write_json_atomic
+
+    write_json_atomic(Path(run_dir) / "wandb" / COMPLETE, {"mode": mode})
+
+
+def record_complete(run_dir: Path | str) -> bool:
+    """Whether the run's wandb record holds its steps and summary: the marker, or (records written
+    before the marker existed) an offline segment that closed cleanly with the result's summary."""
+    run_dir = Path(run_dir)
+    if (run_dir / "wandb" / COMPLETE).exists():
+        return True
+    for seg in offline_run_dirs(run_dir):
+        try:
+            r = read_offline_run(seg)
+        except (ValueError, OSError):
+            continue
+        if r["exit_code"] == 0 and "status" in r["summary"]:
+            mark_complete(run_dir, "offline")
+            return True
+    return False
+
+
+def ensure_record(spec_dict: Mapping[str, Any], key: str, run_dir: Path | str, mode: str | None, sweep: str | None,
+                  record: Mapping[str, Any], knobs: Mapping[str, Any] | None = None) -> bool:
+    """A done run whose wandb record is incomplete (the process died between result.json and the
+    end of wandb's finish): write the record again from metrics.jsonl and result.json. Returns
+    whether it wrote one. Cheap when nothing is missing (one stat)."""
+    mode = resolve_mode(mode)
+    if mode == "disabled" or record_complete(run_dir):
+        return False
+    tracker = start_tracking(spec_dict, key, run_dir, mode, sweep, knobs=knobs, deferred=True)
+    for row in read_metrics(run_dir):
+        if isinstance(row.get("epoch"), int):
+            tracker.log_epoch(row, step=row["epoch"])
+    tracker.finish(record)
+    return True
+
+
+def tracking_config(spec_dict: Mapping[str, Any], knobs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The wandb config: the run spec, plus every knob of the run's learner as it ran (the spec dict
+    leaves out knobs at their defaults, so without this a `+saflex` run would not show ref_budget...)."""
+    config = dict(spec_dict)
+    if knobs:
+        config["learner_knobs"] = dict(knobs)
+    return config
+
+
+ONLINE_PROBE_S = 3.0  # how long online mode waits for the wandb server before giving up
+
+
+def check_online(timeout: float = ONLINE_PROBE_S) -> None:
+    """Online mode: fail in seconds, with one line, when the wandb server cannot be reached (wandb's
+    own init retries for ~100 s first). The name lookup runs in a thread too: getaddrinfo ignores
+    socket timeouts and can hang on a node without DNS."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    if not outcome:
+        why = f"no answer within {timeout:g} s"
+    elif outcome[0] is not None:
+        why = outcome[0].strerror or type(outcome[0]).__name__
+    else:
+        return
+    raise UsageError(f"wandb online mode: cannot reach {host}:{port} ({why}); "
+                     "use --wandb offline (and `wandb sync` later) or check the network")
 
 
 def start_tracking(
@@ -137,50 +257,61 @@ def start_tracking(
     mode: str | None,
     sweep: str | None,
     project: str | None = None,
+    *,
+    knobs: Mapping[str, Any] | None = None,
+    deferred: bool | None = None,
 ) -> Tracker:
-    """Open (or resume) the wandb run of one benchmark run; 'disabled' -> a no-op Tracker."""
+    """Open (or resume) the wandb run of one benchmark run; 'disabled' -> a no-op Tracker.
+    `deferred` (default: offline mode) writes the wandb run at `finish`, from the logged rows."""
     mode = resolve_mode(mode)
     if mode == "disabled":
         return Tracker()
-    import wandb  # ~0.5 s; only when tracking is on
-
+    if mode == "online":
+        check_online()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     task = str(spec_dict.get("task", ""))
     tags = [t for t in dict.fromkeys([task, task.split("/", 1)[-1]]) if t][:2]
-    # Cheap start: no system-metrics sampler thread, no git/code/pip-freeze capture, no console wrap.
-    settings = wandb.Settings(
-        console="off",
-        silent=True,
-        x_disable_stats=True,
-        disable_git=True,
-        disable_code=True,
-        x_save_requirements=False,
-    )
-    try:
-        run = wandb.init(
-            project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
-            id=key,
-            resume="allow",
-            dir=str(run_dir),  # -> <run_dir>/wandb/
-            mode=mode,
-            group=sweep or None,
-            job_type=str(spec_dict.get("method", "")) or None,
-            tags=tags,
-            config=dict(spec_dict),
-            settings=settings,
-            # one run at a time per process (debug executor, tests): a run left open by an interrupted
-            # run in the same process is closed first, so its id (= run key) can be opened again
-            reinit="finish_previous",
+    config = tracking_config(spec_dict, knobs)
+
+    def open_run():
+        import wandb  # ~0.5 s; only when tracking is on
+
+        # Cheap start: no system-metrics sampler thread, no git/code/pip-freeze capture, no console wrap.
+        settings = wandb.Settings(
+            console="off",
+            silent=True,
+            x_disable_stats=True,
+            disable_git=True,
+            disable_code=True,
+            x_save_requirements=False,
+            init_timeout=30,
         )
-    except Exception as e:  # wandb's own errors: no login for online, bad project name, ...
-        if mode == "online":
-            raise UsageError(
-                f"wandb online mode failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                "log in with `wandb login` or use --wandb offline"
-            ) from None
-        raise
-    return WandbTracker(run, mode, run_dir)
+        try:
+            return wandb.init(
+                project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+                id=key,
+                resume="allow",
+                dir=str(run_dir),  # -> <run_dir>/wandb/
+                mode=mode,
+                group=sweep or None,
+                job_type=str(spec_dict.get("method", "")) or None,
+                tags=tags,
+                config=config,
+                settings=settings,
+                # one run at a time per process (debug executor, tests): a run left open by an interrupted
+                # run in the same process is closed first, so its id (= run key) can be opened again
+                reinit="finish_previous",
+            )
+        except Exception as e:  # wandb's own errors: no login for online, bad project name, ...
+            if mode == "online":
+                raise UsageError(
+                    f"wandb online mode failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                    "log in with `wandb login` or use --wandb offline"
+                ) from None
+            raise
+
+    return WandbTracker(open_run, mode, run_dir, key, deferred=(mode == "offline") if deferred is None else deferred)
 
 
 # ---- reading offline runs back (tests, diagnostics) -----------------------------------------

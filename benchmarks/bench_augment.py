@@ -1,4 +1,4 @@
-"""Images/s of the per-image augmentation path vs the batched one, per policy (goal: batched >= 10x).
+"""Images/s of the per-image augmentation path vs the batched one, per policy (batched: the default where it exists).
 
     python -m benchmarks.bench_augment [--threads 1] [--batch 256] [--reps 5] [--device cpu|cuda]
 

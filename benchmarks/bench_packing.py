@@ -37,10 +37,13 @@ def main() -> int:
     ap.add_argument("--cpus-per-task", type=int, default=1, help="CPU threads per run (a pack asks K times)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--data-root", help="dataset folder (MedMNIST npz files)")
+    ap.add_argument("--pack-mode", choices=("processes", "serial"), default="processes",
+                    help="launcher.pack_mode for K > 1 (serial: the pack's runs one after another in one interpreter)")
+    ap.add_argument("--wandb", choices=("offline", "disabled"), default="disabled")
     ap.add_argument("--keep", help="keep the results roots under this folder (default: a temporary one)")
     args = ap.parse_args()
 
-    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(REPO))
+    env = dict(os.environ, WANDB_MODE=args.wandb, PYTHONPATH=str(REPO))
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     elif args.device == "cuda":
@@ -61,28 +64,33 @@ def main() -> int:
             "name": f"pack{k}", "fixed": {"method": args.method, "epochs": args.epochs},
             "grid": {"task": tasks, "seed": seeds},
             "launcher": {"runs_per_job": k, "array_parallelism": 1, "cpus_per_task": args.cpus_per_task,
-                         "timeout_min": 600},
+                         "timeout_min": 600, **({"pack_mode": args.pack_mode} if k > 1 else {})},
         }))
         cmd = [sys.executable, "-m", "bench", "sweep", str(sweep), "--executor", "local",
-               "--results", str(root / f"results-k{k}"), "--wandb", "disabled"]
+               "--results", str(root / f"results-k{k}"), "--wandb", args.wandb]
         if args.data_root:
             cmd += ["--data-root", args.data_root]
         t0 = time.perf_counter()
+        c0 = os.times()
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
+        c1 = os.times()
+        cpu = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
         n = len(tasks) * len(seeds)
         done = sum(1 for p in (root / f"results-k{k}" / "runs").glob("*/result.json"))
         if out.returncode != 0 or done != n:
             print(out.stdout[-2000:] + out.stderr[-2000:], file=sys.stderr)
             print(f"bench_packing: K={k}: {done}/{n} runs done (exit {out.returncode})", file=sys.stderr)
             return 1
-        rows.append((k, n, wall, n / wall * 3600))
-        print(f"K={k}: {n} runs in {wall:.1f} s -> {n / wall * 3600:.0f} runs/hour", flush=True)
-    print(f"\n{'K':>3}  {'runs':>4}  {'wall_s':>8}  {'runs/hour':>9}  speed-up")
-    for k, n, wall, rate in rows:
-        print(f"{k:>3}  {n:>4}  {wall:>8.1f}  {rate:>9.0f}  {rate / rows[0][3]:.2f}x")
+        rows.append((k, n, wall, n / wall * 3600, cpu))
+        print(f"K={k}: {n} runs in {wall:.1f} s ({cpu:.1f} CPU s) -> {n / wall * 3600:.0f} runs/hour", flush=True)
+    # runs per CPU-hour: what a loaded / shared machine does not distort (all processes of the sweep)
+    print(f"\n{'K':>3}  {'runs':>4}  {'wall_s':>8}  {'runs/hour':>9}  {'cpu_s/run':>9}  {'runs/CPU-h':>10}  speed-up (CPU)")
+    for k, n, wall, rate, cpu in rows:
+        print(f"{k:>3}  {n:>4}  {wall:>8.1f}  {rate:>9.0f}  {cpu / n:>9.2f}  {n / cpu * 3600:>10.0f}  "
+              f"{(rows[0][4] / rows[0][1]) / (cpu / n):.2f}x")
     print(f"(tasks {','.join(tasks)}, method {args.method}, {args.epochs} epochs, device {args.device}, "
-          f"{args.cpus_per_task} CPU threads per run" + (f"; results under {root})" if args.keep else ")"))
+          f"{args.cpus_per_task} CPU threads per run, packs {args.pack_mode}, wandb {args.wandb}" + (f"; results under {root})" if args.keep else ")"))
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -52,7 +52,7 @@ SINGLE_SAFLEX_CFG = "saflex"  # saflex_cfg when all loaded SAFLEX runs share one
 
 # Run-level config keys a tracker may add next to the spec; never identity.
 _WANDB_NON_SPEC = {"key", "sweep", "status", "upstream", "learner", "uses_saflex", "family", "dataset",
-                   "data_root", "device", "wandb_mode"}
+                   "data_root", "device", "wandb_mode", "learner_knobs"}
 
 
 def _usage_error(msg: str) -> Exception:

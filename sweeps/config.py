@@ -71,6 +71,9 @@ class Launcher:
     deterministic: bool = _launcher_setting(False, "true or false")
     # runs per array task, trained concurrently (sweeps/pack.py); cpus_per_task and mem_gb are per run
     runs_per_job: int = _launcher_setting(1, "an integer >= 1", ge=1)
+    # how a pack trains its runs: `processes` (concurrently, one child each) or `serial` (one after
+    # another in the job's own interpreter: imports and wandb paid once; cpus/mem are one run's)
+    pack_mode: Literal["processes", "serial"] = _launcher_setting("processes", "processes or serial")
 
     @field_validator("partition", "account", "qos", "constraint", mode="before")
     @classmethod
@@ -98,6 +101,7 @@ class Launcher:
         return d
 
 
+PACK_MODES = ("processes", "serial")
 LAUNCHER_SETTINGS = tuple(f.name for f in dataclasses.fields(Launcher))
 
 

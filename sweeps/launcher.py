@@ -48,13 +48,18 @@ def logs_folder(results: Path, name: str) -> Path:
 
 
 # ---- executors ----------------------------------------------------------------------------
-def detect_executor() -> tuple[str, str]:
-    """('slurm', why) when sbatch is on PATH and sinfo answers, else ('local', why)."""
+SINFO_TIMEOUT_S = 3.0  # a controller that answers does so in well under a second; a dead one retries ~9 s
+
+
+def detect_executor(timeout: float = SINFO_TIMEOUT_S) -> tuple[str, str]:
+    """('slurm', why) when sbatch is on PATH and sinfo answers within `timeout`, else ('local', why)."""
     if shutil.which("sbatch") is None:
         return "local", "no sbatch on PATH"
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=15)
-    except (OSError, subprocess.TimeoutExpired) as e:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "local", f"sbatch found but sinfo did not answer within {timeout:g} s (no SLURM controller?)"
+    except OSError as e:
         return "local", f"sbatch found but sinfo failed ({type(e).__name__})"
     if out.returncode != 0 or not out.stdout.strip():
         return "local", "sbatch found but sinfo lists no partition"
@@ -126,7 +131,7 @@ def pack_resources(launcher: Launcher) -> Launcher:
     """What one job asks for: cpus_per_task and mem_gb are per run, so a pack of K runs asks K times
     both; gpus_per_node is the sweep's (the K runs share the job's GPU)."""
     k = launcher.runs_per_job
-    if k == 1:
+    if k == 1 or launcher.pack_mode == "serial":  # serial: one run at a time, one run's resources
         return launcher
     return dataclasses.replace(launcher, cpus_per_task=launcher.cpus_per_task * k, mem_gb=launcher.mem_gb * k)
 
@@ -153,7 +158,8 @@ def submit_runs(kind: str, results: Path, sweep_name: str, launcher: Launcher, r
                 if k == 1:
                     jobs.append(ex.submit(RunJob(), group[0].spec.to_dict(), *common))
                 else:
-                    jobs.append(ex.submit(PackJob(), [r.spec.to_dict() for r in group], *common, str(folder)))
+                    jobs.append(ex.submit(PackJob(), [r.spec.to_dict() for r in group], *common, str(folder),
+                                          launcher.pack_mode))
     entries, pairs = [], []
     t = now_iso()
     for i, (group, job) in enumerate(zip(groups, jobs)):

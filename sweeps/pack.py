@@ -1,4 +1,6 @@
-"""Packs: several runs of a sweep in one array task (`launcher.runs_per_job: K`), trained concurrently.
+"""Packs: several runs of a sweep in one array task (`launcher.runs_per_job: K`), trained concurrently
+(`launcher.pack_mode: processes`, the default) or one after another in one interpreter (`serial`: the
+fixed cost of a process, its imports and wandb's service paid once per job; for CPU sweeps of tiny runs).
 
 Why: a small run (a 28-px ResNet-18) uses a fraction of a large GPU; K runs per job share it.
 
@@ -72,9 +74,14 @@ class PackJob(submitit.helpers.Checkpointable):
 
     def __call__(self, spec_dicts: list[dict], results: str, data_root: str | None = None, wandb_mode: str = "offline",
                  sweep: str | None = None, threads: int | None = None, slots_dir: str | None = None,
-                 slots: int = 1, deterministic: bool = False, logs_template: str | None = None) -> list[dict]:
+                 slots: int = 1, deterministic: bool = False, logs_template: str | None = None,
+                 pack_mode: str = "processes") -> list[dict]:
         from bench.spec import RunSpec
         from bench.store import ResultsStore
+
+        if pack_mode == "serial":
+            return self._serial(spec_dicts, results, data_root, wandb_mode, sweep, threads, slots_dir, slots,
+                                deterministic, logs_template)
 
         store = ResultsStore(results)
         folder = child_log_dir(logs_template or "logs/%j", _job_id())
@@ -117,6 +124,49 @@ class PackJob(submitit.helpers.Checkpointable):
             raise PackFailed(f"{len(failed)} of {len(keys)} runs of this pack failed: "
                              + "; ".join(f"{r['key']} ({r['error']})" for r in failed))
         return [summary(store.read_result(k)) for k in keys]
+
+    def _serial(self, spec_dicts, results, data_root, wandb_mode, sweep, threads, slots_dir, slots, deterministic,
+                logs_template) -> list[dict]:
+        """`pack_mode: serial`: the group's runs one after another in this process, so the interpreter,
+        torch's and sklearn's imports, torch._dynamo (the first optimiser step) and wandb's service are
+        paid once per job, not once per run: for CPU sweeps of many tiny runs. Each run keeps its own
+        record, checkpoint and wandb run; one that fails is reported and the next starts. A signal
+        stops the run in progress as in a one-run task (it resumes from its checkpoint; the requeued or
+        resubmitted job skips the runs already done)."""
+        from bench.spec import RunSpec
+        from bench.store import ResultsStore
+        from sweeps.launcher import RunJob, _install_signal_handlers, _summary, append_ledger, now_iso
+
+        _install_signal_handlers()
+        store = ResultsStore(results)
+        folder = child_log_dir(logs_template or "logs/%j", _job_id())
+        folder.mkdir(parents=True, exist_ok=True)
+        keys = [RunSpec.from_canonical(d).key for d in spec_dicts]
+        report = []
+        with _slot(slots_dir, slots):
+            for key, d in zip(keys, spec_dicts):
+                if store.is_done(key):
+                    print(f"saflex-bench pack: run {key} is already done", flush=True)
+                    continue
+                t0 = time.time()
+                state, error = "done", ""
+                try:
+                    RunJob._run(RunSpec.from_dict(d), store, results, data_root, wandb_mode, sweep, threads, deterministic)
+                except Exception as e:  # noqa: BLE001 - isolation: the next run still trains
+                    if isinstance(e, JobTerminated):
+                        raise
+                    state, error = "failed", f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1]}"[:200]
+                    print(f"saflex-bench pack: run {key} failed: {error}", file=sys.stderr, flush=True)
+                report.append(dict(key=key, state=state, exit_code=0 if state == "done" else 1, error=error,
+                                   pid=os.getpid(), started=t0, ended=time.time(), at=now_iso()))
+                print(f"saflex-bench pack: run {key} {state}", flush=True)
+        if report:
+            append_ledger(folder / PACK_LOG, report)
+        failed = [r for r in report if r["state"] == "failed"]
+        if failed:
+            raise PackFailed(f"{len(failed)} of {len(keys)} runs of this pack failed: "
+                             + "; ".join(f"{r['key']} ({r['error']})" for r in failed))
+        return [_summary(store.read_result(k)) for k in keys]
 
     @staticmethod
     def _report(store, folder: Path, children: dict, times: dict) -> list[dict]:

@@ -131,3 +131,105 @@ def test_disabled_mode_never_imports_wandb(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                          env={**os.environ, "WANDB_MODE": "offline"})
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_offline_record_is_written_at_the_end_not_during_the_epochs(tmp_path):
+    """Offline, wandb is off the epochs: nothing under wandb/ until finish; then one segment with every
+    step, the summary, and the completion marker."""
+    from bench.tracking import COMPLETE
+
+    run_dir = tmp_path / KEY
+    t = start_tracking(SPEC, KEY, run_dir, "offline", "demo")
+    for e in (1, 2):
+        t.log_epoch({"epoch": e, "train_loss": 1.0 / e}, step=e)
+    assert not (run_dir / "wandb").exists()
+    t.finish({"status": "done", "metrics": {"test_acc": 0.7}})
+    (seg,) = offline_run_dirs(run_dir)
+    r = read_offline_run(seg, wait_s=10)
+    assert r["steps"] == [1, 2] and r["summary"]["test_acc"] == 0.7 and r["exit_code"] == 0
+    assert (run_dir / "wandb" / COMPLETE).exists()
+
+
+def test_saflex_config_carries_every_knob(tmp_path):
+    from bench.spec import make_spec
+
+    spec = make_spec("digits/sklearn", "rand-m9-n2+saflex", 0, {"epochs": 1})
+    assert "ref_budget" not in (spec.to_dict().get("saflex") or {})  # the spec dict leaves defaults out
+    t = start_tracking(spec.to_dict(), spec.key, tmp_path, "offline", None, knobs=spec.knobs)
+    t.finish(None)
+    (r,) = [read_offline_run(d, wait_s=10) for d in offline_run_dirs(tmp_path)]
+    for knob in ("ref_budget", "ref_ramp", "ref_ema", "val_batch", "refresh"):
+        assert knob in r["config"]["learner_knobs"], knob
+    assert r["config"]["learner_knobs"] == dict(spec.knobs)
+
+
+def test_online_without_network_fails_fast_with_one_line(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match=r"^wandb online mode: cannot reach 127.0.0.1:9 .*--wandb offline") as e:
+        start_tracking(SPEC, KEY, tmp_path, "online", None)
+    assert time.monotonic() - t0 < 5 and "\n" not in str(e.value)
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_killed_after_result_repairs_wandb_record_on_next_call(tmp_path):
+    """SIGKILL right after result.json (before wandb closed the run): the next `run` of the same spec
+    returns the stored record and writes the wandb record from metrics.jsonl + result.json."""
+    import json
+    import subprocess
+
+    from bench.spec import make_spec
+    from bench.tracking import COMPLETE
+
+    results = tmp_path / "results"
+    spec = make_spec("digits/sklearn", "none+saflex", 12, {"epochs": 2})
+    argv = [sys.executable, "-m", "bench.cli", "run", "--task", "digits/sklearn", "--method", "none+saflex", "--seed",
+            "12", "--epochs", "2", "--quiet", "--results", str(results), "--wandb", "offline", "--threads", "1"]
+    env = {**os.environ, "SAFLEX_FAULT": "after-result"}
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode != 0
+    run_dir = results / "runs" / spec.key
+    record = json.loads((run_dir / "result.json").read_text())
+    assert not (run_dir / "wandb" / COMPLETE).exists()
+    assert all(read_offline_run(d)["steps"] == [] for d in offline_run_dirs(run_dir))  # nothing usable
+    from bench.runner import run_spec
+
+    again = run_spec(spec, results, wandb_mode="offline", progress=False)
+    assert again["metrics"] == record["metrics"]
+    runs = [read_offline_run(d, wait_s=10) for d in offline_run_dirs(run_dir)]
+    full = [r for r in runs if r["steps"]]
+    assert len(full) == 1 and full[0]["steps"] == [1, 2] and full[0]["exit_code"] == 0
+    assert full[0]["summary"]["test_acc"] == pytest.approx(record["metrics"]["test_acc"])
+    assert full[0]["config"]["learner_knobs"]["ref_budget"] == spec.knobs["ref_budget"]
+    assert (run_dir / "wandb" / COMPLETE).exists()
+    # a third call finds the record complete and writes nothing more
+    run_spec(spec, results, wandb_mode="offline", progress=False)
+    assert len(offline_run_dirs(run_dir)) == len(runs)
+
+
+def test_done_run_trained_without_wandb_gets_no_record_later(tmp_path):
+    """A store trained with wandb off is never given wandb folders by a later call in offline mode."""
+    from bench.runner import run_spec
+    from bench.spec import make_spec
+
+    spec = make_spec("digits/sklearn", "none", 13, {"epochs": 1})
+    run_spec(spec, tmp_path, wandb_mode="disabled", progress=False)
+    run_spec(spec, tmp_path, wandb_mode="offline", progress=False)
+    assert not (tmp_path / "runs" / spec.key / "wandb").exists()
+
+
+def test_online_probe_gives_up_on_a_server_that_never_answers(tmp_path, monkeypatch):
+    """A lookup / connect that hangs (no DNS, a firewall dropping packets) still fails within the probe's time."""
+    import socket
+    import time
+
+    from bench import tracking
+
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(30))
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match=r"cannot reach api.wandb.ai:443 \(no answer within 0.2 s\)"):
+        tracking.check_online(timeout=0.2)
+    assert time.monotonic() - t0 < 3

@@ -74,8 +74,10 @@ class SaflexLearner(Learner):
         if self.cfg.reference == "clean":
             return batch.clean, task.targets(batch.y)
         n = len(self.ref_x)
-        if n <= self.cfg.val_batch:
-            return self.ref_x, self.ref_y
+        if n <= self.cfg.val_batch:  # the whole part at every refresh: copied to the device once, not per refresh
+            if getattr(self, "_ref_on_device", None) is None:
+                self._ref_on_device = (self.ref_x.to(self.ctx.device), self.ref_y.to(self.ctx.device))
+            return self._ref_on_device
         import torch
 
         idx = torch.randperm(n, generator=self.ctx.generator("saflex", batch.epoch, batch.index))[: self.cfg.val_batch]

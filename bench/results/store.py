@@ -11,6 +11,7 @@ named point of a run's life (see tests/test_faults.py).
 from __future__ import annotations
 
 import contextlib
+import functools
 import fcntl
 import json
 import os
@@ -73,9 +74,10 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_bytes_atomic(path: Path, data: bytes, keep_previous: Path | None = None) -> None:
+def write_bytes_atomic(path: Path, data: bytes, keep_previous: Path | None = None, durable: bool = True) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never a torn one.
-    keep_previous: first move the current file there (the last good copy until the new one is in)."""
+    keep_previous: first move the current file there (the last good copy until the new one is in).
+    durable=False skips the fsync (a process crash still cannot tear it; a machine crash can)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -87,7 +89,8 @@ def write_bytes_atomic(path: Path, data: bytes, keep_previous: Path | None = Non
             fault_point(f"write-{path.name}")  # killed mid-write: a torn temp file
             f.write(data[half:])
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         if keep_previous is not None and path.exists():
             os.replace(path, keep_previous)
             fault_point(f"between-{path.name}")  # the old copy moved aside, the new one not in yet
@@ -96,6 +99,31 @@ def write_bytes_atomic(path: Path, data: bytes, keep_previous: Path | None = Non
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+_SHARED_FS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "panfs", "wekafs",
+              "fuse.sshfs", "fuse.glusterfs", "9p")
+
+
+@functools.lru_cache(maxsize=64)
+def is_shared_fs(path: Path) -> bool:
+    """Whether `path` lives on a network / cluster file system (per /proc/self/mountinfo; True where
+    that cannot be read, so the safe choice, fsync, is kept)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return True
+    target = os.path.realpath(path)
+    best, fstype = "", ""
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) < 5 or not right:
+            continue
+        mount = fields[4].replace("\\040", " ")
+        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, fstype = mount, right.split()[0]
+    return fstype in _SHARED_FS or fstype.startswith("fuse.") and fstype not in ("fuse.overlayfs",)
 
 
 # ---- locks and the results root ---------------------------------------------------------------
