@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -92,7 +91,7 @@ class ResultsIndex:
             return self
         writable = os.access(self.root, os.W_OK)
         lock = exclusive(self.root / ".index.lock", "saflex-bench: another process is updating the results index") \
-            if writable else _nolock()
+            if writable else contextlib.nullcontext()
         with lock:
             if (db.execute("SELECT value FROM meta WHERE name='version'").fetchone() or [None])[0] != INDEX_VERSION:
                 db.executescript("DELETE FROM runs; DELETE FROM epochs; DELETE FROM frames;")
@@ -223,14 +222,6 @@ def _expected_for(spec_json: str) -> dict[str, int]:
     return records.expected_semantics(records.spec_for({"spec": {**json.loads(spec_json), "seed": 0}}))
 
 
-class _nolock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def load_index(root: str | os.PathLike, epochs: bool = True) -> ResultsIndex:
     """The store's index, brought up to date."""
     return ResultsIndex(root).build(epochs=epochs)
@@ -242,7 +233,3 @@ def epochs_frame(root: str | os.PathLike, keys: Iterable[str] | None = None):
 
     pairs = load_index(root).epochs(keys)
     return pd.DataFrame([{"key": k, **r} for k, r in pairs])
-
-
-def _warn(msg: str) -> None:
-    print(f"saflex-bench: {msg}", file=sys.stderr)
