@@ -355,8 +355,11 @@ def _train(spec: RunSpec, store: ResultsStore, trainer, data, threads: int, *, w
         from bench.numerics import numerics_info
 
         record["numerics"] = numerics_info(trainer.device)  # what decides the float order (not identity)
+        from bench.results.records import encode_record
+
+        record = encode_record(record, spec)  # schema_version and the spec's semantics: as stored
         fault_point("before-result")
-        store.write_result(key, record, spec)  # LAST: from here on the run counts as done
+        store.write_result(key, record)  # LAST: from here on the run counts as done
         fault_point("after-result")
         store.write_attempt(key, {**attempt, "state": "done", "ended_at": _now()})
         tracker.finish(record)

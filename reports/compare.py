@@ -68,7 +68,8 @@ def common_runs(df_a: pd.DataFrame, df_b: pd.DataFrame, metric: str = "test_acc"
     b = df_b.set_index("key").loc[keys]
     out = pd.DataFrame({"key": keys, "task": a["task"].values, "method": a["method"].values,
                         "seed": a["seed"].values, "a": a[ca].astype(float).values, "b": b[cb].astype(float).values})
-    out["upstream"], out["learner"] = zip(*(_split(m) for m in out["method"]))
+    split = {m: _split(m) for m in out["method"].unique()}
+    out["upstream"], out["learner"] = zip(*(split[m] for m in out["method"]))
     out["diff"] = out["b"] - out["a"]
     return out[["key", "task", "method", "upstream", "learner", "seed", "a", "b", "diff"]]
 
@@ -110,8 +111,9 @@ def paired_gains(df: pd.DataFrame, metric: str = "test_acc", confidence: float =
     seeds (the seed spread). Runs are paired on seed within the experiment."""
     col = metric_column(df, metric, df.attrs.get("source", "the results"))
     fields = experiment_fields(df)
-    d = df.copy()
-    d["_upstream"], d["_learner"] = zip(*(_split(m) for m in d["method"])) if len(d) else ((), ())
+    d = df[[*fields, "method", "seed", col]].copy()  # only what is grouped on: groups of a wide frame copy every column
+    split = {m: _split(m) for m in d["method"].unique()}
+    d["_upstream"], d["_learner"] = zip(*(split[m] for m in d["method"])) if len(d) else ((), ())
     rows = []
     for exp, g in d.groupby([*fields, "_upstream"], dropna=False, sort=True):
         base = g[g["_learner"] == NONE].set_index("seed")[col]
@@ -204,7 +206,7 @@ def _distinct(df: pd.DataFrame, name: str) -> list[str]:
     col = f"numerics.{name}"
     if col not in df.columns:
         return []
-    return sorted({_fmt_value(v) for v in df[col] if v is not None and not (isinstance(v, float) and math.isnan(v))})
+    return sorted({_fmt_value(v) for v in df[col].dropna().unique()})  # unique first: one format per value
 
 
 def numerics_summary(df: pd.DataFrame) -> str:

@@ -97,9 +97,9 @@ def load_results(root: str | os.PathLike, sweep: str | None = None) -> pd.DataFr
     if sweep is not None and sweep not in sweeps:
         raise _usage_error(f"unknown sweep '{sweep}' under {root} "
                            f"(sweeps there: {', '.join(sorted(sweeps)) or 'none'})")
-    rows, not_done = index.frame_rows(sweep, planned)
+    rows, not_done = index.frame(sweep, planned)
     skipped = dict(Counter(not_done.values()))
-    if not rows:
+    if not len(rows):
         where = f"sweep '{sweep}' under {root}" if sweep else str(root)
         raise _usage_error(f"no done runs in {where} ({describe_skipped(skipped) or 'no run dirs'})")
     df = frame_from_rows(rows)
@@ -206,10 +206,10 @@ def frame_from_records(records: Iterable[tuple[Mapping[str, Any], Path | None]])
     return frame_from_rows([record_to_row(rec, d) for rec, d in records])
 
 
-def frame_from_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The tidy frame from per-run rows (bench.results.rows / the index): adds the columns that
-    depend on the whole set (learner_cfg, arm, saflex_cfg) and orders columns and rows."""
-    df = pd.DataFrame(rows)
+def frame_from_rows(rows: list[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    """The tidy frame from per-run rows (bench.results.rows / the index, as dicts or a frame): adds
+    the columns that depend on the whole set (learner_cfg, arm, saflex_cfg), orders columns and rows."""
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     if df.empty:
         return df
     df["saflex"] = df["saflex"].astype(bool)
