@@ -115,7 +115,7 @@ def comparison_table(df: pd.DataFrame, metric: str = "test_acc", confidence: flo
     exp_cols = experiment_columns(df)
     m = metric
     used = {*exp_cols, "family", "dataset", "learner", "arm", "learner_cfg", "seed", col, "device"}
-    df = df[[c for c in df.columns if c in used or c.startswith(("cost.", "numerics."))]]  # groups copy every column
+    df = df[[c for c in df.columns if c in used or c.startswith(("cost.", "numerics.", "selection."))]]  # groups copy every column
     ref_anywhere = (df["learner"] == REF).any()
     rows = []
     for key, g in _groups(df, exp_cols):

@@ -57,7 +57,7 @@ def write_figures(df: pd.DataFrame, root: str | Path | None, out_dir: str | Path
             fig, data = placeholder(name, e.why), pd.DataFrame(columns=e.columns)
         paths = [out / f"{name}.png", out / f"{name}.pdf", out / f"{name}.csv"]
         fig.savefig(paths[0], dpi=DPI)
-        fig.savefig(paths[1])
+        fig.savefig(paths[1], metadata={"CreationDate": None})  # same figure, same bytes: no git churn
         data.to_csv(paths[2], index=False)
         done.append((name, paths, why))
     return done

@@ -1,7 +1,11 @@
 """fig5_learning_curves: the validation metric against epoch, one panel per dataset and arm group (a
 learner with all its knob settings), X in every panel for reference. A curve is the mean over seeds
 of the seed's mean over the upstreams the group ran on (X over the same upstreams); band = 95 % t-CI
-over seeds. A few curves per panel instead of every arm of every upstream in one."""
+over seeds. A few curves per panel instead of every arm of every upstream in one.
+
+The per-epoch values come from the run folders (metrics.jsonl), or from `epochs=`: a frame with one row
+per run and logged epoch (`key`, `epoch`, the logged values), as a study table keeps it
+(reports/study_table.py); both give the same figure."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,25 +22,34 @@ from reports.load import NONE, arm_order, method_label
 from reports.stats import mean_ci
 
 
-def _points(df: pd.DataFrame, root: Path | None, vm: str) -> pd.DataFrame:
+def _logged(r: pd.Series, root: Path | None, by_key: dict | None):
+    if by_key is not None:  # a study table's epochs frame: its rows of this run
+        e = by_key.get(r["key"])
+        return () if e is None else e.to_dict("records")
+    d = run_dir(r, root)
+    return read_metrics(d) if d else ()  # bench.results: the one metrics.jsonl reader
+
+
+def _points(df: pd.DataFrame, root: Path | None, vm: str, epochs: pd.DataFrame | None = None) -> pd.DataFrame:
     extras = extras_of(df)
+    by_key = None if epochs is None else dict(tuple(epochs.groupby("key", sort=False)))
     pts = []
     for _, r in df.iterrows():
-        d = run_dir(r, root)
-        for row in read_metrics(d) if d else ():  # bench.results: the one metrics.jsonl reader
-            if "epoch" in row and row.get(vm) is not None:
+        for row in _logged(r, root, by_key):
+            if "epoch" in row and row.get(vm) is not None and not pd.isna(row[vm]):
                 pts.append({"panel": panel_label(r, extras), "upstream": r["upstream"], "learner": r["learner"],
                             "arm": r["arm"], "seed": r["seed"], "epoch": int(row["epoch"]), "value": float(row[vm])})
     return pd.DataFrame(pts)
 
 
-def curve_data(df: pd.DataFrame, root: Path | None, metric: str) -> pd.DataFrame:
+def curve_data(df: pd.DataFrame, root: Path | None, metric: str, epochs: pd.DataFrame | None = None) -> pd.DataFrame:
     vm = val_metric(metric)
     cols = ["panel", "group", "arm", "epoch", "n", "upstreams", f"{vm}_mean", f"{vm}_ci_lo", f"{vm}_ci_hi"]
-    p = _points(df, root, vm)
+    p = _points(df, root, vm, epochs)
     if p.empty:
-        why = ("runs loaded from wandb carry no run files (metrics.jsonl) and the local store has none"
-               if df["run_dir"].isna().all() else f"no metrics.jsonl with '{vm}' in the run dirs")
+        why = (f"the epochs frame has no '{vm}' for these runs" if epochs is not None else
+               "runs loaded from wandb carry no run files (metrics.jsonl) and the local store has none"
+               if "run_dir" not in df or df["run_dir"].isna().all() else f"no metrics.jsonl with '{vm}' in the run dirs")
         raise NoData(why, cols)
     rows = []
     for (panel, group), g in p[p["learner"] != NONE].groupby(["panel", "learner"], sort=True):
@@ -54,9 +67,10 @@ def curve_data(df: pd.DataFrame, root: Path | None, metric: str) -> pd.DataFrame
 
 
 @register("fig5_learning_curves")
-def fig_learning_curves(df: pd.DataFrame, root: Path | None = None, metric: str = "test_acc", **_):
+def fig_learning_curves(df: pd.DataFrame, root: Path | None = None, metric: str = "test_acc",
+                        epochs: pd.DataFrame | None = None, **_):
     vm = val_metric(metric)
-    data = curve_data(df, root, metric)
+    data = curve_data(df, root, metric, epochs)
     panels = sorted(data["panel"].unique())
     groups = arm_order(data["group"].unique())
     colors = arm_colors(df)

@@ -15,6 +15,11 @@ COMMANDS = (
 HERE = Path(__file__).resolve().parent
 TABLE = HERE / "results"
 REPORT = HERE / "report.md"
+# fig4's side-by-side step timings (benchmarks/bench_saflex_overhead.py --csv, see README.md); learned uses it too
+COST_CSV = HERE / "side_by_side_cost.csv"
+# the sweeps that get figures (figures/<sweep>/): the runs whose records name these sweeps (saflex_fair's
+# plan holds the interim-default arm that the sweep saflex_fair_default ran first)
+FIGURE_SWEEPS = {"saflex_fair": ("saflex_fair", "saflex_fair_default"), "saflex_fair_noisy": ("saflex_fair_noisy",)}
 # the A/A pair of the noise-floor section: the noise_floor study's table, beside this one
 AA_TABLE = HERE.parent / "noise_floor" / "results"
 
@@ -50,13 +55,25 @@ def load_data(table_dir=None, aa_table=None):
 
 def write_report(table_dir=None, out=None, aa_table=None) -> list[Path]:
     """report.md, and main_table.tex beside it (the main comparison in a paper's layout: datasets as rows,
-    X / X+ref / X+SAFLEX and the paired gains as columns, accuracy and AUC; reports/paper.py)."""
+    X / X+ref / X+SAFLEX and the paired gains as columns, accuracy and AUC; reports/paper.py), and
+    figures/<sweep>/ beside it (reports/study_figures.py), all from the table."""
     from .report import main_table_tex, write_markdown
 
     data = load_data(table_dir, aa_table)
     md = write_markdown(data, out or REPORT)
     (md.parent / "main_table.tex").write_text(main_table_tex(data))
-    return [md]
+    return [md, md.parent / "main_table.tex", *write_figures(data, md.parent / "figures")]
+
+
+def write_figures(data, out_dir) -> list[Path]:
+    from reports.study_figures import write_study_figures
+
+    paths = []
+    for sweep, recorded in FIGURE_SWEEPS.items():
+        runs = data.runs[data.runs["sweep"].isin(recorded)]
+        epochs = data.epochs[data.epochs["key"].isin(set(runs["key"]))]
+        paths += write_study_figures(runs, Path(out_dir) / sweep, epochs=epochs, cost_csv=COST_CSV)
+    return paths
 
 
 def _one_root(roots):
