@@ -565,3 +565,18 @@ def test_learner_cfg_labels_name_only_what_differs_from_the_defaults():
     # one shared setting: no label (learner_cfg) / the first release's "saflex" (saflex_cfg)
     same = pd.DataFrame([rows[0], sx(eps=0.3), sx(eps=0.3)])
     assert list(learner_cfg_labels(same)) == ["", "", ""] and list(_saflex_cfg_labels(same)) == ["", "saflex", "saflex"]
+
+
+def test_fig5_from_a_study_tables_epochs_frame_equals_fig5_from_the_run_folders(df, root, tmp_path):
+    """A study table keeps the logged epochs as a frame (reports/study_table.py) and no run folders:
+    fig5 drawn from that frame plots the same numbers as fig5 read from metrics.jsonl."""
+    from reports.figures import get_figure
+    from reports.study_table import epochs_frame, read_table, write_table
+
+    write_table(tmp_path / "t", {"runs": df.drop(columns="run_dir"), "epochs": epochs_frame(root, df["key"])})
+    frames, _ = read_table(tmp_path / "t")  # through the table's round trip, as `saflex-bench study` reads it
+    fig5 = get_figure("fig5_learning_curves")
+    _, from_runs = fig5(df, root)
+    _, from_table = fig5(frames["runs"], None, epochs=frames["epochs"])
+    assert len(from_runs) > 0
+    pd.testing.assert_frame_equal(from_table, from_runs)
