@@ -410,7 +410,7 @@ def test_the_report_from_the_table_is_the_report_from_the_run_folders(tmp_path):
     direct = write_study(root, tmp_path / "direct.md", aa_root=aa).read_text()
     study.build_table([root], tmp_path / "table")
     floor.build_table(list(aa), tmp_path / "aa_table")
-    (out,) = study.write_report(tmp_path / "table", tmp_path / "via.md", aa_table=tmp_path / "aa_table")
+    out = study.write_report(tmp_path / "table", tmp_path / "via.md", aa_table=tmp_path / "aa_table")[0]
     via = out.read_text()
     assert _body(via) == _body(direct)
     # the parts that read more than the run records are there, from the table

@@ -71,6 +71,8 @@ def write_figures(data, out_dir) -> list[Path]:
     paths = []
     for sweep, recorded in FIGURE_SWEEPS.items():
         runs = data.runs[data.runs["sweep"].isin(recorded)]
+        if runs.empty:  # a table built from a store without that sweep: no figures for it
+            continue
         epochs = data.epochs[data.epochs["key"].isin(set(runs["key"]))]
         paths += write_study_figures(runs, Path(out_dir) / sweep, epochs=epochs, cost_csv=COST_CSV)
     return paths
