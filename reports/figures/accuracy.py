@@ -52,7 +52,7 @@ def fig_accuracy(df: pd.DataFrame, root: Path | None = None, metric: str = "test
             if (~ok).any():  # hollow marker = single seed, no CI
                 any_n1 = True
                 ax.plot(x[~ok], m[~ok], "o", ms=5, mfc="white", mec=colors[arm], mew=1.5)
-        long = max(map(len, ups)) > 10
+        long = len(ups) > 1 and max(map(len, ups)) > 10  # one tick never collides: keep it level
         ax.set_xticks(range(len(ups)), ups, rotation=20 if long else 0, ha="right" if long else "center",
                       fontsize=8)
         ax.set_xlim(-0.6, len(ups) - 0.4)

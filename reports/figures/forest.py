@@ -79,11 +79,11 @@ def fig_forest(df: pd.DataFrame, root: Path | None = None, metric: str = "test_a
             if math.isnan(alo):
                 ax.plot([am], [y_avg], "D", color="black", ms=6)
             else:
-                ax.fill([alo, am, ahi, am], [y_avg, y_avg - 0.32, y_avg, y_avg + 0.32], color="black")
+                ax.fill([alo, am, ahi, am], [y_avg, y_avg - 0.26, y_avg, y_avg + 0.26], color="black")
             ci = "" if math.isnan(alo) else f" [{alo:+.1f}, {ahi:+.1f}]"
             # on the side of the panel away from the diamond, so the label never covers it
             left = (am - xlim[0]) / (xlim[1] - xlim[0]) > 0.5
-            ax.text(0.01 if left else 0.99, y_avg - 0.45, f"{am:+.1f}{ci}", transform=ax.get_yaxis_transform(),
+            ax.text(0.01 if left else 0.99, y_avg - 0.53, f"{am:+.1f}{ci}", transform=ax.get_yaxis_transform(),
                     ha="left" if left else "right", va="center", fontsize=7)  # x: axes, y: data
         ax.axvline(0, color="gray", lw=0.8, ls="--")
         ax.axhline(len(rows) - 0.2, color="lightgray", lw=0.6)  # experiments above, their average below
