@@ -199,7 +199,7 @@ def test_augnet_regulariser_raises_magnitudes_and_rewards_the_strongest_transfor
         opt.step()
     for layer in learner.module:
         assert float(layer.weights()[2]) > 0.5  # from 1/8: the norm rewards the strongest transform
-        assert float(layer.magnitudes().min()) > 0.6  # from 0.5
+        assert float(layer.magnitudes().min()) > 0.52 and float(layer.magnitudes()[2]) > 0.7  # from 0.5 and 0.6
 
 
 def test_augnet_inference_applies_one_drawn_transform_per_layer(tmp_path):
