@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from bench.config import Knobs
 from bench.learners._affine import AFFINE_GENERATORS, ModelMatchedState, average_log_probs, lie_affine, \
@@ -57,7 +57,16 @@ class AugNetKnobs(Knobs):
     reg: float = Field(0.5, ge=0, description="weight of the invariance regulariser (subtracted: rewards magnitude)")
     init_magnitude: float = Field(0.5, ge=0, le=1, description="initial magnitude of every transform, in [0, 1]")
     temperature: float = Field(0.01, gt=0, description="temperature of the softmax over a layer's transform weights")
+    ops: tuple[str, ...] = Field(TRANSFORMS, min_length=1, description=f"a layer's transforms, from {', '.join(TRANSFORMS)}")
     test_copies: int = Field(4, ge=1, le=64, description="augmented copies averaged (log-softmax) at test time")
+
+    @field_validator("ops")
+    @classmethod
+    def known_ops(cls, v):
+        bad = [o for o in v if o not in TRANSFORM_RANGES]
+        if bad or len(set(v)) != len(v):
+            raise ValueError(f"ops must be distinct names from {', '.join(TRANSFORMS)} (got {', '.join(v)})")
+        return tuple(v)
 
 
 def apply_transform(name: str, x, amount):
@@ -78,16 +87,17 @@ def apply_transform(name: str, x, amount):
     raise ValueError(f"unknown transform {name!r}")
 
 
-def build_module(n_layers: int, init_magnitude: float, temperature: float, device):
-    """The augmentation module: `n_layers` layers, each (raw weights, raw magnitudes) over TRANSFORMS."""
+def build_module(n_layers: int, init_magnitude: float, temperature: float, device, ops=TRANSFORMS):
+    """The augmentation module: `n_layers` layers, each (raw weights, raw magnitudes) over `ops`."""
     import torch
     from torch import nn
 
     class AugmentationLayer(nn.Module):
         def __init__(self):
             super().__init__()
-            self.weight_logits = nn.Parameter(torch.ones(len(TRANSFORMS), device=device))
-            self.magnitude_raw = nn.Parameter(torch.full((len(TRANSFORMS),), float(init_magnitude), device=device))
+            self.ops = tuple(ops)
+            self.weight_logits = nn.Parameter(torch.ones(len(ops), device=device))
+            self.magnitude_raw = nn.Parameter(torch.full((len(ops),), float(init_magnitude), device=device))
 
         def weights(self, raw=None):
             return torch.softmax((self.weight_logits if raw is None else raw) / temperature, 0)
@@ -97,16 +107,16 @@ def build_module(n_layers: int, init_magnitude: float, temperature: float, devic
 
         def amounts(self, n, mu, generator, device):
             """[n, K] signed amounts: random sign * U[0, 1] * mu_k * range_k."""
-            sign = torch.randint(0, 2, (n, len(TRANSFORMS)), generator=generator).float() * 2 - 1
-            u = torch.rand((n, len(TRANSFORMS)), generator=generator)
-            ranges = torch.tensor([TRANSFORM_RANGES[t] for t in TRANSFORMS])
+            sign = torch.randint(0, 2, (n, len(self.ops)), generator=generator).float() * 2 - 1
+            u = torch.rand((n, len(self.ops)), generator=generator)
+            ranges = torch.tensor([TRANSFORM_RANGES[t] for t in self.ops])
             return (sign * u).to(device) * mu * ranges.to(device)
 
         def forward(self, x, generator):
             """Training: the weighted sum of every transform."""
             w, amounts = self.weights(), self.amounts(len(x), self.magnitudes(), generator, x.device)
             out = 0
-            for k, name in enumerate(TRANSFORMS):
+            for k, name in enumerate(self.ops):
                 out = out + w[k] * apply_transform(name, x, amounts[:, k])
             return out
 
@@ -115,7 +125,7 @@ def build_module(n_layers: int, init_magnitude: float, temperature: float, devic
             w = self.weights(raw_w)
             k = int(torch.multinomial(w.detach().float().cpu(), 1, generator=generator))
             amounts = self.amounts(len(x), self.magnitudes(raw_mu), generator, x.device)
-            return apply_transform(TRANSFORMS[k], x, amounts[:, k])
+            return apply_transform(self.ops[k], x, amounts[:, k])
 
     return nn.ModuleList([AugmentationLayer() for _ in range(n_layers)])
 
@@ -133,7 +143,7 @@ class AugNet(Learner):
     def __init__(self, ctx, knobs=None):
         super().__init__(ctx, knobs)
         k = self.knobs
-        self.module = build_module(k.layers, k.init_magnitude, k.temperature, ctx.device)
+        self.module = build_module(k.layers, k.init_magnitude, k.temperature, ctx.device, k.ops)
         self.matched = ModelMatchedState()
         self.start_epoch(0)
 
@@ -188,7 +198,7 @@ class AugNet(Learner):
         row = {}
         for i, layer in enumerate(self.module):
             w, mu = layer.weights().detach().cpu(), layer.magnitudes().detach().cpu()
-            for k, name in enumerate(TRANSFORMS):
+            for k, name in enumerate(layer.ops):
                 row[f"augnet_l{i}_{name}_w"] = float(w[k])
                 row[f"augnet_l{i}_{name}_mu"] = float(mu[k])
         if self.n:
