@@ -211,6 +211,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="training steps of every experiment (default: each one's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="*", default=["augerino", "augnet", "adautomix", "softaug"])
+    p.add_argument("--ema", type=float, default=0.999, help="AdAutoMix's EMA momentum (its default: 0.999)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     kw = dict(seed=a.seed, **({"steps": a.steps} if a.steps else {}))
@@ -228,8 +229,8 @@ def main(argv=None) -> int:
         print_table("AugNet magnitudes (init 0.5)", ["data", *AFFINE_OPS],
                     [[k, *[v["magnitudes"][o] for o in AFFINE_OPS]] for k, v in r.items()])
     if "adautomix" in a.only:
-        r = adautomix_curves(**kw)
-        print_table("AdAutoMix: EMA teacher's loss on the generator's mixes and the cosine term, per window",
+        r = adautomix_curves(ema=a.ema, **kw)
+        print_table(f"AdAutoMix (ema {a.ema}): EMA teacher's loss on the generator's mixes and the cosine term, per window",
                     ["steps to", "loss after adversarial steps", "loss after cooperative steps", "cos", "generator moved"],
                     [[x["step"], x["adv_loss"], x["coop_loss"], x["cos"], x["moved"]] for x in r["rows"]])
     if "softaug" in a.only:
