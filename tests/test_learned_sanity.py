@@ -29,3 +29,26 @@ def test_augerino_learns_the_rotation_width_of_rotated_digits(sanity):
     assert up["rotate"] < rot["rotate"] - 1.0  # upright digits: a clearly smaller rotation width
     for g in ("translate_x", "translate_y", "scale", "stretch", "shear"):
         assert rot[g] < 0.1 and up[g] < 0.1  # the other widths stay near their (small) init
+
+
+@pytest.mark.slow  # two 600-step runs on 16 px digits: ~2 CPU-minutes
+def test_augnet_weights_concentrate_on_rotation_for_rotated_digits(sanity):
+    r = sanity.augnet_weights(steps=600)
+    rot, up = r["rotated"], r["upright"]
+    assert rot["moved"] > 0.1 and up["moved"] > 0.1  # weights and magnitudes learned
+    assert rot["weights"]["rotate"] > 0.9  # the transformation matching the data's invariance
+    assert rot["magnitudes"]["rotate"] > 0.9  # at its largest angle (30 degrees; the data: up to 90)
+    assert up["weights"]["rotate"] < 0.5  # upright digits: rotation is not what the layer picks
+
+
+@pytest.mark.slow  # one 600-step run on 16 px digits: ~40 CPU-seconds
+def test_softaug_targets_follow_the_formula_and_the_model_learns_the_curve(sanity):
+    r = sanity.softaug_confidence(steps=600)
+    rows = r["rows"]
+    assert r["moved"] > 0.1  # the model learned (Soft Augmentation trains no parameter of its own)
+    assert all(row["target"] == pytest.approx(row["formula"], abs=1e-6) for row in rows)
+    bins = [row for row in rows if row["n"] >= 20]
+    assert len(bins) >= 3
+    model = [row["model"] for row in bins]
+    assert all(b > a for a, b in zip(model, model[1:]))  # less visible crops -> less confident predictions
+    assert model[0] < 0.5 < model[-1]
