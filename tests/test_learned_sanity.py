@@ -52,3 +52,13 @@ def test_softaug_targets_follow_the_formula_and_the_model_learns_the_curve(sanit
     model = [row["model"] for row in bins]
     assert all(b > a for a, b in zip(model, model[1:]))  # less visible crops -> less confident predictions
     assert model[0] < 0.5 < model[-1]
+
+
+@pytest.mark.slow  # one 600-step run on 16 px digits: ~2.5 CPU-minutes
+def test_adautomix_generator_learns_and_its_cosine_term_falls(sanity):
+    # ema 0.99: within 600 steps the teacher learns (at the default 0.999 it barely leaves its init)
+    rows = sanity.adautomix_curves(steps=600, ema=0.99)["rows"]
+    first, last = rows[0], rows[-1]
+    assert last["moved"] > 0.1  # the generator's parameters learned
+    assert first["cos"] > 0.95 and last["cos"] < 0.8  # -0.3 L + 0.7 cos: mixes the teacher reads apart from their images
+    assert last["adv_loss"] < first["adv_loss"] - 0.5 and last["coop_loss"] < first["coop_loss"] - 0.5  # the teacher learns
