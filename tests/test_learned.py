@@ -300,9 +300,9 @@ def test_adautomix_alternates_adversarial_and_cooperative_steps(tmp_path):
     assert flags == [1.0, 0.0, 1.0, 0.0]  # every second step (the step counter) is adversarial
 
 
-def generator_run(tmp_path, adversarial, steps=12):
+def generator_run(tmp_path, adversarial, steps=15):
     # 24 px digits: a 6x6 feature map leaves the masks room; ema 0: the teacher is the trained classifier
-    learner, ctx = make_learner("adautomix", tmp_path, {"gen_lr": 0.05, "ema": 0.0, "mix_num": 2, "random_count": False})
+    learner, ctx = make_learner("adautomix", tmp_path, {"gen_lr": 0.005, "ema": 0.0, "mix_num": 2, "random_count": False})
     for _ in train_steps(learner, ctx, 20, size=24):  # a classifier that has learned something
         pass
     x, _, t = digits_batch(size=24)
@@ -319,13 +319,15 @@ def generator_run(tmp_path, adversarial, steps=12):
 
 
 @pytest.mark.slow  # two short generator runs on 24 px digits: ~20 s on a busy machine
-def test_adautomix_adversarial_steps_raise_teacher_loss_cooperative_steps_lower_it(tmp_path):
+def test_adautomix_adversarial_steps_descend_their_objective_cooperative_steps_lower_the_loss(tmp_path):
     adv = generator_run(tmp_path, adversarial=True)
     coop = generator_run(tmp_path, adversarial=False)
     assert adv[0]["gen_loss"] == pytest.approx(coop[0]["gen_loss"])  # same start
-    assert adv[-1]["gen_loss"] > adv[0]["gen_loss"]  # -0.3 L + 0.7 cos: harder mixes for the teacher ...
-    assert adv[-1]["gen_cos"] < adv[0]["gen_cos"]  # ... whose predictions move away from the images'
-    assert coop[-1]["gen_loss"] < coop[0]["gen_loss"]  # cooperative: AutoMix's objective, easier mixes
+    objective = [-0.3 * s["gen_loss"] + 0.7 * s["gen_cos"] for s in adv]
+    assert objective[-1] < objective[0] - 0.1  # adversarial: -0.3 L + 0.7 cos goes down:
+    assert adv[-1]["gen_loss"] > adv[0]["gen_loss"] + 0.3  # harder mixes for the teacher,
+    assert adv[-1]["gen_cos"] < adv[0]["gen_cos"]  # whose predictions move away from the images'
+    assert coop[-1]["gen_loss"] < coop[0]["gen_loss"] - 0.2  # cooperative: AutoMix's objective, easier mixes
 
 
 def test_adautomix_state_round_trip(tmp_path):
