@@ -362,8 +362,16 @@ def _train(spec: RunSpec, store: ResultsStore, trainer, data, threads: int, *, w
         store.write_result(key, record)  # LAST: from here on the run counts as done
         fault_point("after-result")
         store.write_attempt(key, {**attempt, "state": "done", "ended_at": _now()})
-        tracker.finish(record)
+        t_close = time.perf_counter()
+        tracker.finish(record)  # offline: the wandb run is written here, from the logged rows
         trainer.prune_checkpoints(keep_checkpoints)
+        if timing is not None:  # closing costs seconds (wandb): in the record too, since jobs are sized from process_s
+            close_s = time.perf_counter() - t_close
+            cost = dict(record["cost"])
+            cost["process_s"] = round(cost["process_s"] + close_s, 3)
+            cost["phases"] = {**cost["phases"], "close_s": round(close_s, 3)}
+            record = {**record, "cost": cost}
+            store.write_result(key, record)  # the same done record, its cost complete
         return record
     except BaseException as e:
         state = "failed" if isinstance(e, Exception) else "interrupted"

@@ -42,7 +42,7 @@ def test_cost_covers_the_process_of_a_real_run(tmp_path):
     (rec_path,) = tmp_path.glob("runs/*/result.json")
     cost = json.loads(rec_path.read_text())["cost"]
     phases = cost["phases"]
-    assert set(phases) == {"startup_s", "load_s", "setup_s", "loop_s", "final_eval_s", "other_s"}
+    assert set(phases) == {"startup_s", "load_s", "setup_s", "loop_s", "final_eval_s", "close_s", "other_s"}
     assert phases["loop_s"] == pytest.approx(cost["wall_s"], abs=1e-3)  # the training loop's part, as before
     assert phases["startup_s"] > 0 and phases["load_s"] > 0 and phases["final_eval_s"] > 0
     assert sum(phases.values()) == pytest.approx(cost["process_s"], abs=0.01)

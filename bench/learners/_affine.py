@@ -38,13 +38,13 @@ def lie_affine(eps: "torch.Tensor") -> "torch.Tensor":
     return torch.linalg.matrix_exp(torch.einsum("bi,ijk->bjk", eps, gens))[:, :2, :]
 
 
-def warp(x: "torch.Tensor", theta: "torch.Tensor") -> "torch.Tensor":
+def warp(x: "torch.Tensor", theta: "torch.Tensor", align_corners: bool = False) -> "torch.Tensor":
     """Resample images [B, C, H, W] through affine matrices [B, 2, 3] (bilinear, zero fill, which is
     the mean pixel in the task's normalised input); differentiable in theta."""
     import torch.nn.functional as F
 
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=align_corners)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=align_corners)
 
 
 def uniform_pm1(shape, generator: "torch.Generator", device) -> "torch.Tensor":
@@ -64,6 +64,17 @@ def average_predictions(logits: list["torch.Tensor"], multi_label: bool) -> "tor
         return torch.log(p) - torch.log1p(-p)
     return torch.stack([torch.log_softmax(z.float(), dim=1) for z in logits]).logsumexp(0) - torch.log(
         torch.tensor(float(len(logits))))
+
+
+def average_log_probs(logits: list["torch.Tensor"], multi_label: bool) -> "torch.Tensor":
+    """Augerino's and AugNet's aggregation: the mean over copies of the log-softmax (a geometric mean
+    of the copies' probabilities, which softmax renormalises). Multi-label (not in the originals):
+    the mean of the copies' sigmoid probabilities, as logits."""
+    import torch
+
+    if multi_label:
+        return average_predictions(logits, multi_label)
+    return torch.stack([torch.log_softmax(z.float(), dim=1) for z in logits]).mean(0)
 
 
 class ModelMatchedState:

@@ -1,22 +1,32 @@
-"""`adautomix`: Adversarial AutoMixup (Qin, Jin, Jiang, El-Yacoubi, Gao, ICLR 2024) as a learner.
+"""`adautomix`: Adversarial AutoMixup (Qin, Jin, Jiang, El-Yacoubi, Gao, ICLR 2024) as a learner,
+following the authors' code (JinXins/Adversarial-AutoMixup: `AdAutoMix.forward_train`, `forward_k`,
+`forward_q`, the `AdaptiveMask` mix block and the CUB/CIFAR configs).
 
-A mixed-sample generator is trained adversarially against the classifier:
+Per step:
 
-- features: an EMA teacher (a moving average of the classifier, `ema` momentum) gives the spatial
-  feature map of every image (the input of the model's last global pooling layer);
-- generator: each sample is mixed with `mix_num - 1` partners (random permutations of the batch) and
-  mixing ratios lam ~ Dirichlet(alpha). For every image i of a mix, cross-attention between its
-  ratio-scaled feature map (queries, values) and the mixture's feature map (keys) gives a mask
-  logit per location; log(lam_i) is added and a softmax across the images gives masks that sum to 1
-  at every pixel (upsampled to the image size). The mix is sum_i mask_i * x_i and its label
-  sum_i area(mask_i) * y_i (labels mixed by the mask areas);
-- generator step (its own Adam optimiser, inside the learner): maximise the classifier's loss on its
-  mixes, minus `cos_weight` times a cosine constraint: 1 - cos(teacher features of the mix,
-  area-weighted teacher features of its images), which keeps the mix meaning what its label says
-  and bounds how far the adversary can drift. The classifier's BatchNorm statistics are restored
-  after this forward, and only the generator's parameters receive its gradient;
-- classifier step (the trainer's optimiser): the task loss on the batch plus `mix_weight` times the
-  loss on the updated generator's (detached) mixes, in one forward.
+- count and ratios: m images per mix, m drawn uniformly from 2..`mix_num` (the original's
+  `is_random`, mix_samples 3); m ratios from one Beta(alpha, alpha) draw each for the whole batch.
+  With m = 2 the generator's mix uses the first ratio lam and the classifier's mix the second, each
+  pairing the batch with its own random permutation; with m > 2 both use the normalised ratios
+  lam_i / sum(lam) over m random permutations each. Labels are mixed by the ratios: sum lam_i y_i;
+- features: the EMA teacher (a moving average of the classifier's parameters, momentum `ema`, 0.999)
+  gives each image's spatial feature map (here the input of the model's last global pool);
+- mask generator (the original's AdaptiveMask): each image's map gets its ratio as an extra channel;
+  1x1 convolutions give queries and keys (ReLU, C / `reduction` channels) and a one-channel value;
+  image i attends from its queries to the keys of the other images of the mix, the attended values
+  are its mask logits; upsampled (nearest) to the image and a softmax across the m images gives
+  masks summing to 1 at every pixel. The mix is sum_i mask_i x_i;
+- generator step (its own Adam, inside the learner), on a mix drawn for it: L = the EMA teacher's
+  mixed-label loss on the mix, cos = mean over samples of sum_i lam_i cos(teacher logits of the mix,
+  teacher logits of image i). Every `adv_every`-th step (2: every second one) the step is
+  adversarial and minimises -adv_weight * L + (1 - adv_weight) * cos (adv_weight 0.3); the other
+  steps are cooperative and minimise L (AutoMix's objective). Only the generator receives this
+  gradient; the classifier is not involved;
+- classifier step (the trainer's optimiser): on a separately drawn mix (its own ratios and
+  permutations; the generator's masks, detached; replaced by the constant ratios when a ratio is
+  within `lam_margin` of 0 or 1), loss = `mix_weight` x mixed-label loss on that mix + the loss on
+  the batch; with m > 2 the latter is (1 - mixup_ratio) x the batch loss + mixup_ratio x the loss on
+  the linear (mixup) mix of the same images. Separate forwards, as the original.
 
 Replaces mixing, so it refuses batch-mixing upstreams (cutmix, mixup, also inside noisy(...)); needs
 image feature maps, so it refuses non-image tasks and models without a global pooling layer. The
@@ -37,13 +47,17 @@ from bench.learners.base import Learner, StepBatch, register_learner
 
 
 class AdAutoMixKnobs(Knobs):
-    mix_num: int = Field(2, ge=2, le=4, description="images per mix")
-    alpha: float = Field(1.0, gt=0, description="Dirichlet concentration of the mixing ratios")
+    mix_num: int = Field(3, ge=2, le=4, description="most images per mix (the original's mix_samples)")
+    random_count: bool = Field(True, description="draw the count per step from 2..mix_num (the original's is_random)")
+    alpha: float = Field(1.0, gt=0, description="Beta(alpha, alpha) of the mixing ratios")
     gen_lr: float = Field(1e-3, gt=0, description="learning rate of the generator's Adam")
-    cos_weight: float = Field(1.0, ge=0, description="weight of the cosine-similarity constraint in the generator loss")
-    mix_weight: float = Field(1.0, ge=0, description="weight of the loss on the mixes in the classifier loss")
-    ema: float = Field(0.99, ge=0, lt=1, description="momentum of the EMA teacher (short CPU schedules: below the paper's 0.999)")
-    attn_dim: int = Field(32, ge=4, le=512, description="width of the generator's query/key/value projections")
+    adv_weight: float = Field(0.3, ge=0, le=1, description="adversarial steps minimise -w L + (1 - w) cos (the original's beta_radio)")
+    adv_every: int = Field(2, ge=1, description="every n-th step is adversarial, the others cooperative (the original: 2)")
+    mix_weight: float = Field(1.0, ge=0, description="weight of the loss on the classifier's mix (the original's head_mix_q)")
+    mixup_ratio: float = Field(0.5, ge=0, le=1, description="with more than 2 images: share of the linear-mix loss in the batch loss")
+    lam_margin: float = Field(0.03, ge=0, lt=0.5, description="ratios this close to 0 or 1 mix linearly (constant masks)")
+    ema: float = Field(0.999, ge=0, lt=1, description="momentum of the EMA teacher")
+    reduction: int = Field(2, ge=1, le=64, description="query/key channels = feature channels / reduction")
 
 
 def last_global_pool(model):
@@ -68,7 +82,7 @@ class FeatureMapTap:
         self.map = args[0]
 
 
-def build_generator(channels: int, dim: int):
+def build_generator(channels: int, reduction: int):
     import torch
     from torch import nn
 
@@ -77,25 +91,30 @@ def build_generator(channels: int, dim: int):
 
         def __init__(self):
             super().__init__()
-            self.q = nn.Conv2d(channels, dim, 1)
-            self.k = nn.Conv2d(channels, dim, 1)
-            self.v = nn.Conv2d(channels, dim, 1)
-            self.out = nn.Conv2d(dim, 1, 1)
+            c, d = channels + 1, max(channels // reduction, 1)  # + the ratio channel
+            self.q = nn.Sequential(nn.Conv2d(c, d, 1), nn.ReLU())
+            self.k = nn.Sequential(nn.Conv2d(c, d, 1), nn.ReLU())
+            self.v = nn.Conv2d(c, 1, 1)
+            self.dim = d
+            for m in self.modules():  # the original's init: normal(0, 0.01), zero bias
+                if isinstance(m, nn.Conv2d):
+                    nn.init.normal_(m.weight, std=0.01)
+                    nn.init.zeros_(m.bias)
 
         def forward(self, maps, lam, size):
-            """maps: list of m feature maps [B, C, h, w] (image i of every mix); lam [B, m]; size (H, W).
+            """maps: m feature maps [B, C, h, w] (image i of every mix); lam: m ratios (floats); size (H, W).
             Returns masks [B, m, H, W] summing to 1 over m."""
             b, _, h, w = maps[0].shape
-            scaled = [z * lam[:, i].view(-1, 1, 1, 1) for i, z in enumerate(maps)]
-            keys = self.k(sum(scaled)).flatten(2)  # [B, d, hw]: the mixture's content
+            z = [torch.cat([f, torch.full((b, 1, h, w), float(l), device=f.device, dtype=f.dtype)], 1)
+                 for f, l in zip(maps, lam)]
+            q = [self.q(f).flatten(2).transpose(1, 2) for f in z]  # [B, hw, d]
+            k = [self.k(f).flatten(2) for f in z]                  # [B, d, hw]
             logits = []
-            for i, z in enumerate(scaled):
-                q, v = self.q(z).flatten(2), self.v(z).flatten(2)
-                attn = torch.softmax(q.transpose(1, 2) @ keys / math.sqrt(q.shape[1]), dim=-1)  # [B, hw, hw]
-                o = (v @ attn.transpose(1, 2)).view(b, -1, h, w)
-                logits.append(self.out(o))
-            logits = torch.cat(logits, 1) + torch.log(lam.clamp_min(1e-6)).view(b, -1, 1, 1)
-            logits = nn.functional.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            for i, f in enumerate(z):
+                scores = sum(q[i] @ k[j] for j in range(len(z)) if j != i) / math.sqrt(self.dim)
+                v = self.v(f).flatten(2).transpose(1, 2)            # [B, hw, 1]
+                logits.append((torch.softmax(scores.float(), -1) @ v.float()).view(b, 1, h, w))
+            logits = nn.functional.interpolate(torch.cat(logits, 1), size=size, mode="nearest")
             return torch.softmax(logits, dim=1)
 
     return MixGenerator()
@@ -104,7 +123,9 @@ def build_generator(channels: int, dim: int):
 @register_learner("adautomix")
 class AdAutoMix(Learner):
     Knobs = AdAutoMixKnobs
-    description = "Adversarial AutoMixup: attention mask generator trained against the classifier, EMA teacher, cosine constraint"
+    semantics = 2  # ratio-mixed labels, Beta ratios per batch, up to 3 images, alternating adversarial/cooperative
+    #                generator on the EMA teacher's logits, separately drawn classifier mix, EMA 0.999
+    description = "Adversarial AutoMixup: attention mask generator trained against the EMA classifier, cosine term"
 
     @classmethod
     def check(cls, task, upstream) -> None:
@@ -126,8 +147,9 @@ class AdAutoMix(Learner):
         self.tap = FeatureMapTap(self.teacher)
         channels = self.probe_channels()
         with seeded_global(ctx.spec.seed, "adautomix", "generator-init"):
-            self.generator = build_generator(channels, self.knobs.attn_dim).to(ctx.device)
+            self.generator = build_generator(channels, self.knobs.reduction).to(ctx.device)
         self.gen_opt = torch.optim.Adam(self.generator.parameters(), lr=self.knobs.gen_lr)
+        self.last: dict = {}  # the latest step's mixes and losses (diagnostics, tests)
         self.start_epoch(0)
 
     def probe_channels(self) -> int:
@@ -142,86 +164,105 @@ class AdAutoMix(Learner):
         return int(self.tap.map.shape[1])
 
     def start_epoch(self, epoch: int) -> None:
-        self.n, self.sums = 0, dict(adv_loss=0.0, drift=0.0, mask_area=0.0)
+        self.n = 0
+        self.sums = dict(gen_loss=0.0, gen_cos=0.0, adv_steps=0.0, mix_loss=0.0, mask_area=0.0)
 
     # ---- the parts ---------------------------------------------------------------------------
-    def teacher_features(self, x):
-        """(feature map, pooled features) of x under the EMA teacher (gradient flows to x only)."""
-        h = self.teacher.features(x)
-        return self.tap.map, h
+    def teacher_maps(self, x):
+        """Feature maps [B, C, h, w] of x under the EMA teacher."""
+        self.teacher.features(x)
+        return self.tap.map
 
     def draw(self, n: int, generator):
-        """Partners (m - 1 permutations, the first is identity) and ratios lam [n, m]."""
+        """One step's draws: (generator's (perms, ratios), classifier's (perms, ratios)); ratios are floats."""
         import torch
 
-        m = self.knobs.mix_num
-        perms = [torch.arange(n)] + [torch.randperm(n, generator=generator) for _ in range(m - 1)]
-        lam = torch._sample_dirichlet(torch.full((n, m), float(self.knobs.alpha)), generator=generator)
-        return perms, lam.to(self.ctx.device)
+        k = self.knobs
+        m = int(torch.randint(2, k.mix_num + 1, (1,), generator=generator)) if k.random_count else k.mix_num
+        conc = torch.full((m, 2), float(k.alpha))
+        lam = torch._sample_dirichlet(conc, generator=generator)[:, 0].tolist()  # m Beta(alpha, alpha) draws
+        perm = lambda: torch.randperm(n, generator=generator)  # noqa: E731
+        if m == 2:
+            ident = torch.arange(n)
+            return ([ident, perm()], [lam[0], 1 - lam[0]]), ([ident, perm()], [lam[1], 1 - lam[1]])
+        ratios = [v / sum(lam) for v in lam]
+        return ([perm() for _ in range(m)], ratios), ([perm() for _ in range(m)], ratios)
 
-    def mix(self, x, y, maps, perms, lam):
-        """(mixed images, mixed labels, mask areas [B, m]) from the generator's masks."""
-        masks = self.generator([maps[p] for p in perms], lam, x.shape[-2:])
-        xs = [x[p] for p in perms]
-        x_mix = sum(masks[:, i:i + 1] * xi for i, xi in enumerate(xs))
-        area = masks.mean(dim=(2, 3))
-        y_mix = sum(area[:, i:i + 1] * y[p] for i, p in enumerate(perms))
-        return x_mix, y_mix, area
+    @staticmethod
+    def mixed_targets(y, perms, lam):
+        return sum(l * y[p] for p, l in zip(perms, lam))
 
-    def drift(self, x_mix, feats, perms, area):
-        """1 - cos(teacher features of the mix, area-weighted teacher features of its images), per sample."""
+    def masks(self, maps, perms, lam, size):
+        return self.generator([maps[p] for p in perms], lam, size)
+
+    def apply(self, x, perms, masks):
+        return sum(masks[:, i:i + 1] * x[p] for i, p in enumerate(perms))
+
+    def generator_step(self, x, y, maps, perms, lam, adversarial: bool) -> dict[str, float]:
+        """One step of the generator on the EMA teacher; the classifier is not involved."""
+        import torch
         import torch.nn.functional as F
 
-        _, h_mix = self.teacher_features(x_mix)
-        target = sum(area[:, i:i + 1] * feats[p] for i, p in enumerate(perms))
-        return 1 - F.cosine_similarity(h_mix.float(), target.float(), dim=1)
-
-    def generator_step(self, x, y, maps, feats, perms, lam) -> dict[str, float]:
-        """One adversarial step of the generator; the classifier's weights and BN statistics are untouched."""
-        import torch
-
-        ctx, model = self.ctx, self.ctx.model
-        x_mix, y_mix, area = self.mix(x, y, maps, perms, lam)
-        buffers = {k: b.clone() for k, b in model.named_buffers()}
+        ctx = self.ctx
+        masks = self.masks(maps, perms, lam, x.shape[-2:])
+        x_mix = self.apply(x, perms, masks)
         with ctx.autocast():
-            logits = model(x_mix).float()
-        adv = ctx.task.loss(logits, y_mix)
-        drift = self.drift(x_mix, feats, perms, area).mean()
-        gen_loss = -adv + self.knobs.cos_weight * drift
+            pred_mix = self.teacher(x_mix).float()
+        loss = ctx.task.loss(pred_mix, self.mixed_targets(y, perms, lam))
+        with torch.no_grad(), ctx.autocast():
+            preds = [self.teacher(x[p]).float() for p in perms]
+        cos = sum(l * F.cosine_similarity(pred_mix, pr, dim=-1) for pr, l in zip(preds, lam)).mean()
+        w = self.knobs.adv_weight
+        gen_loss = -w * loss + (1 - w) * cos if adversarial else loss
         params = list(self.generator.parameters())
         grads = torch.autograd.grad(gen_loss, params)
-        with torch.no_grad():  # after the backward, which reads the running statistics
-            for k, b in model.named_buffers():
-                b.copy_(buffers[k])
         for p, g in zip(params, grads):
             p.grad = g
         self.gen_opt.step()
         self.gen_opt.zero_grad(set_to_none=True)
-        return {"adv_loss": float(adv.detach()), "drift": float(drift.detach()), "mask_area": float(area[:, 0].mean().detach())}
+        return {"gen_loss": float(loss.detach()), "gen_cos": float(cos.detach()), "adv_steps": float(adversarial),
+                "mask_area": float(masks[:, 0].mean().detach())}
+
+    def classifier_mix(self, x, y, maps, perms, lam):
+        """The classifier's mix: the generator's masks (no gradient), constant ratios near 0 or 1."""
+        import torch
+
+        margin = self.knobs.lam_margin
+        if lam[0] <= margin or lam[0] >= 1 - margin:  # the original tests the first ratio
+            masks = torch.stack([torch.full(x.shape[-2:], l, device=x.device) for l in lam]).expand(len(x), -1, -1, -1)
+        else:
+            with torch.no_grad():
+                masks = self.masks(maps, perms, lam, x.shape[-2:])
+        return self.apply(x, perms, masks), self.mixed_targets(y, perms, lam)
 
     # ---- the step ----------------------------------------------------------------------------
     def loss(self, batch: StepBatch):
         import torch
 
-        ctx = self.ctx
+        ctx, k = self.ctx, self.knobs
         x, y, n = batch.x, batch.y_soft, len(batch.x)
         with ctx.timed():
-            perms, lam = self.draw(n, ctx.generator("adautomix", batch.epoch, batch.index))
+            (g_perms, g_lam), (c_perms, c_lam) = self.draw(n, ctx.generator("adautomix", batch.epoch, batch.index))
             with torch.no_grad():
-                maps, feats = self.teacher_features(x)
-            stats = self.generator_step(x, y, maps, feats, perms, lam)
-            with torch.no_grad():
-                x_mix, y_mix, _ = self.mix(x, y, maps, perms, lam)
-        with ctx.autocast():  # one forward for both halves: train-mode BatchNorm sees one batch
-            logits = ctx.model(torch.cat([x, x_mix])).float()
-        loss = ctx.task.loss(logits[:n], y) + self.knobs.mix_weight * ctx.task.loss(logits[n:], y_mix)
-        for k, v in stats.items():
-            self.sums[k] += v * n
+                maps = self.teacher_maps(x)
+            stats = self.generator_step(x, y, maps, g_perms, g_lam, adversarial=batch.step % k.adv_every == 0)
+            x_mix, y_mix = self.classifier_mix(x, y, maps, c_perms, c_lam)
+        logits = self.forward(x).float()
+        one = ctx.task.loss(logits, y)
+        if len(c_perms) > 2:  # the original's re-weighted one-hot loss: part of it on the linear mix
+            x_lin = sum(l * x[p] for p, l in zip(c_perms, c_lam))
+            one = (1 - k.mixup_ratio) * one + k.mixup_ratio * ctx.task.loss(self.forward(x_lin).float(), y_mix)
+        mix_loss = ctx.task.loss(self.forward(x_mix).float(), y_mix)
+        loss = one + k.mix_weight * mix_loss
+        stats["mix_loss"] = float(mix_loss.detach())
+        self.last = dict(x_mix=x_mix.detach(), y_mix=y_mix.detach(), perms=c_perms, lam=c_lam, **stats)
+        for key, v in stats.items():
+            self.sums[key] += v * n
         self.n += n
-        return loss, logits[:n].detach()
+        return loss, logits.detach()
 
     def after_step(self, batch: StepBatch) -> None:
-        """EMA teacher update (parameters averaged, buffers copied)."""
+        """EMA teacher update (parameters averaged, buffers copied: the teacher runs in eval mode)."""
         import torch
 
         m = self.knobs.ema
