@@ -14,7 +14,8 @@ import math
 import pandas as pd
 
 from reports.load import NONE, REF, arm_order, experiment_columns, method_label
-from reports.selection import DEGENERATE
+from reports.selection import (CRITERION, DEGENERATE, RULE_PREFERENCE, TUNING_SEEDS, choose_rule, clustered_gain,
+                                fisher_p, incumbent_rule, points_signed, rerun_cost, rule_selections)
 from reports.stats import mean_ci, paired_diff_ci
 
 ACC = "test_acc"
@@ -134,9 +135,17 @@ def to_markdown(wide: pd.DataFrame) -> str:
                     colalign=["left"] * n_lab + ["right"] * (len(headers) - n_lab), disable_numparse=True)
 
 
-def _tex(s: str) -> str:
-    from reports.tables import tex_escape
+_TEX_ESCAPE = {"\\": r"\textbackslash{}", "<": r"\textless{}", ">": r"\textgreater{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+               "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
+
+def tex_escape(s: str) -> str:
+    s = "".join(_TEX_ESCAPE.get(ch, ch) for ch in str(s))
+    return (s.replace("±", r"$\pm$").replace("×", r"$\times$").replace("Δ", r"$\Delta$").replace("−", "--")
+            .replace("–", "--"))
+
+
+def _tex(s: str) -> str:
     s = str(s)
     mark = ""
     if " ᵈ" in s:
@@ -163,3 +172,87 @@ def to_latex(wide: pd.DataFrame, caption: str = "", label: str = "tab:main") -> 
 def latex_document(body: str) -> str:
     return ("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs,multirow}\n"
             "\\usepackage[margin=1cm,landscape]{geometry}\n\\begin{document}\n\\tiny\n" + body + "\n\\end{document}\n")
+
+
+def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.DataFrame, learner_arm: str,
+                      learner_name: str = "X+SAFLEX", tuning_seeds: Iterable[int] = TUNING_SEEDS,
+                      time_col: str = "cost.wall_s") -> list[str]:
+    """Markdown: the main comparison's accuracy and AUC side by side (reports/paper.py), degenerate
+    selections per arm, the selection rule chosen on the tuning seeds (or why none can be), its cost,
+    and the conclusions under it. `main` and `all_runs` must carry MAJORITY/DEGENERATE (annotate_selection);
+    `epochs` is the per-epoch frame (key, epoch, val_*). Runs of the tuning seeds in `main` serve the rule
+    only: the tables, counts and conclusions are over the other seeds."""
+    seeds = tuple(tuning_seeds)
+    with_tuning = main  # the rule reads the tuning seeds' epochs; tables and conclusions never do
+    main = main[~main["seed"].isin(seeds)]
+    m2 = second_metric(main) or "test_auc"
+    L = [f"## Accuracy and {METRIC_LABEL.get(m2, m2)}, degenerate selections, and the selection rule", ""]
+    if not len(main):
+        return L + ["_No main-comparison runs._", ""]
+    L += [f"Test accuracy and test {METRIC_LABEL.get(m2, m2)} of the main comparison side by side.", "",
+          to_markdown(paper_table(main)), "",
+          "± = half-width of the 95 % Student-t interval over seeds, points; Δ: paired by seed, [95 % CI]. "
+          + degenerate_note(main), ""]
+    # degenerate counts per arm
+    names = {NONE: "X", REF: "X+ref", learner_arm: learner_name}
+    cnt = {a: (int((g[DEGENERATE] == 1).sum()), len(g)) for a, g in main.groupby("arm")}
+    base_k = sum(cnt.get(a, (0, 0))[0] for a in (NONE, REF))
+    base_n = sum(cnt.get(a, (0, 0))[1] for a in (NONE, REF))
+    k, n = cnt.get(learner_arm, (0, 0))
+    per_learner = all_runs.groupby("learner")[DEGENERATE].agg(lambda s: f"{int((s == 1).sum())}/{len(s)}")
+    L += ["### Degenerate selections (selected epoch's selection-split accuracy at or below its majority rate)", "",
+          "| arm | runs | degenerate | share |", "|---|---:|---:|---:|"]
+    for a in (NONE, REF, learner_arm):
+        if a in cnt:
+            L.append(f"| {names[a]} | {cnt[a][1]} | {cnt[a][0]} | {100 * cnt[a][0] / cnt[a][1]:.1f} % |")
+    L += ["", f"{learner_name} {k}/{n} against X and X+ref together {base_k}/{base_n} (two-sided Fisher exact "
+          f"p = {fisher_p(k, n, base_k, base_n):.3f}). Over all {len(all_runs)} stored runs, per learner: "
+          + ", ".join(f"{lr} {v}" for lr, v in per_learner.items()) + ".", ""]
+    # the rule, on the tuning seeds only
+    eps = {key: g.to_dict("records") for key, g in epochs.groupby("key")} if len(epochs) else {}
+    sel = rule_selections(with_tuning, epochs_of=lambda r: eps.get(r["key"], []))
+    choice = choose_rule(sel, seeds, incumbent_rule(with_tuning))
+    seeds_s = ", ".join(map(str, seeds))
+    L += ["### The selection rule, chosen on the tuning seed", "", f"Criterion, declared before looking: {CRITERION}", ""]
+    if choice.rule is None:
+        per_run = float(main[time_col].mean()) if time_col in main else math.nan
+        n_need = main.groupby(["task", "upstream", "arm"]).ngroups
+        L += [f"**No rule is chosen here:** {choice.reason}. The stored runs of this comparison use seeds "
+              f"{', '.join(map(str, sorted(main['seed'].unique())))}; seed {seeds_s} is reserved for tuning and none "
+              f"of its runs under this protocol is stored. Producing them costs {n_need} runs (one per task, upstream "
+              f"and arm) x {per_run:.0f} s measured mean run time = {n_need * per_run / 60:.0f} CPU-minutes at 1 thread; "
+              f"until then the runs keep the rule they ran with ({incumbent_rule(main) or 'their own'}) and every "
+              "table flags the degenerate selections it produced.", ""]
+    else:
+        L += [f"**Chosen: {choice.rule}** ({choice.reason}).", "",
+              "| rule | tuning runs | degenerate | unknown | mean val acc − majority |", "|---|---:|---:|---:|---:|"]
+        L += [f"| {r.rule} | {r.runs} | {r.degenerate} | {r.unknown} | {points_signed(r.margin)} |" for r in choice.table.itertuples()]
+        L += [""]
+    if len(choice.diagnostic):
+        L += ["Diagnostic only (the reported seeds; never used to choose): degenerate selections each rule would "
+              "make on the stored epochs: " + "; ".join(f"{r.rule} {r.degenerate}/{r.runs}" for r in choice.diagnostic.itertuples())
+              + ". Test metrics exist only at the epoch the stored rule picked, so another rule's test numbers need reruns:", ""]
+        for rule in RULE_PREFERENCE:
+            c = rerun_cost(main, sel, rule, time_col)
+            if c["runs"]:
+                t = f"{c['seconds'] / 3600:.1f} CPU-hours" if c["seconds"] >= 3600 else f"{c['seconds'] / 60:.1f} CPU-minutes"
+                L.append(f"- {rule}: {c['runs']} of {c['of']} runs select another epoch -> {c['runs']} reruns x "
+                         f"{c['mean_s']:.0f} s measured = {t} (not run).")
+        L += [""]
+    # conclusions under the rule in force
+    stored = incumbent_rule(main) or "the runs' own rules"
+    if choice.rule and choice.rule != stored:  # the test numbers exist at the stored rule's epochs only
+        L += [f"### Conclusions under {stored} (the stored rule; under {choice.rule} they need the reruns above)", ""]
+    else:
+        L += [f"### Conclusions under {stored}", ""]
+    for metric in ("test_acc", m2):
+        for base in (NONE, REF):
+            ci, used, _ = clustered_gain(main, learner_arm, base, metric)
+            ci_d, used_d, dropped = clustered_gain(main, learner_arm, base, metric, drop_degenerate=True)
+            L.append(f"- {learner_name} − {names[base]}, {METRIC_LABEL.get(metric, metric)}, task-clustered: "
+                     f"{points_signed(ci.mean)} [{points_signed(ci.lo)}, {points_signed(ci.hi)}] ({used} pairs); without the {dropped} pairs with a "
+                     f"degenerate selection: {points_signed(ci_d.mean)} [{points_signed(ci_d.lo)}, {points_signed(ci_d.hi)}] ({used_d} pairs).")
+    n_tasks = main["task"].nunique()
+    L += ["", f"Intervals are over tasks (the independent units): {n_tasks} tasks, {n_tasks - 1} degree(s) of freedom"
+          + (": none of these can confirm or rule out a 1-point gain." if n_tasks < 10 else "."), ""]
+    return L

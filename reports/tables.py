@@ -19,6 +19,7 @@ import pandas as pd
 
 from reports.load import NONE, REF, arm_order, describe_skipped, experiment_columns, method_label
 from reports.compare import numerics_mismatch
+from reports.paper import tex_escape
 from reports.stats import mean_ci, paired_diff_ci
 
 FLAG_HELP = {
@@ -373,14 +374,6 @@ def _md_table(disp: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-_TEX_ESCAPE = {"\\": r"\textbackslash{}", "<": r"\textless{}", ">": r"\textgreater{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-               "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def tex_escape(s: str) -> str:
-    s = "".join(_TEX_ESCAPE.get(ch, ch) for ch in str(s))
-    return (s.replace("±", r"$\pm$").replace("×", r"$\times$").replace("Δ", r"$\Delta$").replace("−", "--")
-            .replace("–", "--"))
 
 
 def public_source(src: str) -> str:

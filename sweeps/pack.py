@@ -34,7 +34,8 @@ from typing import Any, Sequence
 
 import submitit
 
-from sweeps.job import JobTerminated, RunJob, append_ledger, now_iso, run_log_paths, run_slot, summary
+from sweeps.job import (JobTerminated, RunJob, append_ledger, install_signal_handlers, now_iso, run_log_paths,
+                        run_slot, summary)
 from sweeps.status import last_error_line
 
 STOPPED = 128 + signal.SIGTERM  # a child's exit code when it stopped on a signal (resumable, not failed)
@@ -135,15 +136,13 @@ class PackJob(submitit.helpers.Checkpointable):
         resubmitted job skips the runs already done)."""
         from bench.spec import RunSpec
         from bench.store import ResultsStore
-        from sweeps.launcher import RunJob, _install_signal_handlers, _summary, append_ledger, now_iso
-
-        _install_signal_handlers()
+        install_signal_handlers()
         store = ResultsStore(results)
         folder = child_log_dir(logs_template or "logs/%j", _job_id())
         folder.mkdir(parents=True, exist_ok=True)
         keys = [RunSpec.from_canonical(d).key for d in spec_dicts]
         report = []
-        with _slot(slots_dir, slots):
+        with run_slot(slots_dir, slots):
             for key, d in zip(keys, spec_dicts):
                 if store.is_done(key):
                     print(f"saflex-bench pack: run {key} is already done", flush=True)
@@ -166,7 +165,7 @@ class PackJob(submitit.helpers.Checkpointable):
         if failed:
             raise PackFailed(f"{len(failed)} of {len(keys)} runs of this pack failed: "
                              + "; ".join(f"{r['key']} ({r['error']})" for r in failed))
-        return [_summary(store.read_result(k)) for k in keys]
+        return [summary(store.read_result(k)) for k in keys]
 
     @staticmethod
     def _report(store, folder: Path, children: dict, times: dict) -> list[dict]:

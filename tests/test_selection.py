@@ -156,7 +156,8 @@ def test_clustered_gain_averages_per_task_first_and_drops_degenerate_pairs():
 
 
 def test_selection_section_says_which_rule_and_why():
-    from reports.selection import DEGENERATE, selection_section
+    from reports.paper import selection_section
+    from reports.selection import DEGENERATE
 
     df, eps = runs_with_epochs()
     df = df.assign(task="medmnist/breastmnist", upstream="rand-m9-n2", family="medmnist", learner=df["arm"],

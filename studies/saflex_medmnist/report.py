@@ -978,7 +978,8 @@ def write_markdown(data: StudyData, out: str | Path = DEFAULT_OUT) -> Path:
 def _selection_md(main: pd.DataFrame, df: pd.DataFrame, data: StudyData, sx_name: str) -> list[str]:
     """Accuracy and AUC side by side, degenerate selections per arm, the selection rule chosen on the
     tuning seed and the conclusions under it (reports/selection.py), from the table's majority rates."""
-    from reports.selection import annotate_selection, selection_section
+    from reports.paper import selection_section
+    from reports.selection import annotate_selection
 
     if data.selection is None or not len(data.selection):
         return ["## Selection", "", "_No selection-split majority rates in the results table: rebuild it "

@@ -31,7 +31,8 @@ def projected_half_width(sd: float, n: int = DESIGN_SETS) -> float:
 def power_markdown(runs: pd.DataFrame, epochs: pd.DataFrame | None = None) -> str:
     """The power table over the reported seeds (seed 0 is the tuning seed), then reports/selection.py's
     section: accuracy and balanced accuracy side by side, degenerate selections, the rule on seed 0."""
-    from reports.selection import TUNING_SEEDS, selection_section
+    from reports.paper import selection_section
+    from reports.selection import TUNING_SEEDS
 
     tuning = runs[runs["seed"].isin(TUNING_SEEDS)]
     runs = runs[~runs["seed"].isin(TUNING_SEEDS)]
