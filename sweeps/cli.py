@@ -414,8 +414,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     from sweeps.launcher import LEDGER, read_ledger, sweep_dir
     from sweeps.status import counts, format_counts, progress_line, run_states, sweep_line
 
-    from bench.errors import UsageError
-
     cfg, plan, results, store = _load(args)
     if results.exists() and not results.is_dir():  # one line, not a traceback (a read-only root is fine)
         raise UsageError(f"results root {results} is a file, not a directory; choose another with --results DIR "
