@@ -924,6 +924,11 @@ def _reran(env: Env, key: str, out: str) -> None:
     assert ResultsStore(env.results).read_result(key) is not None
 
 
+def _reran_aside(env: Env, key: str, out: str) -> None:
+    _reran(env, key, out)
+    assert len(list(_rd(env, key).glob("checkpoint.pt.corrupt-*"))) == 1
+
+
 def _untouched(env: Env, key: str, out: str) -> None:
     assert _record(env, key)["schema_version"] == 99 and not re.search(r"(?m)^epoch ", out)
 
@@ -1078,7 +1083,7 @@ STORE_STATE_CASES = {
     "torn-metrics-line-report": StoreCase(_report(_torn_metrics), r"loaded 2 done runs"),
     "torn-sweep-ledger-status": StoreCase(_status(_torn_ledger), r"done 2 / running 0 / pending 0 / failed 0"),
     "plan-json-not-json-sweep": StoreCase(_dry_sweep(_bad_plan), r"planned 2 \| done 2 .*would submit 0"),
-    "unreadable-checkpoint-run": StoreCase(_rerun(_garbage_checkpoint), r"(?m)^key {key}$", check=_reran),
+    "unreadable-checkpoint-run": StoreCase(_rerun(_garbage_checkpoint), r"(?m)^key {key}$", check=_reran_aside),
     # locks: the waiter names the holder and gives up on a stopped or dead one
     "lock-holder-stopped": StoreCase(_locked(dead=False), r"gave up waiting for .*\.job\.lock: its holder, pid \d+ on \S+ since "
                                      r"2026-01-01T00:00:00Z, is stopped \(SIGSTOP", error=True, check=_only_the_lock,
