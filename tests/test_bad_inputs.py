@@ -1124,6 +1124,11 @@ def test_store_lock_tracking(name, env, capsys, monkeypatch, store_template):
     try:
         argv = case.build(env, key, monkeypatch)
         capsys.readouterr()
+        import threading
+
+        # a waiter that never gives up must not hang the suite: the holders end after the row's bound
+        watchdog = threading.Timer(case.limit_s, lambda: [p.kill() for p in env.holders])
+        watchdog.start()
         t0 = time.monotonic()
         try:
             code = cli_main([str(a) for a in argv])
@@ -1131,6 +1136,8 @@ def test_store_lock_tracking(name, env, capsys, monkeypatch, store_template):
             code = e.code
         spent = time.monotonic() - t0
     finally:
+        if "watchdog" in locals():
+            watchdog.cancel()
         for p in env.holders:
             p.send_signal(signal.SIGCONT)
             p.kill()
