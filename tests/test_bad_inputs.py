@@ -616,11 +616,11 @@ def test_full_disk_is_one_line_and_the_rerun_continues(name, tmp_path, capsys, m
     real = bench.results.store.write_bytes_atomic
     calls = []
 
-    def full_after(path, data, keep_previous=None):
+    def full_after(path, data, keep_previous=None, durable=True):
         calls.append(Path(path).name)
         if len(calls) >= DISK_CASES[name]:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, data, keep_previous)
+        return real(path, data, keep_previous, durable)
 
     monkeypatch.setattr(bench.results.store, "write_bytes_atomic", full_after)
     results = tmp_path / "r"
