@@ -9,7 +9,8 @@ signals, full disks. Every row asserts the same contract:
 
 Data rows corrupt real copies of ../shared/data files in tmp_path (skipped without them). Rows run
 the CLI in this process (bench.cli.main) where they can; signals need a subprocess. The store, lock
-and tracking rows of the same issue belong to other modules' owners: see STORE_CASES below.
+and tracking rows are STORE_STATE_CASES at the end: some of them check documented non-error behaviour
+(status / report / compare of a record that is not done), so they carry their own contract.
 """
 from __future__ import annotations
 
@@ -420,9 +421,8 @@ ROOT_CASES.update({
     "generate-nan-strength": (_generate_bad_strength, r"strength"),
 })
 
-# The store / lock / tracking rows of issue 28 (a result.json holding only a key, a truncated
-# result.json, a lock held by a stopped process, wandb online without network, ...) are added here by
-# the owners of bench/results and bench/tracking, in the same (argv builder, expected regex) form.
+# Store rows in the plain (argv builder, expected regex) form; the store / lock / tracking rows of
+# issue 28 need a done store and checks beyond one line: STORE_STATE_CASES at the end of this file.
 STORE_CASES: dict[str, tuple[Callable[[Env], list[str]], str]] = {}
 
 
