@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from bench import __version__
 from bench.errors import UsageError
+from bench.results.records import NEWER_SCHEMA
 from bench.spec import RunSpec
 from bench.store import ResultsStore, check_results_root, fault_point, run_lock
 
@@ -242,9 +243,11 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
     startup_s = _startup_s()
     store = ResultsStore(resolve_results_root(results))
     key = spec.key
-    done = store.read_result(key, spec)
-    if done is not None:
+    done, why = store.load_result(key, spec)
+    if why is None:
         return _with_tracking(spec, store, done, wandb_mode, sweep)
+    if why.endswith(NEWER_SCHEMA):  # written by a newer saflex-bench: retraining would overwrite it
+        raise UsageError(f"run {key}: {why}; it is left as it is")
     # user errors surface before anything is written
     device = resolve_device(device)
     threads = resolve_threads(threads)
@@ -276,6 +279,10 @@ def run_spec(spec: RunSpec, results: str | os.PathLike | None = None, data_root:
         from bench.data import use_device_resident
 
         use_device_resident(baselines.create_method(spec.upstream), data.train.x, data.train.y, device, "on", aug_path)
+    from bench.tracking import check_online, resolve_mode
+
+    if resolve_mode(wandb_mode) == "online":  # before the run folder exists: a failed start writes nothing
+        check_online()
     check_results_root(store.root)
     from bench.trainer import Trainer
 

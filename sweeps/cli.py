@@ -415,6 +415,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from sweeps.status import counts, format_counts, progress_line, run_states, sweep_line
 
     cfg, plan, results, store = _load(args)
+    if results.exists() and not results.is_dir():  # one line, not a traceback (a read-only root is fine)
+        raise UsageError(f"results root {results} is a file, not a directory; choose another with --results DIR "
+                         "or $SAFLEX_RESULTS")
     ledger = read_ledger(sweep_dir(results, cfg.name) / LEDGER)
     states = run_states(store, plan.keys, ledger, specs={r.key: r.spec for r in plan.runs})
     print(_plan_line(plan) + _narrowed(args))

@@ -9,7 +9,8 @@ signals, full disks. Every row asserts the same contract:
 
 Data rows corrupt real copies of ../shared/data files in tmp_path (skipped without them). Rows run
 the CLI in this process (bench.cli.main) where they can; signals need a subprocess. The store, lock
-and tracking rows of the same issue belong to other modules' owners: see STORE_CASES below.
+and tracking rows are STORE_STATE_CASES at the end: some of them check documented non-error behaviour
+(status / report / compare of a record that is not done), so they carry their own contract.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class Env:
     tmp: Path
     results: Path
     data: Path
+    holders: list = None  # processes a row started (lock holders), ended after it
 
     def sweep(self, text: str | bytes, name: str = "s.yaml") -> str:
         path = self.tmp / name
@@ -419,9 +421,8 @@ ROOT_CASES.update({
     "generate-nan-strength": (_generate_bad_strength, r"strength"),
 })
 
-# The store / lock / tracking rows of issue 28 (a result.json holding only a key, a truncated
-# result.json, a lock held by a stopped process, wandb online without network, ...) are added here by
-# the owners of bench/results and bench/tracking, in the same (argv builder, expected regex) form.
+# Store rows in the plain (argv builder, expected regex) form; the store / lock / tracking rows of
+# issue 28 need a done store and checks beyond one line: STORE_STATE_CASES at the end of this file.
 STORE_CASES: dict[str, tuple[Callable[[Env], list[str]], str]] = {}
 
 
@@ -586,14 +587,15 @@ def test_every_case_is_documented():
     doc = (REPO / "docs" / "troubleshooting.md").read_text()
     tables = [RUN_CASES, PMLB_CASES, ADULT_CASES, MEDMNIST_CASES, SWEEP_CASES, SWEEP_FLAG_CASES, ROOT_CASES]
     missing = [name for t in tables for name in t if f"`{name}`" not in doc]
-    missing += [name for name in [*SIGNAL_CASES, *DISK_CASES] if f"`{name}`" not in doc]
+    missing += [name for name in [*SIGNAL_CASES, *DISK_CASES, *STORE_STATE_CASES] if f"`{name}`" not in doc]
     assert missing == [], missing
     assert "docs/troubleshooting.md" in (REPO / "README.md").read_text()
 
 
 def test_case_count():
     """The table's size, printed for the issue's note (pytest -s shows it)."""
-    tables = [RUN_CASES, PMLB_CASES, ADULT_CASES, MEDMNIST_CASES, SWEEP_CASES, SWEEP_FLAG_CASES, ROOT_CASES, STORE_CASES]
+    tables = [RUN_CASES, PMLB_CASES, ADULT_CASES, MEDMNIST_CASES, SWEEP_CASES, SWEEP_FLAG_CASES, ROOT_CASES, STORE_CASES,
+              STORE_STATE_CASES]
     n = sum(len(t) for t in tables) + len(SIGNAL_CASES) + len(DISK_CASES)
     print(f"bad-input cases: {n}")
     assert n >= 150
@@ -614,11 +616,11 @@ def test_full_disk_is_one_line_and_the_rerun_continues(name, tmp_path, capsys, m
     real = bench.results.store.write_bytes_atomic
     calls = []
 
-    def full_after(path, data, keep_previous=None):
+    def full_after(path, data, keep_previous=None, durable=True):
         calls.append(Path(path).name)
         if len(calls) >= DISK_CASES[name]:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, data, keep_previous)
+        return real(path, data, keep_previous, durable)
 
     monkeypatch.setattr(bench.results.store, "write_bytes_atomic", full_after)
     results = tmp_path / "r"
@@ -805,3 +807,350 @@ def test_stop_signals_respect_an_ignored_signal():
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+# ---- a store that disagrees with itself, locks, tracking (issue 28) ---------------------------------
+# Rows act on a copy of one small store (two done digits runs, seeds 0 and 1, wandb offline) that a
+# row corrupts before calling the CLI. error=True: the one-line contract above (exit != 0, one
+# `error:` line naming the problem; `allow` = a regex for notes a waiter prints before it); error=False:
+# the documented behaviour of status / sweep / report / compare / run on that store: exit 0, no
+# traceback, `expected` found in stdout + stderr (multi-line), and `check` for what is on disk.
+STORE_SWEEP = "name: t\nfixed: {task: digits/sklearn, method: none, epochs: 1}\ngrid: {seed: [0, 1]}\n"
+
+
+@dataclass
+class StoreCase:
+    build: Callable  # (env, key of seed 0, monkeypatch) -> argv, after corrupting env.results
+    expected: str
+    error: bool = False
+    check: Callable | None = None  # (env, key, stdout) -> None
+    allow: str | None = None
+    limit_s: float = IN_PROCESS_LIMIT_S
+
+
+def _key(seed: int = 0) -> str:
+    from bench.spec import make_spec
+
+    return make_spec("digits/sklearn", "none", seed, {"epochs": 1}).key
+
+
+def _rd(env: Env, key: str) -> Path:
+    return env.results / "runs" / key
+
+
+def _record(env: Env, key: str) -> dict:
+    import json
+
+    return json.loads((_rd(env, key) / "result.json").read_text())
+
+
+def _write_record(edit: Callable[[dict], object]):
+    def corrupt(env: Env, key: str) -> None:  # edits the record in place
+        import json
+
+        rec = _record(env, key)
+        edit(rec)
+        (_rd(env, key) / "result.json").write_text(json.dumps(rec))
+
+    return corrupt
+
+
+def _write_text(text: str | Callable[[str], str]):
+    def corrupt(env: Env, key: str) -> None:
+        path = _rd(env, key) / "result.json"
+        path.write_text(text(path.read_text()) if callable(text) else text)
+
+    return corrupt
+
+
+def _status(corrupt):
+    def build(env: Env, key: str, mp) -> list[str]:
+        corrupt(env, key)
+        return ["status", env.sweep(STORE_SWEEP), "--results", str(env.results)]
+
+    return build
+
+
+def _dry_sweep(corrupt):
+    def build(env: Env, key: str, mp) -> list[str]:
+        corrupt(env, key)
+        return ["sweep", env.sweep(STORE_SWEEP), "--results", str(env.results), "--executor", "local", "--dry-run"]
+
+    return build
+
+
+def _report(corrupt):
+    def build(env: Env, key: str, mp) -> list[str]:
+        corrupt(env, key)
+        return ["report", "--results", str(env.results), "--out", str(env.tmp / "rep")]
+
+    return build
+
+
+def _compare(corrupt):
+    def build(env: Env, key: str, mp) -> list[str]:
+        clean = env.tmp / "clean"
+        shutil.copytree(env.results, clean)
+        corrupt(env, key)
+        return ["compare", str(clean), str(env.results), "--out", str(env.tmp / "cmp")]
+
+    return build
+
+
+def _rerun(corrupt, *extra: str):
+    def build(env: Env, key: str, mp) -> list[str]:
+        corrupt(env, key)
+        return ["run", *DIGITS, "--epochs", "1", "--results", str(env.results), "--threads", "1", *extra]
+
+    return build
+
+
+def _key_line(reason: str) -> str:
+    return rf"(?m)^{{key}}\s+failed\s+digits/sklearn.*{reason}"
+
+
+def _left_out(reason: str):
+    def check(env: Env, key: str, out: str) -> None:
+        text = (env.tmp / "cmp" / "compare.md").read_text()
+        assert re.search(rf"\| {key} \| done in A only; B: {reason}", text), text
+
+    return check
+
+
+def _reran(env: Env, key: str, out: str) -> None:
+    from bench.store import ResultsStore
+
+    assert re.search(r"(?m)^epoch 1/1 ", out), out  # trained again, not served
+    assert ResultsStore(env.results).read_result(key) is not None
+
+
+def _reran_aside(env: Env, key: str, out: str) -> None:
+    _reran(env, key, out)
+    assert len(list(_rd(env, key).glob("checkpoint.pt.corrupt-*"))) == 1
+
+
+def _untouched(env: Env, key: str, out: str) -> None:
+    assert _record(env, key)["schema_version"] == 99 and not re.search(r"(?m)^epoch ", out)
+
+
+def _key_only(env: Env, key: str) -> None:
+    import json
+
+    (_rd(env, key) / "result.json").write_text(json.dumps({"key": key}))
+
+
+KEY_ONLY = _key_only
+TRUNCATED = _write_text(lambda t: t[: len(t) // 2])
+NEWER = _write_record(lambda rec: rec.update(schema_version=99))
+OTHER_SEMANTICS = _write_record(lambda rec: rec.update(semantics={"learner:none": 2}))
+
+
+def _torn_metrics(env: Env, key: str) -> None:
+    path = _rd(env, key) / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "lo\n{"epoch": 3, "loss": 0.4}\n')
+
+
+def _torn_ledger(env: Env, key: str) -> None:
+    folder = env.results / "sweeps" / "t"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "submissions.jsonl").write_text(f'{{"key": "{key}", "job_id": "1", "state": "submitted"}}\n{{"key": "{key}", "jo')
+
+
+def _bad_plan(env: Env, key: str) -> None:
+    folder = env.results / "sweeps" / "t"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plan.json").write_text("{not json")
+
+
+def _garbage_checkpoint(env: Env, key: str) -> None:
+    (_rd(env, key) / "result.json").unlink()
+    (_rd(env, key) / "checkpoint.pt").write_bytes(b"not a checkpoint")
+
+
+def _holder_script(dead: bool) -> str:
+    """A process that holds a run's lock: itself (then SIGSTOPped), or, naming a dead pid, a child of
+    a holder that is gone."""
+    return textwrap.dedent(f"""
+        import fcntl, json, os, socket, subprocess, sys, time
+        fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        pid = os.getpid()
+        if {dead}:
+            p = subprocess.Popen(["true"]); p.wait(); pid = p.pid
+        os.pwrite(fd, json.dumps({{"pid": pid, "host": socket.gethostname(), "since": "2026-01-01T00:00:00Z"}}).encode(), 0)
+        print("held", flush=True)
+        time.sleep(120)
+    """)
+
+
+def _locked(dead: bool):
+    def build(env: Env, key: str, mp) -> list[str]:
+        shutil.rmtree(_rd(env, key))
+        _rd(env, key).mkdir(parents=True)
+        p = subprocess.Popen([sys.executable, "-c", _holder_script(dead), str(_rd(env, key) / ".job.lock")],
+                             stdout=subprocess.PIPE, text=True)
+        env.holders.append(p)
+        assert p.stdout.readline().strip() == "held"
+        if not dead:
+            p.send_signal(signal.SIGSTOP)
+        mp.setenv("SAFLEX_LOCK_GIVE_UP_S", "1")
+        return ["run", *DIGITS, "--epochs", "1", "--results", str(env.results), "--threads", "1", "--quiet",
+                "--wandb", "disabled"]
+
+    return build
+
+
+def _only_the_lock(env: Env, key: str, out: str) -> None:
+    assert files_left(_rd(env, key)) == [".job.lock"]  # the waiter wrote nothing
+
+
+def _online_no_network(env: Env, key: str, mp) -> list[str]:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    return ["run", *DIGITS, "--epochs", "1", "--seed", "5", "--results", str(env.results), "--quiet", "--wandb", "online"]
+
+
+def _nothing_for_seed5(env: Env, key: str, out: str) -> None:
+    assert not (env.results / "runs" / _key(5)).exists()
+
+
+def _killed_after_result(env: Env, key: str, mp) -> list[str]:
+    argv = ["run", *DIGITS, "--epochs", "1", "--seed", "3", "--results", str(env.results), "--wandb", "offline",
+            "--threads", "1", "--quiet"]
+    out = subprocess.run([sys.executable, "-m", "bench.cli", *argv], capture_output=True, text=True, timeout=300,
+                         env={**_env_vars(), "SAFLEX_FAULT": "after-result"}, cwd=REPO)
+    assert out.returncode != 0 and (env.results / "runs" / _key(3) / "result.json").exists(), out.stderr
+    return argv
+
+
+def _repaired(env: Env, key: str, out: str) -> None:
+    from bench.tracking import COMPLETE, offline_run_dirs, read_offline_run
+
+    run_dir = env.results / "runs" / _key(3)
+    assert (run_dir / "wandb" / COMPLETE).exists()
+    assert any(read_offline_run(d, wait_s=10)["steps"] == [1] for d in offline_run_dirs(run_dir))
+
+
+def _results_file(cmd: str):
+    def build(env: Env, key: str, mp) -> list[str]:
+        shutil.rmtree(env.results)
+        env.results.write_text("x")
+        return {"status": ["status", env.sweep(STORE_SWEEP), "--results", str(env.results)],
+                "report": ["report", "--results", str(env.results)],
+                "compare": ["compare", str(env.results), str(env.tmp)]}[cmd]
+
+    return build
+
+
+STORE_STATE_CASES = {
+    # a result.json holding only {"key": ...}: not done anywhere (it was done for status and sweep,
+    # unreadable for report: neither redone nor reported)
+    "key-only-record-status": StoreCase(_status(KEY_ONLY), _key_line("result.json holds no metrics: rerun")),
+    "key-only-record-sweep": StoreCase(_dry_sweep(KEY_ONLY), r"(?m)^{key}\s+submit .*result.json holds no metrics.*\n"
+                                                             r"(.*\n)*planned 2 \| done 1 .*would submit 1"),
+    "key-only-record-report": StoreCase(_report(KEY_ONLY), r"not done: {key}: result.json holds no metrics: rerun"),
+    "key-only-record-compare": StoreCase(_compare(KEY_ONLY), r"only in A: 1", check=_left_out("result.json holds no metrics")),
+    "key-only-record-run": StoreCase(_rerun(KEY_ONLY), r"(?m)^key {key}$", check=_reran),
+    # a truncated result.json: the truncation, not the job's last stderr line
+    "truncated-record-status": StoreCase(_status(TRUNCATED), _key_line(r"result.json truncated \(the writer was killed")),
+    "truncated-record-report": StoreCase(_report(TRUNCATED), r"not done: {key}: result.json truncated"),
+    "truncated-record-compare": StoreCase(_compare(TRUNCATED), r"only in A: 1", check=_left_out("result.json truncated")),
+    "truncated-record-run": StoreCase(_rerun(TRUNCATED), r"(?m)^key {key}$", check=_reran),
+    "empty-record-status": StoreCase(_status(_write_text("")), _key_line("result.json is empty")),
+    "not-json-record-status": StoreCase(_status(_write_text("<html>")), _key_line(r"does not parse \(not JSON\)")),
+    "list-record-status": StoreCase(_status(_write_text("[1, 2]")), _key_line("result.json holds a list, not a record")),
+    "other-runs-record-status": StoreCase(_status(_write_record(lambda r: r.update(key=_key(1)))),
+                                          _key_line(r"result.json names run \w+, not {key}")),
+    "failed-status-record-status": StoreCase(_status(_write_record(lambda r: r.update(status="failed"))),
+                                             _key_line("result.json says status 'failed', not 'done'")),
+    "no-test-metric-record-status": StoreCase(
+        _status(_write_record(lambda r: r.update(metrics={k: v for k, v in r["metrics"].items() if not k.startswith("test_")}))),
+        _key_line(r"holds no test metric")),
+    "no-spec-record-report": StoreCase(_report(_write_record(lambda r: r.pop("spec"))), r"not done: {key}: result.json holds no spec"),
+    # a record of a schema newer than the code: shown, never overwritten
+    "newer-schema-record-status": StoreCase(_status(NEWER), _key_line(r"schema_version 99; this code reads versions 1-2")),
+    "newer-schema-record-run": StoreCase(_rerun(NEWER, "--quiet"), r"run {key}: result.json has schema_version 99; .*update "
+                                         r"saflex-bench.*left as it is", error=True, check=_untouched),
+    # made under other semantics: not served, trained again
+    "other-semantics-record-status": StoreCase(_status(OTHER_SEMANTICS), _key_line(r"made under semantics learner:none=2, "
+                                                                                   r"today's is v1: rerun")),
+    "other-semantics-record-run": StoreCase(_rerun(OTHER_SEMANTICS), r"(?m)^key {key}$", check=_reran),
+    # metrics.jsonl with an unreadable line in the middle: the done run stays done and reported
+    "torn-metrics-line-report": StoreCase(_report(_torn_metrics), r"loaded 2 done runs"),
+    "torn-sweep-ledger-status": StoreCase(_status(_torn_ledger), r"done 2 / running 0 / pending 0 / failed 0"),
+    "plan-json-not-json-sweep": StoreCase(_dry_sweep(_bad_plan), r"planned 2 \| done 2 .*would submit 0"),
+    "unreadable-checkpoint-run": StoreCase(_rerun(_garbage_checkpoint), r"(?m)^key {key}$", check=_reran_aside),
+    # locks: the waiter names the holder and gives up on a stopped or dead one
+    "lock-holder-stopped": StoreCase(_locked(dead=False), r"gave up waiting for .*\.job\.lock: its holder, pid \d+ on \S+ since "
+                                     r"2026-01-01T00:00:00Z, is stopped \(SIGSTOP", error=True, check=_only_the_lock,
+                                     allow=r"is being trained by another process: held by pid \d+ on \S+ since 2026", limit_s=30),
+    "lock-holder-dead": StoreCase(_locked(dead=True), r"gave up waiting .*its holder, pid \d+ on \S+ since 2026-01-01T00:00:00Z, "
+                                  r"is gone, but a process it started still holds the lock", error=True, check=_only_the_lock,
+                                  allow=r"is being trained by another process: held by pid", limit_s=30),
+    # tracking
+    "wandb-online-no-network": StoreCase(_online_no_network, r"wandb online mode: cannot reach 127.0.0.1:\d+ "
+                                         r"\(Connection refused\); use --wandb offline", error=True, check=_nothing_for_seed5,
+                                         limit_s=15),
+    "killed-after-result-wandb-repaired": StoreCase(_killed_after_result, r"(?m)^key \w+$", check=_repaired),
+    # --results naming a file, for the commands that read a store
+    "status-results-is-a-file": StoreCase(_results_file("status"), r"is a file, not a directory", error=True),
+    "report-results-is-a-file": StoreCase(_results_file("report"), r"no results store at", error=True),
+    "compare-results-is-a-file": StoreCase(_results_file("compare"), r"RESULTS_A .*no results store there", error=True),
+}
+
+
+@pytest.fixture(scope="module")
+def store_template(tmp_path_factory) -> Path:
+    from bench.runner import run_spec
+    from bench.spec import make_spec
+
+    root = tmp_path_factory.mktemp("store") / "results"
+    for seed in (0, 1):
+        run_spec(make_spec("digits/sklearn", "none", seed, {"epochs": 1}), root, wandb_mode="offline", progress=False,
+                 threads=1)
+    return root
+
+
+@pytest.mark.parametrize("name", sorted(STORE_STATE_CASES))
+def test_store_lock_tracking(name, env, capsys, monkeypatch, store_template):
+    case = STORE_STATE_CASES[name]
+    shutil.copytree(store_template, env.results)
+    env.holders = []
+    key = _key(0)
+    try:
+        argv = case.build(env, key, monkeypatch)
+        capsys.readouterr()
+        import threading
+
+        # a waiter that never gives up must not hang the suite: the holders end after the row's bound
+        watchdog = threading.Timer(case.limit_s, lambda: [p.kill() for p in env.holders])
+        watchdog.start()
+        t0 = time.monotonic()
+        try:
+            code = cli_main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+        spent = time.monotonic() - t0
+    finally:
+        if "watchdog" in locals():
+            watchdog.cancel()
+        for p in env.holders:
+            p.send_signal(signal.SIGCONT)
+            p.kill()
+            p.wait()
+    out, err = capsys.readouterr()
+    expected = case.expected.replace("{key}", key)
+    assert spent < case.limit_s, spent
+    if case.error:
+        assert case.allow is None or re.search(case.allow, err), err
+        check_one_line(code, "\n".join(ln for ln in err.splitlines() if not (case.allow and re.search(case.allow, ln))),
+                       expected)
+    else:
+        assert code == 0 and "Traceback" not in err, err
+        assert re.search(expected, out + err), out + err
+    if case.check:
+        case.check(env, key, out)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 SCHEMA_VERSION = 2
+NEWER_SCHEMA = "(update saflex-bench)"  # ends the reason of a record newer than this code: never overwritten
 RESULT = "result.json"
 METRICS = "metrics.jsonl"
 
@@ -75,7 +76,7 @@ def parse_result_text(text: str) -> tuple[dict | None, str | None]:
     version = rec.get("schema_version", 1)
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         return None, (f"result.json has schema_version {version!r}; this code reads versions 1-{SCHEMA_VERSION} "
-                      "(update saflex-bench)")
+                      + NEWER_SCHEMA)
     return decode_record(rec), None
 
 
