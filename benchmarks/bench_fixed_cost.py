@@ -131,11 +131,14 @@ def one_run(name: str, data_root: str | None, results: str, wandb: str, seed: in
 def _phases(marks: dict, total: float, start: float) -> dict[str, float]:
     """Phase seconds from one run's marks; `total` from `start` (0: the process start)."""
     marks = {k: v - start for k, v in marks.items()}
-    out = dict(imports=marks["data0"], data=marks["track0"] - marks["data0"], tracking=marks["track1"] - marks["track0"],
-               build=marks["build1"] - marks["build0"], training=marks["test0"] - marks["build1"],
-               test=marks["test1"] - marks["test0"], exit=total - marks["test1"])
-    # what sits between the phases (run directory, attempt file, lock) is small: put it in exit's column
-    out["exit"] += (marks["build0"] - marks["track1"])
+    # the trainer is built before the run folder and the tracker (a run that cannot start writes
+    # nothing): phases are read from their own marks, whatever their order
+    first_after_data = min(marks["track0"], marks["build0"])
+    out = dict(imports=marks["data0"], data=first_after_data - marks["data0"], tracking=marks["track1"] - marks["track0"],
+               build=marks["build1"] - marks["build0"], training=marks["test0"] - max(marks["build1"], marks["track1"]),
+               test=marks["test1"] - marks["test0"])
+    # exit, plus what sits between the phases (run directory, attempt file, lock): the rest of the total
+    out["exit"] = total - sum(out.values())
     out["total"] = total
     out["fixed"] = total - out["training"] - out["test"]
     return out

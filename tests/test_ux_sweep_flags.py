@@ -27,10 +27,10 @@ def _run_key(task, method, seed, *sets):
 def test_set_fixes_a_field_for_the_whole_grid_with_run_keys():
     cfg = narrow_sweep(load_sweep("demo"), parse_assignments(["epochs=1", "saflex.eps=0.05"]), [0, 1])
     plan = plan_sweep(cfg)
-    assert len(plan.runs) == 6 * 2  # 6 methods x the 2 seeds asked for
+    assert len(plan.runs) == 9 * 2  # 9 methods (3 upstreams x X, X+ref, X+saflex) x the 2 seeds asked for
     for r in plan.runs:
         assert r.spec.epochs == 1 and r.spec.seed in (0, 1)
-        sets = ["epochs=1", "saflex.eps=0.05"]
+        sets = ["epochs=1", "saflex.eps=0.05", "ref_frac=0.5"]  # ref_frac: the demo file's fixed field
         assert r.key == _run_key(r.spec.task, r.spec.method, r.spec.seed, *sets)
         assert (r.spec.knobs or {}).get("eps") == (0.05 if r.spec.learner == "saflex" else None)
     # a --set on a grid axis replaces the axis (the file's values are gone)
@@ -65,7 +65,7 @@ def test_sweep_demo_with_set_runs_locally_with_the_keys_of_run(capsys, tmp_path)
     assert "done 2 / failed 0" in out
     assert "2/2" in err and "run" in err  # the tqdm bar over the sweep's runs (stderr)
     store = ResultsStore(results)
-    want = {_run_key("digits/sklearn", m, 0, "epochs=1") for m in ("none", "none+saflex")}
+    want = {_run_key("digits/sklearn", m, 0, "epochs=1", "ref_frac=0.5") for m in ("none", "none+ref")}
     got = {p.name for p in (results / "runs").iterdir() if store.is_done(p.name)}
     assert got == want
     for k in got:

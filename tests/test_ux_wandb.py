@@ -27,7 +27,7 @@ def _write(root: Path, method: str, seed: int, acc: float, sweep: str, knobs: di
     rows = [{"epoch": e, "train_loss": 1.0 / e, "val_acc": acc - 0.1 / e} for e in (1, 2)]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "result.json").write_text(json.dumps({
-        "key": spec.key, "status": "done", "sweep": sweep, "spec": spec.to_dict(),
+        "key": spec.key, "status": "done", "sweep": sweep, "spec": spec.to_dict(), "semantics": spec.semantics,
         "metrics": {"test_acc": acc, "test_auc": acc, "val_acc": acc, "val_auc": acc, "best_epoch": 2, "epochs_run": 2},
         "cost": {"wall_s": 2.0, "epoch_s": 1.0, "step_s": 0.01, "process_s": 4.0}}))
     return spec.key
