@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import math
 import textwrap
@@ -244,10 +245,11 @@ def test_sweep_and_report_show_learners_with_overhead(cifar_root, tmp_path, caps
     for _, r in table.iterrows():
         assert r["overhead_step_s"] == pytest.approx(step[f"rand-m9-n2+{r['learner']}"] / step["rand-m9-n2"])
     md = (out_dir / "table.md").read_text()
-    header = next(ln for ln in md.splitlines() if ln.startswith("|") and "overhead" in ln)
-    cols = [c.strip() for c in header.strip("|").split("|")]
-    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines()
-            if ln.startswith("|") and TASK in ln]
+    lines = md.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("|") and "overhead" in ln)  # the long table
+    cols = [c.strip() for c in lines[at].strip("|").split("|")]
+    block = [ln for ln in itertools.takewhile(lambda ln: ln.startswith("|"), lines[at + 2:])]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in block if TASK in ln]
     assert len(rows) == 3
     over = cols.index("overhead")
     for r in rows:
