@@ -239,6 +239,15 @@ def main_runs(df: pd.DataFrame, setting: str = "default") -> tuple[pd.DataFrame,
     return _prefer_fair(sel)
 
 
+def split_fair_tuning(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs the study reports, the fair protocol's tuning-seed runs): seed 0 under the fair protocol
+    (`saflex_fair_seed0.yaml`) only chooses the epoch-selection rule; no table, average or test counts it."""
+    from reports.selection import TUNING_SEEDS
+
+    tune = df["seed"].isin(TUNING_SEEDS) & df["ref_frac"].notna() if "ref_frac" in df else df["seed"].isin([])
+    return df[~tune], df[tune]
+
+
 def _experiments(main: pd.DataFrame) -> dict[tuple, int]:
     """(task, upstream) -> SAFLEX seeds run, for one setting's main runs."""
     sx = main[main["learner"] == SAFLEX]
@@ -998,7 +1007,7 @@ def main_table_tex(data: StudyData) -> str:
     from reports.selection import annotate_selection
 
     df = _with_labels(data.runs)
-    df = df[df["task"].isin(TASKS)]
+    df, _ = split_fair_tuning(df[df["task"].isin(TASKS)])
     main, _ = main_runs(df, main_setting(df))
     main = main.drop(columns="knobs", errors="ignore")
     if data.selection is not None and len(data.selection):
@@ -1016,8 +1025,10 @@ def render(data: StudyData) -> str:
         from reports.selection import annotate_selection
 
         df = annotate_selection(df, majority=df["key"].map(data.selection.set_index("key")["selection.majority"]))
+    df, fair_tuning = split_fair_tuning(df)
     setting = main_setting(df)
     main, fair = main_runs(df, setting)
+    tuning_main = main_runs(fair_tuning, setting)[0] if len(fair_tuning) else fair_tuning
     truns = tuning_runs(df)
     noisy, noisy_fair = noisy_runs(df)
     table = main_table(main)
@@ -1070,7 +1081,7 @@ def render(data: StudyData) -> str:
     else:
         L += ["_No main-comparison runs found._", ""]
 
-    L += _selection_md(main, df, data, sx_name)
+    L += _selection_md(pd.concat([main, tuning_main]), pd.concat([df, fair_tuning]), data, sx_name)
 
     diag = diagnostics_rows(main, data) if len(main) else pd.DataFrame()
     if len(diag) and diag[[k for k, _ in DIAG_COLUMNS]].notna().any().any():
