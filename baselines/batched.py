@@ -11,7 +11,7 @@ Brightness" whatever their magnitudes (TrivialAugment draws one of 31 bins per i
 magnitude would leave groups of one). Ops without a per-image kernel (AutoContrast, Equalize, Invert
 need no parameter) are grouped by (name, magnitude) and run through torchvision's own kernel.
 
-Agreement with the per-image path (tests/test_batched_aug.py): colour and histogram ops are
+Agreement with the per-image path (tests/unit/baselines/test_batched_aug.py): colour and histogram ops are
 bit-identical. Geometric ops gather pixels through a source map that torchvision's own kernel computed
 (on the CPU, once per op, magnitude and size), so they are bit-identical too wherever the per-image path
 runs on the CPU; the tests still only promise a mismatch fraction <= GEOMETRIC_TOLERANCE for them, the
@@ -176,7 +176,7 @@ def batch_apply_ops(imgs: torch.Tensor, ops: Sequence[Sequence[Op]],
 # ---- which path the data loader should use -----------------------------------------------------------
 
 # The batched path is the default wherever a policy has one: on the CPU (where the data loader
-# augments) it gives the per-image path's images bit for bit (tests/test_batched_aug.py checks every
+# augments) it gives the per-image path's images bit for bit (tests/unit/baselines/test_batched_aug.py checks every
 # policy, op and magnitude exactly), so the run's images, results and key do not depend on the path.
 # It measured 2.6-6x the per-image path's images/s per CPU core (batch 256, 28 and 32 px:
 #     OMP_NUM_THREADS=1 python -m benchmarks.bench_augment --threads 1 --batch 256 --reps 5

@@ -11,7 +11,7 @@ and `apply_ops` applies them deterministically. No global RNG is read or written
 can be inspected or logged.
 
 torchvision keeps the op tables and the op semantics in private members; we reuse them rather than
-copy them (one source of truth), and tests/test_baselines.py checks the result stays bit-identical to
+copy them (one source of truth), and tests/unit/baselines/test_baselines.py checks the result stays bit-identical to
 the public transforms, so a torchvision change that breaks this fails a test, not a run.
 """
 from __future__ import annotations

@@ -148,7 +148,7 @@ class WandbTracker(Tracker):
             self._run.summary.update(_summary(result))
         from bench.store import fault_point
 
-        fault_point("wandb-finish")  # tests/test_faults.py: killed while wandb closes the run
+        fault_point("wandb-finish")  # tests/e2e/test_faults.py: killed while wandb closes the run
         self._run.finish(exit_code=exit_code)
         if result and exit_code == 0:
             mark_complete(self._run_dir, self.mode)

@@ -14,7 +14,7 @@ for one CPU core (sklearn digits, upsampled to 16 px, small_cnn). Prints each fi
 
     OMP_NUM_THREADS=1 python benchmarks/bench_learner_sanity.py [--steps N] [--only augerino augnet ...]
 
-tests/test_learned_sanity.py runs the same functions (fewer steps) and checks the figures.
+tests/e2e/test_learned_sanity.py runs the same functions (fewer steps) and checks the figures.
 """
 from __future__ import annotations
 

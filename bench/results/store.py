@@ -6,7 +6,7 @@ crashed or preempted run never leaves a record that looks complete.
 
 Files follow the process umask (as `open()` would), whatever the writer; a run is trained by one
 process at a time (`run_lock`); `fault_point` lets the fault-injection tests kill a process at a
-named point of a run's life (see tests/test_faults.py).
+named point of a run's life (see tests/e2e/test_faults.py).
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ _fault_hits: Counter = Counter()
 
 
 def fault_point(name: str) -> None:
-    """A named point of a run's life where tests/test_faults.py can kill the process (os._exit: no
+    """A named point of a run's life where tests/e2e/test_faults.py can kill the process (os._exit: no
     finally blocks, no flushing, like SIGKILL). A no-op unless $SAFLEX_FAULT names this point."""
     want = os.environ.get(FAULT_ENV)
     if not want or not want.startswith(name + ":") and want != name:

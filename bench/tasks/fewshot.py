@@ -21,7 +21,7 @@ With a frozen backbone SAFLEX's last-layer approximation is exact: the trainable
 exactly the head (W, b), so the SAFLEX score u_i = G h_i + g (saflex_core.sample_scores) paired with
 (p_i - y) is the inner product of the sample's loss gradient with the reference loss gradient over
 every trainable parameter, <d l_i/d theta, d L_ref/d theta> = (p_i - y_i) . u_i, with no term lost
-from the layers below (tests/test_fewshot.py checks it against autograd).
+from the layers below (tests/unit/bench/tasks/test_fewshot.py checks it against autograd).
 """
 from __future__ import annotations
 

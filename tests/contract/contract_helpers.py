@@ -56,7 +56,7 @@ class TinyImages(ImageTask):
 
 
 class TinyTable(Task):
-    """Two Gaussian blobs in 6-D: a feature-vector task (like tests/test_plugins.py's Blobs)."""
+    """Two Gaussian blobs in 6-D: a feature-vector task (like tests/unit/bench/test_plugins.py's Blobs)."""
 
     name = "contract/tabular"
     modality = "tabular"

@@ -25,7 +25,7 @@ TASK = "digits/sklearn"
 PLAIN_LOSS = {"none", "ref", "zeroshot"}
 # learners that need a task of their own kind: checked by their task's tests
 STEPS = 4
-OTHER_TASK = {"saflex-clip": "needs a clip/* task (tests/test_clip.py)"}
+OTHER_TASK = {"saflex-clip": "needs a clip/* task (tests/unit/bench/tasks/test_clip.py)"}
 
 
 def learner_on_digits(name, tmp_path):

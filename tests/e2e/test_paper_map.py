@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "paper_map.md"
 SHARED = REPO.parent / "shared" / "data"
 FAMILIES = ("Medical", "Tabular", "Natural images", "Few-shot", "Out-of-distribution", "Diffusion", "CLIP",

@@ -12,7 +12,7 @@ import pytest
 
 from bench.runner import process_age_s, process_cost
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_process_cost_adds_up():

@@ -23,7 +23,7 @@ from reports.load import load_results
 from sweeps.plan import done_keys
 from sweeps.status import DONE, FAILED, run_states
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[4]
 SPEC = dict(model="cnn", epochs=4, optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.9, schedule="multistep",
             milestones=[0.5, 0.75], gamma=0.1, batch_size=128, select_metric="auc", as_rgb=False, saflex=None)
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 from bench.trainer import TIMING_KEYS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 POINTS = {  # point -> the most times one process can reach it in a 2-epoch digits run
     "step": 20, "write-checkpoint.pt": 2, "between-checkpoint.pt": 1, "after-checkpoint": 2,
     "write-metrics.jsonl": 3, "before-result": 1, "write-result.json": 1, "after-result": 1, "wandb-finish": 1,
@@ -205,7 +205,7 @@ def error_report(counts: dict) -> str:
 
 
 def _run_campaign(tmp_path: Path, n: int, seed: int, disk_full: bool = False, timeout: int = 3000) -> dict:
-    code = (f"import sys, json; sys.path.insert(0, {str(REPO / 'tests')!r}); import test_faults; "
+    code = (f"import sys, json; sys.path.insert(0, {str(REPO / 'tests' / 'e2e')!r}); import test_faults; "
             f"print('COUNTS', json.dumps(test_faults.campaign({str(tmp_path)!r}, {n}, {seed}, {disk_full})))")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)

@@ -18,7 +18,7 @@ from baselines import (Augmented, CutMix, MixUp, Noisy, PolicyError, create_meth
                        method_grammars)
 from baselines.mixers import MixParams, sample_beta
 
-# image methods: the tabular family (baselines/tabular.py) has its own tests in tests/test_tabular.py
+# image methods: the tabular family (baselines/tabular.py) has its own tests in tests/unit/bench/tasks/test_tabular.py
 ALL_METHODS = list_methods()
 METHODS = [m for m in ALL_METHODS if "image" in create_method(m).modalities]
 SHAPES = [(3, 28, 28), (1, 28, 28), (1, 8, 8)]

@@ -8,7 +8,7 @@ import pytest
 from bench.errors import UsageError
 from reports.study_loader import load_study, study_names
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = {"saflex_core", "baselines", "bench", "sweeps", "reports"}
 
 

@@ -118,7 +118,7 @@ def test_medmnist_study_ships_its_main_table_as_latex(tmp_path):
 
     from reports.study_loader import load_study
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[3]
     study = load_study("saflex_medmnist", repo / "studies")
     study.write_report(None, tmp_path / "report.md")
     tex = (tmp_path / "main_table.tex").read_text()

@@ -84,7 +84,7 @@ def test_records_name_the_commit_in_a_checkout():
     from bench.runner import git_commit
 
     commit = git_commit()
-    if not (Path(__file__).resolve().parent.parent / ".git").exists():
+    if not (Path(__file__).resolve().parents[3] / ".git").exists():
         assert commit is None
     else:
         assert commit and len(commit.split("+")[0]) == 40

@@ -31,7 +31,7 @@ import pytest
 
 from bench.cli import main as cli_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("SAFLEX_SHARED_DATA", REPO.parent / "shared" / "data"))
 PMLB = "breast_cancer_wisconsin"
 PMLB_FILE = SHARED / "tabular" / "pmlb" / PMLB / f"{PMLB}.tsv.gz"

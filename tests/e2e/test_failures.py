@@ -23,7 +23,7 @@ from bench.runner import default_threads, mixed_cost_settings, run_spec
 from bench.spec import make_spec
 from bench.store import ResultsStore, run_lock, write_bytes_atomic
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 TASK = ["--task", "digits/sklearn", "--method", "none"]
 

@@ -349,7 +349,7 @@ def test_cli_report_any_metric(root, tmp_path, capsys):
 
 def test_wandb_frame_has_the_learners_and_extra_test_sets(root, df):
     from reports.load import load_wandb
-    from tests.test_reports import FakeApi
+    from test_reports import FakeApi
 
     wdf = load_wandb("ent/proj", api=FakeApi(root))
     cols = ["key", "learner", "arm", "upstream", "toy.width", "metrics.test_acc", "metrics.ood_usps_acc", "cost.learner_s"]

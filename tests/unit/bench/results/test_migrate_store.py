@@ -12,7 +12,7 @@ from bench.learners.saflex import SaflexLearner
 from bench.results import ResultsStore
 from bench.spec import RunSpec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[4]
 _spec = importlib.util.spec_from_file_location("migrate_store", REPO / "scripts" / "migrate_store.py")
 migrate_store = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(migrate_store)

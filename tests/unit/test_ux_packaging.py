@@ -13,7 +13,7 @@ import pytest
 
 tomllib = pytest.importorskip("tomllib")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 SHIPPED_MODULES = tuple(PYPROJECT["tool"]["setuptools"].get("py-modules", []))  # top-level modules (lazy_registry)
 SHIPPED = ("saflex_core", "baselines", "bench", "sweeps", "reports", *SHIPPED_MODULES)

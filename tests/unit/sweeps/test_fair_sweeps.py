@@ -11,7 +11,7 @@ import pytest
 from sweeps.config import load_sweep
 from sweeps.plan import plan_sweep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 FLAGSHIP = ("demo", "medmnist", "natural", "fewshot", "ood", "tabular", "clip", "clip_cpu", "diffusion", "diffusion_cpu")
 MACHINE_PATH = re.compile(r"(/work|/root|/home|/tmp)/")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-CI = Path(__file__).resolve().parents[1] / ".ci"
+CI = Path(__file__).resolve().parents[2] / ".ci"
 UP, DOWN = CI / "slurm_up.sh", CI / "slurm_down.sh"
 
 

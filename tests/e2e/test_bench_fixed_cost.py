@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_fixed_cost.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_fixed_cost.py"
 
 
 def test_phases_of_one_run_add_up(tmp_path):

@@ -16,7 +16,7 @@ from reports.load import load_results  # noqa: E402
 from reports.wandb_report import build_report, group_runs, report_spec  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-STUDY = Path(__file__).resolve().parents[1] / "reports" / "studies" / "saflex_fair_results"
+STUDY = Path(__file__).resolve().parents[3] / "reports" / "studies" / "saflex_fair_results"
 TASK = "digits/sklearn"
 
 
