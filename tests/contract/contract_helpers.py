@@ -24,6 +24,24 @@ from bench.trainer import Trainer
 UPSTREAM = {"image": "rand-m9-n2", "tabular": "gauss-s0.1"}
 
 
+SHIPPED = ("saflex_core", "baselines", "bench", "sweeps", "reports")
+
+
+def shipped_learners() -> list[str]:
+    """list_learners() less entries a test module registered for itself (test_plugins' toy learner):
+    the contract is over what the package ships."""
+    from bench.learners import get_learner_class, list_learners
+
+    return [n for n in list_learners() if get_learner_class(n).__module__.split(".")[0] in SHIPPED]
+
+
+def shipped_tasks() -> list[str]:
+    """list_tasks() less entries a test module registered for itself (test_plugins' toy task)."""
+    from bench.tasks import get_task, list_tasks
+
+    return [n for n in list_tasks() if type(get_task(n)).__module__.split(".")[0] in SHIPPED]
+
+
 def _labels(n: int, k: int) -> torch.Tensor:
     return torch.arange(n) % k
 

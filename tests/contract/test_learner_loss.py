@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from bench.errors import UsageError
-from bench.learners.base import LearnerContext, StepBatch, get_learner_class, list_learners
+from bench.learners.base import LearnerContext, StepBatch, get_learner_class
 from bench.seeding import generator
 from bench.spec import make_spec
 from bench.tasks import get_task
+
+from contract_helpers import shipped_learners
 
 TASK = "digits/sklearn"
 # the loss is the task's own: `none` trains plainly, `ref` adds labelled data (not a loss term),
@@ -39,7 +41,7 @@ def learner_on_digits(name, tmp_path):
     return get_learner_class(name)(ctx, spec.knobs), ctx, data
 
 
-@pytest.mark.parametrize("name", sorted(set(list_learners()) - PLAIN_LOSS))
+@pytest.mark.parametrize("name", sorted(set(shipped_learners()) - PLAIN_LOSS))
 def test_learner_loss_differs_from_the_plain_task_loss(name, tmp_path):
     if name in OTHER_TASK:
         pytest.skip(OTHER_TASK[name])
