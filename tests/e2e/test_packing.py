@@ -162,7 +162,7 @@ def test_pack_job_requests_k_times_cpus_and_memory_and_the_sweeps_gpus(tmp_path,
 
 
 @pytest.mark.skipif(os.environ.get("SAFLEX_LONG_PACK") != "1",
-                    reason="~2.5 min on 2 loaded cores: SAFLEX_LONG_PACK=1 pytest tests/unit/sweeps/test_packing.py -k preempted")
+                    reason="~2.5 min on 2 loaded cores: SAFLEX_LONG_PACK=1 pytest tests/e2e/test_packing.py -k preempted")
 def test_preempted_pack_forwards_the_signal_and_each_run_resumes_from_its_checkpoint(tmp_path):
     """USR2 to a local pack job (as SLURM sends on preemption): its children stop keeping their
     checkpoints, submitit requeues the pack, and each run resumes from its own checkpoint."""

@@ -53,7 +53,7 @@ def test_demo_sweep_plans_27_digits_runs_under_the_fair_protocol():
 
 
 def test_medmnist_sweep_is_3_sets_x_6_upstreams_x_3_arms_x_5_seeds():
-    plan = plan_sweep(load_sweep(Path(__file__).resolve().parents[3] / "sweeps" / "medmnist.yaml"))
+    plan = plan_sweep(load_sweep(Path(__file__).resolve().parents[2] / "sweeps" / "medmnist.yaml"))
     assert len(plan.runs) == 3 * 6 * 3 * 5 == 270
     assert {r.spec.ref_frac for r in plan.runs} == {0.5} and {r.spec.learner for r in plan.runs} == {"none", "ref", "saflex"}
     assert {r.spec.task for r in plan.runs} == {"medmnist/breastmnist", "medmnist/pneumoniamnist", "medmnist/retinamnist"}

@@ -42,7 +42,7 @@ WRITER = textwrap.dedent(
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[4])}
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
 def _leftovers(root: Path) -> list[Path]:
