@@ -50,6 +50,10 @@ def _child(root: str, fault: str | None, wandb_mode: str, disk_full: bool = Fals
     every atomic write fails with ENOSPC, as on a results root with no space left."""
     code = 1
     try:
+        # a job has its own wandb service: a forked child must not reuse one the test process started
+        # (a killed attempt's run would stay open in it, and the next attempt's run with the same id
+        # would be refused as "in use")
+        os.environ.pop("WANDB_SERVICE", None)
         if fault:
             os.environ["SAFLEX_FAULT"] = fault
         else:

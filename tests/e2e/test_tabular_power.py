@@ -46,7 +46,7 @@ def test_committed_sweep_is_the_rule_applied_to_the_shared_index(capsys):
 def test_sweep_plans_every_set_x_2_upstreams_x_3_arms_x_6_seeds_fairly():
     from sweeps.config import load_sweep
     from sweeps.plan import plan_sweep
-    from tests.test_fair_sweeps import unfair_groups
+    from conftest import unfair_groups
 
     plan = plan_sweep(load_sweep(REPO / "studies" / "tabular_power" / "sweeps" / "tabular_power.yaml"))
     tasks = {r.spec.task for r in plan.runs}
