@@ -370,7 +370,12 @@ def _train(spec: RunSpec, store: ResultsStore, trainer, data, threads: int, *, w
         fault_point("after-result")
         store.write_attempt(key, {**attempt, "state": "done", "ended_at": _now()})
         t_close = time.perf_counter()
-        tracker.finish(record)  # offline: the wandb run is written here, from the logged rows
+        try:
+            tracker.finish(record)  # offline: the wandb run is written here, from the logged rows
+        except Exception as e:  # noqa: BLE001 - the run is done; its wandb record is repaired by the next call
+            print(f"saflex-bench: warning: run {key} is done but its wandb record was not written "
+                  f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}); "
+                  "`saflex-bench run` of the same spec writes it again", file=sys.stderr)
         trainer.prune_checkpoints(keep_checkpoints)
         if timing is not None:  # closing costs seconds (wandb): in the record too, since jobs are sized from process_s
             close_s = time.perf_counter() - t_close

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import submitit
 
 from sweeps.config import GenerateStage, Launcher
-from sweeps.job import install_signal_handlers
+from sweeps.job import setup_job_process
 from sweeps.launcher import make_executor, sweep_dir
 
 
@@ -40,7 +40,7 @@ class GenerateJob(submitit.helpers.Checkpointable):
 
         from bench.generate import GenerationSpec, generate
 
-        install_signal_handlers()
+        setup_job_process()
         if threads:
             torch.set_num_threads(int(threads))
         spec = GenerationSpec.from_dict(gspec)

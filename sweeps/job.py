@@ -67,6 +67,22 @@ class JobTerminated(BaseException):
     interrupted, closes the wandb run and re-raises; submitit does not mistake it for a job error."""
 
 
+def setup_job_process() -> None:
+    """First thing in a submitit job: its own wandb service, and signals that stop a run cleanly."""
+    own_wandb_service()
+    install_signal_handlers()
+
+
+def own_wandb_service() -> None:
+    """A job must not use the wandb service of the process that submitted it. wandb exports
+    WANDB_SERVICE (a socket on the submitting host) to children once a run opened there (a notebook, a
+    debug sweep, a test session), and sbatch forwards the environment: the job's wandb would then
+    attach to a service on another node, or to one that has since exited, and fail after the result is
+    written. Without the variable, wandb starts the job's own service."""
+    if os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local"):
+        os.environ.pop("WANDB_SERVICE", None)
+
+
 def install_signal_handlers() -> None:
     """In a submitit job (slurm/local, main thread): turn SIGTERM into JobTerminated so the run stops
     cleanly within SLURM's KillWait instead of being SIGKILLed mid-epoch, with its last line saying
@@ -106,7 +122,7 @@ class RunJob(submitit.helpers.Checkpointable):
         from bench.spec import RunSpec  # stdlib-only imports: cheap while waiting for a slot
         from bench.store import ResultsStore
 
-        install_signal_handlers()
+        setup_job_process()
         store = ResultsStore(results)
         key = RunSpec.from_canonical(spec_dict).key  # the dict is a normalised spec (the planner made it)
         if store.is_done(key):  # e.g. finished by another sweep meanwhile: never train twice

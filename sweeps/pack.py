@@ -34,8 +34,8 @@ from typing import Any, Sequence
 
 import submitit
 
-from sweeps.job import (JobTerminated, RunJob, append_ledger, install_signal_handlers, now_iso, run_log_paths,
-                        run_slot, summary)
+from sweeps.job import (JobTerminated, RunJob, append_ledger, now_iso, run_log_paths, run_slot, setup_job_process,
+                        summary)
 from sweeps.status import last_error_line
 
 STOPPED = 128 + signal.SIGTERM  # a child's exit code when it stopped on a signal (resumable, not failed)
@@ -136,7 +136,7 @@ class PackJob(submitit.helpers.Checkpointable):
         resubmitted job skips the runs already done)."""
         from bench.spec import RunSpec
         from bench.store import ResultsStore
-        install_signal_handlers()
+        setup_job_process()
         store = ResultsStore(results)
         folder = child_log_dir(logs_template or "logs/%j", _job_id())
         folder.mkdir(parents=True, exist_ok=True)

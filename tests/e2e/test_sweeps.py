@@ -178,7 +178,13 @@ def _read_wandb_ids(run_dir: Path) -> set:
     return {read_offline_run(d, wait_s=10)["run_id"] for d in offline_run_dirs(run_dir)}
 
 
-def test_local_sweep_runs_then_nothing_to_submit_then_status_done(tmp_path, capsys):
+# what wandb exports once a run opened in the submitting process (a notebook, a debug sweep): here that
+# service has exited. Jobs inherit the environment and must start their own service, not fail on this one.
+STALE_WANDB_SERVICE = "3-999999-unix-/tmp/wandb-999999-1-1/socket"
+
+
+def test_local_sweep_runs_then_nothing_to_submit_then_status_done(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_SERVICE", STALE_WANDB_SERVICE)
     path = write(tmp_path, """
         name: local-e2e
         fixed: {task: digits/sklearn, epochs: 1, method: none}

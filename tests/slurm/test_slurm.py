@@ -34,7 +34,7 @@ if _sinfo.returncode != 0 or "urgent" not in _sinfo.stdout:
 from bench.cli import main as cli_main  # noqa: E402
 from bench.spec import RunSpec  # noqa: E402
 from bench.store import ResultsStore  # noqa: E402
-from bench.tracking import offline_run_dirs, read_offline_run, segment_run_id  # noqa: E402
+from bench.tracking import COMPLETE, offline_run_dirs, read_offline_run, segment_run_id  # noqa: E402
 from sweeps import load_sweep, plan_sweep  # noqa: E402
 from sweeps.launcher import LEDGER, read_ledger, sweep_dir  # noqa: E402
 from sweeps.status import run_states  # noqa: E402
@@ -71,6 +71,12 @@ def wait_for(cond, timeout: float, what: str, interval: float = 1.0):
         if time.time() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def wandb_closed(store: ResultsStore, key: str) -> bool:
+    """The job wrote its wandb record: offline, the runner writes it AFTER result.json (the result is what
+    counts), so a run is done a few seconds before its wandb segment exists on a loaded node."""
+    return (store.run_dir(key) / "wandb" / COMPLETE).exists()
 
 
 def states_of(results: Path, path: Path) -> dict:
@@ -141,6 +147,9 @@ def _files_containing(root: Path, needle: bytes) -> list[Path]:
 def test_job_array_completes_and_second_sweep_submits_nothing(tmp_path, results, capsys, reference, monkeypatch):
     secret = "0123456789abcdef0123456789abcdef01234567"
     monkeypatch.setenv("WANDB_API_KEY", secret)
+    # the submitter's wandb service (exported once a run opened in this process) has exited: the jobs,
+    # which inherit the environment, must start their own instead of failing after their result
+    monkeypatch.setenv("WANDB_SERVICE", "3-999999-unix-/tmp/wandb-999999-1-1/socket")
     # seeds no in-process test uses: a wandb run of the same key left open by an earlier test of the session
     # is "in use" for the jobs too (they inherit the session's wandb service)
     path = sweep_file(tmp_path, "slurm-array", {"task": "digits/sklearn", "epochs": 2, "method": "none"},
@@ -169,6 +178,7 @@ def test_job_array_completes_and_second_sweep_submits_nothing(tmp_path, results,
         rec = store.read_result(run.key)
         assert rec["status"] == "done" and rec["key"] == run.key and rec["sweep"] == "slurm-array"
         assert RunSpec.from_dict(rec["spec"]).key == run.key and 0 < rec["metrics"]["test_acc"] <= 1
+        wait_for(lambda: wandb_closed(store, run.key), 120, f"run {run.key}'s wandb record")
         (seg,) = offline_run_dirs(store.run_dir(run.key))  # wandb offline files in the run dir
         w = read_offline_run(seg, wait_s=10)
         assert w["run_id"] == run.key and w["group"] == "slurm-array" and w["steps"] == [1, 2] and w["exit_code"] == 0
@@ -228,9 +238,10 @@ def _check_resumed_like_reference(store, key, reference_result, ref_rows, epochs
     assert metric_rows(store, key) == ref_rows
     # one wandb run: every offline segment is named for and (where its process lived to write the
     # run record) carries the run key as id; the last one holds the whole curve, ending cleanly
+    wait_for(lambda: wandb_closed(store, key), 120, f"run {key}'s wandb record")
     dirs = offline_run_dirs(store.run_dir(key))
     assert len(dirs) >= segments_min and all(segment_run_id(d) == key for d in dirs)
-    segs = [read_offline_run(d) for d in dirs]
+    segs = [read_offline_run(d) for d in dirs[:-1]] + [read_offline_run(dirs[-1], wait_s=10)]
     assert {s["run_id"] for s in segs} - {None} == {key}
     last = segs[-1]
     assert last["run_id"] == key and last["resume"] and last["exit_code"] == 0

@@ -209,6 +209,38 @@ def test_killed_after_result_repairs_wandb_record_on_next_call(tmp_path):
     assert len(offline_run_dirs(run_dir)) == len(runs)
 
 
+def test_wandb_failing_after_the_result_leaves_a_done_run_and_a_repairable_record(tmp_path, monkeypatch, capsys):
+    """wandb cannot write the record once result.json is on disk (no service, a full /tmp): the run is
+    done, its attempt says done (not failed), one warning line says so; the next call writes the record."""
+    import bench.tracking
+    from bench.runner import run_spec
+    from bench.spec import make_spec
+    from bench.tracking import COMPLETE
+
+    results = tmp_path / "results"
+    spec = make_spec("digits/sklearn", "none", 13, {"epochs": 1})
+    real_finish = bench.tracking.WandbTracker.finish
+
+    def broken(self, result=None, exit_code=0):
+        raise RuntimeError("Failed to connect to service on socket /tmp/wandb-1/socket")
+
+    monkeypatch.setattr(bench.tracking.WandbTracker, "finish", broken)
+    record = run_spec(spec, results, wandb_mode="offline", progress=False)
+    err = capsys.readouterr().err
+    assert record["status"] == "done"
+    from bench.store import ResultsStore
+
+    store = ResultsStore(results)
+    assert store.is_done(spec.key) and store.read_attempt(spec.key)["state"] == "done"
+    assert f"warning: run {spec.key} is done but its wandb record was not written (RuntimeError: Failed" in err
+    run_dir = store.run_dir(spec.key)
+    assert not (run_dir / "wandb" / COMPLETE).exists()
+    monkeypatch.setattr(bench.tracking.WandbTracker, "finish", real_finish)
+    run_spec(spec, results, wandb_mode="offline", progress=False)
+    assert (run_dir / "wandb" / COMPLETE).exists()
+    assert [read_offline_run(d, wait_s=10)["steps"] for d in offline_run_dirs(run_dir)] == [[1]]
+
+
 def test_done_run_trained_without_wandb_gets_no_record_later(tmp_path):
     """A store trained with wandb off is never given wandb folders by a later call in offline mode."""
     from bench.runner import run_spec
