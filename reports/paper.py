@@ -174,6 +174,21 @@ def latex_document(body: str) -> str:
             "\\usepackage[margin=1cm,landscape]{geometry}\n\\begin{document}\n\\tiny\n" + body + "\n\\end{document}\n")
 
 
+def _tuning_choice(runs: pd.DataFrame, epochs: pd.DataFrame, seeds: tuple, with_selections: bool = False):
+    """The rule CRITERION picks on the tuning seeds' runs (every rule's epoch read from `epochs`)."""
+    eps = {key: g.to_dict("records") for key, g in epochs.groupby("key")} if len(epochs) else {}
+    sel = rule_selections(runs, epochs_of=lambda r: eps.get(r["key"], []))
+    choice = choose_rule(sel, seeds, incumbent_rule(runs))
+    return (choice, sel) if with_selections else choice
+
+
+def _choice_lines(choice) -> list[str]:
+    return [f"**Chosen: {choice.rule}** ({choice.reason}).", "",
+            "| rule | tuning runs | degenerate | unknown | mean val acc − majority |", "|---|---:|---:|---:|---:|",
+            *(f"| {r.rule} | {r.runs} | {r.degenerate} | {r.unknown} | {points_signed(r.margin)} |"
+              for r in choice.table.itertuples()), ""]
+
+
 def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.DataFrame, learner_arm: str,
                       learner_name: str = "X+SAFLEX", tuning_seeds: Iterable[int] = TUNING_SEEDS,
                       time_col: str = "cost.wall_s") -> list[str]:
@@ -188,7 +203,13 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
     m2 = second_metric(main) or "test_auc"
     L = [f"## Accuracy and {METRIC_LABEL.get(m2, m2)}, degenerate selections, and the selection rule", ""]
     if not len(main):
-        return L + ["_No main-comparison runs._", ""]
+        if not len(with_tuning):
+            return L + ["_No main-comparison runs._", ""]
+        # the tuning seed ran first: its rule is the one the reported seeds are to run under
+        choice = _tuning_choice(with_tuning, epochs, seeds)
+        L += ["_No runs of the reported seeds yet: only the tuning seed's, which choose the rule they are to run under._", "",
+              "### The selection rule, chosen on the tuning seed", "", f"Criterion, declared before looking: {CRITERION}", ""]
+        return L + _choice_lines(choice) if choice.rule else L + [f"**No rule is chosen here:** {choice.reason}.", ""]
     L += [f"Test accuracy and test {METRIC_LABEL.get(m2, m2)} of the main comparison side by side.", "",
           to_markdown(paper_table(main)), "",
           "± = half-width of the 95 % Student-t interval over seeds, points; Δ: paired by seed, [95 % CI]. "
@@ -209,9 +230,7 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
           f"p = {fisher_p(k, n, base_k, base_n):.3f}). Over all {len(all_runs)} stored runs, per learner: "
           + ", ".join(f"{lr} {v}" for lr, v in per_learner.items()) + ".", ""]
     # the rule, on the tuning seeds only
-    eps = {key: g.to_dict("records") for key, g in epochs.groupby("key")} if len(epochs) else {}
-    sel = rule_selections(with_tuning, epochs_of=lambda r: eps.get(r["key"], []))
-    choice = choose_rule(sel, seeds, incumbent_rule(with_tuning))
+    choice, sel = _tuning_choice(with_tuning, epochs, seeds, with_selections=True)
     seeds_s = ", ".join(map(str, seeds))
     L += ["### The selection rule, chosen on the tuning seed", "", f"Criterion, declared before looking: {CRITERION}", ""]
     if choice.rule is None:
@@ -224,10 +243,7 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
               f"until then the runs keep the rule they ran with ({incumbent_rule(main) or 'their own'}) and every "
               "table flags the degenerate selections it produced.", ""]
     else:
-        L += [f"**Chosen: {choice.rule}** ({choice.reason}).", "",
-              "| rule | tuning runs | degenerate | unknown | mean val acc − majority |", "|---|---:|---:|---:|---:|"]
-        L += [f"| {r.rule} | {r.runs} | {r.degenerate} | {r.unknown} | {points_signed(r.margin)} |" for r in choice.table.itertuples()]
-        L += [""]
+        L += _choice_lines(choice)
     if len(choice.diagnostic):
         L += ["Diagnostic only (the reported seeds; never used to choose): degenerate selections each rule would "
               "make on the stored epochs: " + "; ".join(f"{r.rule} {r.degenerate}/{r.runs}" for r in choice.diagnostic.itertuples())

@@ -40,18 +40,25 @@ def test_committed_sweep_is_the_rule_applied_to_the_shared_index(capsys):
     m = script()
     names = m.eligible(m.read_index(INDEX))
     assert len(names) >= 30
-    assert m.main(["--index", str(INDEX), "--check", str(REPO / "studies" / "tabular_power" / "sweeps" / "tabular_power.yaml")]) == 0
+    assert m.main(["--index", str(INDEX), "--check", str(REPO / "studies" / "tabular_power" / "sweeps")]) == 0
 
 
-def test_sweep_plans_every_set_x_2_upstreams_x_3_arms_x_6_seeds_fairly():
+def test_sweeps_plan_every_set_x_2_upstreams_x_3_arms_tuning_seed_then_5_seeds_fairly():
     from sweeps.config import load_sweep
     from sweeps.plan import plan_sweep
     from conftest import unfair_groups
 
-    plan = plan_sweep(load_sweep(REPO / "studies" / "tabular_power" / "sweeps" / "tabular_power.yaml"))
-    tasks = {r.spec.task for r in plan.runs}
-    assert len(tasks) >= 30 and len(plan.runs) == len(tasks) * 2 * 3 * 6
-    assert {r.spec.seed for r in plan.runs} == {0, 1, 2, 3, 4, 5} and unfair_groups(plan.runs) == []
+    from studies.tabular_power import SWEEP_FILES, planned_keys
+
+    tuning, main = (plan_sweep(load_sweep(f)) for f in SWEEP_FILES)
+    tasks = {r.spec.task for r in main.runs}
+    assert len(tasks) >= 30 and {r.spec.task for r in tuning.runs} == tasks
+    assert len(tuning.runs) == len(tasks) * 2 * 3 and {r.spec.seed for r in tuning.runs} == {0}
+    assert len(main.runs) == len(tasks) * 2 * 3 * 5 and {r.spec.seed for r in main.runs} == {1, 2, 3, 4, 5}
+    # the reported seeds run under the rule chosen on the tuning seed (the script's SELECT)
+    assert {r.spec.select_metric for r in main.runs} == {script().SELECT}
+    assert unfair_groups(tuning.runs) == [] and unfair_groups(main.runs) == []
+    assert len(set(planned_keys())) == len(tuning.runs) + len(main.runs)
 
 
 def test_missing_index_is_one_line_and_exit_2(tmp_path, capsys):

@@ -170,3 +170,20 @@ def test_selection_section_says_which_rule_and_why():
     assert "**Chosen: val_loss**" in text and "tied with val_acc" in text and "test" not in CRITERION.split("No test")[0]
     text = "\n".join(selection_section(df[df["seed"] > 0], df, epochs, "saflex"))
     assert "No rule is chosen here" in text and "reruns" in text
+
+
+def test_selection_section_with_only_the_tuning_seed_names_the_rule_to_run_the_reported_seeds_under():
+    """The study's order: the tuning seed runs first; its section must already say which rule the reported
+    seeds are to run under (and show no test number, there being no reported run)."""
+    from reports.paper import selection_section
+    from reports.selection import DEGENERATE
+
+    df, eps = runs_with_epochs()
+    df = df.assign(task="medmnist/breastmnist", upstream="rand-m9-n2", family="medmnist", learner=df["arm"],
+                   **{"metrics.test_acc": 0.8, "metrics.test_auc": 0.9, "metrics.val_acc": 0.7, DEGENERATE: 0.0})
+    epochs = frame([{"key": k, **e} for k, rows in eps.items() for e in rows])
+    tuning = df[df["seed"] == 0]
+    text = "\n".join(selection_section(tuning, tuning, epochs, "saflex"))
+    assert "No runs of the reported seeds yet" in text and "**Chosen: val_loss**" in text
+    assert "80.0" not in text
+    assert "_No main-comparison runs._" in "\n".join(selection_section(df.iloc[:0], df.iloc[:0], epochs, "saflex"))
