@@ -216,6 +216,8 @@ def tracking_config(spec_dict: Mapping[str, Any], knobs: Mapping[str, Any] | Non
 
 
 ONLINE_PROBE_S = 3.0  # how long online mode waits for the wandb server before giving up
+ONLINE_OK_FOR_S = 60.0  # a server that answered this recently is not probed again (runner + tracker, packed runs)
+_online_ok: dict[tuple[str, int], float] = {}
 
 
 def check_online(timeout: float = ONLINE_PROBE_S) -> None:
@@ -226,8 +228,12 @@ def check_online(timeout: float = ONLINE_PROBE_S) -> None:
     import threading
     from urllib.parse import urlparse
 
+    import time
+
     url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
     host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    if time.monotonic() - _online_ok.get((host, port), -ONLINE_OK_FOR_S) < ONLINE_OK_FOR_S:
+        return
     outcome: list[BaseException | None] = []
 
     def probe() -> None:
@@ -245,6 +251,7 @@ def check_online(timeout: float = ONLINE_PROBE_S) -> None:
     elif outcome[0] is not None:
         why = outcome[0].strerror or type(outcome[0]).__name__
     else:
+        _online_ok[(host, port)] = time.monotonic()
         return
     raise UsageError(f"wandb online mode: cannot reach {host}:{port} ({why}); "
                      "use --wandb offline (and `wandb sync` later) or check the network")

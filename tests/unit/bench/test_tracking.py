@@ -265,3 +265,39 @@ def test_online_probe_gives_up_on_a_server_that_never_answers(tmp_path, monkeypa
     with pytest.raises(UsageError, match=r"cannot reach api.wandb.ai:443 \(no answer within 0.2 s\)"):
         tracking.check_online(timeout=0.2)
     assert time.monotonic() - t0 < 3
+
+
+def test_online_probe_is_paid_once_per_minute_per_server_and_failures_are_not_remembered(monkeypatch):
+    """The runner probes before the run folder exists and the tracker again when it opens the run (and a
+    serial pack opens many): a server that answered within the last minute is not probed again."""
+    import socket
+
+    from bench import tracking
+
+    calls = []
+
+    class Conn:
+        def close(self):
+            pass
+
+    def connect(addr, timeout=None):
+        calls.append(addr)
+        if addr[0] == "down.example":
+            raise OSError(111, "Connection refused")
+        return Conn()
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    monkeypatch.setattr(tracking, "_online_ok", {})
+    monkeypatch.setenv("WANDB_BASE_URL", "https://up.example")
+    tracking.check_online()
+    tracking.check_online()
+    assert calls == [("up.example", 443)]
+    monkeypatch.setenv("WANDB_BASE_URL", "https://down.example")
+    for _ in range(2):
+        with pytest.raises(UsageError, match="cannot reach down.example:443"):
+            tracking.check_online()
+    assert calls.count(("down.example", 443)) == 2  # a failure is probed again
+    monkeypatch.setattr(tracking, "ONLINE_OK_FOR_S", 0.0)  # a minute later
+    monkeypatch.setenv("WANDB_BASE_URL", "https://up.example")
+    tracking.check_online()
+    assert calls.count(("up.example", 443)) == 2
