@@ -128,18 +128,15 @@ DIAG_STATS = ("n", "n_corrupted", "w_mean", "w_std", "w_min", "w_max", "w_low_fr
 def saflex_diag_frame(root: str | Path, keys: Iterable[str]) -> pd.DataFrame:
     """Per run with SAFLEX's per-sample diagnostics (last epoch): sample count, corrupted count, the
     weights' mean, std, min, max and share below 0.5, the mean label shift."""
-    from bench.results.store import SAFLEX_DIAG, ResultsStore
+    from bench.results import ResultsStore, read_saflex_diag
 
     store = ResultsStore(root)
     rows = []
     for k in keys:
-        f = store.run_dir(k) / SAFLEX_DIAG
-        if not f.is_file():
+        z = read_saflex_diag(store.run_dir(k))
+        if z is None:
             continue
-        with np.load(f) as z:
-            w = z["w"]
-            ls = z["label_shift"] if "label_shift" in z else None
-            cor = z["corrupted"] if "corrupted" in z else None
+        w, ls, cor = z["w"], z.get("label_shift"), z.get("corrupted")
         rows.append({"key": k, "n": int(w.size), "n_corrupted": int(cor.sum()) if cor is not None else None,
                      "w_mean": float(w.mean()), "w_std": float(w.std()), "w_min": float(w.min()),
                      "w_max": float(w.max()), "w_low_frac": float((w < 0.5).mean()),

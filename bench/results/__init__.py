@@ -9,7 +9,7 @@
 """
 from bench.results.records import (METRICS, RESULT, SCHEMA_VERSION, decode_record, load_record,  # noqa: F401
                                    normalize_semantics, read_metrics, record_problem, spec_for)
-from bench.results.store import ResultsStore, exclusive, run_lock, write_json_atomic  # noqa: F401
+from bench.results.store import ResultsStore, exclusive, read_saflex_diag, run_lock, write_json_atomic  # noqa: F401
 
 
 def __getattr__(name):  # the index pulls in pandas: only when asked for

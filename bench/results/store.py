@@ -38,6 +38,18 @@ SAFLEX_DIAG = "saflex_diag.npz"
 SWEEP_PLAN = "plan.json"  # <results>/sweeps/<name>/: the keys a sweep file plans, written by `sweep`, read by `report`
 
 
+def read_saflex_diag(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """A SAFLEX run's per-sample diagnostics of its last epoch (saflex_diag.npz): w, label_shift, corrupted
+    (numpy arrays; the last two absent in files older than them), or None where the run has none."""
+    import numpy as np
+
+    f = Path(run_dir) / SAFLEX_DIAG
+    if not f.is_file():
+        return None
+    with np.load(f) as z:
+        return {name: np.asarray(z[name]) for name in ("w", "label_shift", "corrupted") if name in z}
+
+
 def sweep_plan_path(root: str | os.PathLike, sweep: str) -> Path:
     return Path(root) / "sweeps" / sweep / SWEEP_PLAN
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from bench.results import read_saflex_diag
 from reports.figures._common import CLEAN_COLOR, CORRUPT_COLOR, run_dir
 from reports.figures._registry import NoData, register
 from reports.stats import roc_auc
@@ -22,13 +23,12 @@ def fig_diagnostics(df: pd.DataFrame, root: Path | None = None, metric: str = "t
         raise NoData("no X+saflex runs loaded (this figure shows SAFLEX's per-sample weights and label shifts)", cols)
     for _, r in sx.iterrows():
         d = run_dir(r, root)
-        f = d / "saflex_diag.npz" if d else None
-        if f is None or not f.is_file():
+        z = read_saflex_diag(d) if d else None
+        if z is None or "label_shift" not in z or "corrupted" not in z:
             continue
-        with np.load(f) as z:
-            w.append(np.asarray(z["w"], float).ravel())
-            ls.append(np.asarray(z["label_shift"], float).ravel())
-            cor.append(np.asarray(z["corrupted"], bool).ravel())
+        w.append(np.asarray(z["w"], float).ravel())
+        ls.append(np.asarray(z["label_shift"], float).ravel())
+        cor.append(np.asarray(z["corrupted"], bool).ravel())
         ups.add(r["upstream"])
     if not w:
         why = ("runs loaded from wandb carry no run files (saflex_diag.npz) and the local store has none"
