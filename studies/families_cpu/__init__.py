@@ -1,0 +1,70 @@
+"""Natural images, few-shot and out-of-distribution at CPU scale, under the fair protocol. See README.md."""
+from __future__ import annotations
+
+from pathlib import Path
+
+QUESTION = ("On natural images (CIFAR-10), few-shot (CIFAR-10, K=4 and 16) and out-of-distribution tasks (MNIST->USPS, "
+            "MNIST->MNIST-M, Amazon->Webcam, CIFAR-10->CIFAR-10-C) at CPU scale, does SAFLEX beat its upstream and "
+            "the label-budget control X+ref?")
+COMMANDS = (
+    "saflex-bench sweep studies/families_cpu/sweeps/families_cpu_tuning.yaml --results R --data-root DIR --executor local --threads 1",
+    "saflex-bench sweep studies/families_cpu/sweeps/families_cpu.yaml --results R --data-root DIR --executor local --threads 1",
+    "saflex-bench study families_cpu --build-table R",
+    "saflex-bench study families_cpu",
+)
+HERE = Path(__file__).resolve().parent
+TABLE = HERE / "results"
+REPORT = HERE / "report"
+# the tuning seed first (the rule is chosen on it), then the reported seeds under that rule
+SWEEP_FILES = (HERE / "sweeps" / "families_cpu_tuning.yaml", HERE / "sweeps" / "families_cpu.yaml")
+
+
+def planned_keys() -> list[str]:
+    """The run keys of the study's two sweep files: its table holds these runs and no others."""
+    from sweeps.config import load_sweep
+    from sweeps.plan import plan_sweep
+
+    return [k for f in SWEEP_FILES for k in plan_sweep(load_sweep(f)).keys]
+
+
+def build_table(roots, table_dir=None) -> list[Path]:
+    """results/ from one results root: the runs of the two sweep files, their epochs and each run's
+    selection-split majority rate."""
+    from reports.selection import selection_frame
+    from reports.study_table import epochs_frame, runs_frame, write_table
+
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    if len(roots) != 1:
+        from bench.errors import UsageError
+
+        raise UsageError(f"families_cpu builds its table from one results root (got {len(roots)})")
+    runs = runs_frame(roots[0])
+    attrs = dict(runs.attrs)
+    runs = runs[runs["key"].isin(planned_keys())].reset_index(drop=True)
+    runs.attrs.update(attrs)
+    return write_table(table_dir or TABLE, {"runs": runs, "epochs": epochs_frame(roots[0], runs["key"]),
+                                            "selection": selection_frame(runs)}, {"study": "families_cpu"})
+
+
+def write_report(table_dir=None, out=None) -> list[Path]:
+    """report/table.{md,tex,csv}, gain_summary.csv, main_table.tex (`saflex-bench report`'s tables, degenerate
+    selections flagged; seed 0 left out) and families.md (per family: the task-clustered gains; the selection
+    rule chosen on seed 0; accuracy and AUC side by side), from the table alone."""
+    from reports.selection import TUNING_SEEDS, annotate_selection
+    from reports.study_table import read_table
+    from reports.tables import write_tables
+
+    from .report import families_markdown
+
+    frames, _ = read_table(table_dir or TABLE)
+    runs = frames["runs"]
+    maj = frames["selection"].set_index("key")["selection.majority"]
+    runs = annotate_selection(runs, majority=runs["key"].map(maj))
+    runs.attrs.update(frames["runs"].attrs)
+    out = Path(out or REPORT)
+    reported = runs[~runs["seed"].isin(TUNING_SEEDS)]
+    reported.attrs.update(runs.attrs)
+    paths, _ = write_tables(reported, out)
+    md = out / "families.md"
+    md.write_text(families_markdown(runs, frames.get("epochs")))
+    return [*paths, md]
