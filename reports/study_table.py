@@ -125,6 +125,36 @@ def epochs_frame(root: str | Path, keys: Iterable[str]) -> pd.DataFrame:
 DIAG_STATS = ("n", "n_corrupted", "w_mean", "w_std", "w_min", "w_max", "w_low_frac", "label_shift_mean")
 
 
+def build_selection_table(roots, table_dir: str | Path, keys: Iterable[str], study: str) -> list[Path]:
+    """A study's table from one results root: the runs of `keys` (what its sweep files plan, found by key
+    whichever sweep first ran them: a store may also hold runs of an earlier design, e.g. the reported seeds
+    under another selection rule), their epochs and each run's selection-split majority rate."""
+    from reports.selection import selection_frame
+
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    if len(roots) != 1:
+        raise _usage_error(f"{study} builds its table from one results root (got {len(roots)})")
+    runs = runs_frame(roots[0])
+    attrs = dict(runs.attrs)
+    runs = runs[runs["key"].isin(set(keys))].reset_index(drop=True)
+    runs.attrs.update(attrs)
+    return write_table(table_dir, {"runs": runs, "epochs": epochs_frame(roots[0], runs["key"]),
+                                   "selection": selection_frame(runs)}, {"study": study})
+
+
+def read_selection_table(table_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(runs annotated with their selection-split majority rate and degenerate flag, epochs) of a table
+    that build_selection_table wrote."""
+    from reports.selection import annotate_selection
+
+    frames, _ = read_table(table_dir)
+    runs = frames["runs"]
+    maj = frames["selection"].set_index("key")["selection.majority"]
+    out = annotate_selection(runs, majority=runs["key"].map(maj))
+    out.attrs.update(runs.attrs)
+    return out, frames.get("epochs")
+
+
 def saflex_diag_frame(root: str | Path, keys: Iterable[str]) -> pd.DataFrame:
     """Per run with SAFLEX's per-sample diagnostics (last epoch): sample count, corrupted count, the
     weights' mean, std, min, max and share below 0.5, the mean label shift."""

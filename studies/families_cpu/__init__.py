@@ -20,7 +20,7 @@ SWEEP_FILES = (HERE / "sweeps" / "families_cpu_tuning.yaml", HERE / "sweeps" / "
 
 
 def planned_keys() -> list[str]:
-    """The run keys of the study's two sweep files: its table holds these runs and no others."""
+    """The run keys of the study's sweep files: its table holds these runs and no others."""
     from sweeps.config import load_sweep
     from sweeps.plan import plan_sweep
 
@@ -28,43 +28,26 @@ def planned_keys() -> list[str]:
 
 
 def build_table(roots, table_dir=None) -> list[Path]:
-    """results/ from one results root: the runs of the two sweep files, their epochs and each run's
+    """results/ from one results root: the runs of the study's two sweep files, their epochs and each run's
     selection-split majority rate."""
-    from reports.selection import selection_frame
-    from reports.study_table import epochs_frame, runs_frame, write_table
+    from reports.study_table import build_selection_table
 
-    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
-    if len(roots) != 1:
-        from bench.errors import UsageError
-
-        raise UsageError(f"families_cpu builds its table from one results root (got {len(roots)})")
-    runs = runs_frame(roots[0])
-    attrs = dict(runs.attrs)
-    runs = runs[runs["key"].isin(planned_keys())].reset_index(drop=True)
-    runs.attrs.update(attrs)
-    return write_table(table_dir or TABLE, {"runs": runs, "epochs": epochs_frame(roots[0], runs["key"]),
-                                            "selection": selection_frame(runs)}, {"study": "families_cpu"})
+    return build_selection_table(roots, table_dir or TABLE, planned_keys(), "families_cpu")
 
 
 def write_report(table_dir=None, out=None) -> list[Path]:
-    """report/table.{md,tex,csv}, gain_summary.csv, main_table.tex (`saflex-bench report`'s tables, degenerate
-    selections flagged; seed 0 left out) and families.md (per family: the task-clustered gains; the selection
-    rule chosen on seed 0; accuracy and AUC side by side), from the table alone."""
-    from reports.selection import TUNING_SEEDS, annotate_selection
-    from reports.study_table import read_table
+    """report/table.{md,tex,csv}, gain_summary.csv, main_table.tex (`saflex-bench report`'s tables over the
+    reported seeds, degenerate selections flagged) and families.md (per family: the task-clustered gains; the
+    selection rule chosen on seed 0; accuracy and AUC side by side), from the table alone."""
+    from reports.selection import TUNING_SEEDS
+    from reports.study_table import read_selection_table
     from reports.tables import write_tables
 
     from .report import families_markdown
 
-    frames, _ = read_table(table_dir or TABLE)
-    runs = frames["runs"]
-    maj = frames["selection"].set_index("key")["selection.majority"]
-    runs = annotate_selection(runs, majority=runs["key"].map(maj))
-    runs.attrs.update(frames["runs"].attrs)
+    runs, epochs = read_selection_table(table_dir or TABLE)
     out = Path(out or REPORT)
-    reported = runs[~runs["seed"].isin(TUNING_SEEDS)]
-    reported.attrs.update(runs.attrs)
-    paths, _ = write_tables(reported, out)
+    paths, _ = write_tables(runs[~runs["seed"].isin(TUNING_SEEDS)], out)
     md = out / "families.md"
-    md.write_text(families_markdown(runs, frames.get("epochs")))
+    md.write_text(families_markdown(runs, epochs))
     return [*paths, md]

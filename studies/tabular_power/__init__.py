@@ -22,8 +22,7 @@ SWEEP_FILES = (HERE / "sweeps" / "tabular_power_tuning.yaml", HERE / "sweeps" / 
 
 
 def planned_keys() -> list[str]:
-    """The run keys of the study's two sweep files: the table holds these runs and no others (a store may
-    also hold runs of an earlier design, e.g. the reported seeds under another selection rule)."""
+    """The run keys of the study's sweep files: its table holds these runs and no others."""
     from sweeps.config import load_sweep
     from sweeps.plan import plan_sweep
 
@@ -31,42 +30,26 @@ def planned_keys() -> list[str]:
 
 
 def build_table(roots, table_dir=None) -> list[Path]:
-    """results/ from one results root: the runs of the study's sweep files (found by key, whichever sweep
-    first ran them) and each run's selection-split majority rate."""
-    from reports.selection import selection_frame
-    from reports.study_table import epochs_frame, runs_frame, write_table
+    """results/ from one results root: the runs of the study's two sweep files, their epochs and each run's
+    selection-split majority rate."""
+    from reports.study_table import build_selection_table
 
-    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
-    if len(roots) != 1:
-        from bench.errors import UsageError
-
-        raise UsageError(f"tabular_power builds its table from one results root (got {len(roots)})")
-    runs = runs_frame(roots[0])
-    keys = planned_keys()
-    attrs = dict(runs.attrs)
-    runs = runs[runs["key"].isin(keys)].reset_index(drop=True)
-    runs.attrs.update(attrs, missing=len(set(keys) - set(runs["key"])))
-    return write_table(table_dir or TABLE, {"runs": runs, "epochs": epochs_frame(roots[0], runs["key"]),
-                                            "selection": selection_frame(runs)}, {"study": SWEEP})
+    return build_selection_table(roots, table_dir or TABLE, planned_keys(), "tabular_power")
 
 
 def write_report(table_dir=None, out=None) -> list[Path]:
-    """report/table.{md,tex,csv}, gain_summary.csv, main_table.tex (`saflex-bench report`'s tables, degenerate
-    selections flagged) and power.md (the selection rule chosen on seed 0, the task-clustered gains over the
-    other seeds and the half-width they project), from the table."""
-    from reports.selection import annotate_selection
-    from reports.study_table import read_table
+    """report/table.{md,tex,csv}, gain_summary.csv, main_table.tex (`saflex-bench report`'s tables over the
+    reported seeds, degenerate selections flagged) and power.md (the selection rule chosen on seed 0, the
+    task-clustered gains over the other seeds and what they decide), from the table."""
+    from reports.selection import TUNING_SEEDS
+    from reports.study_table import read_selection_table
     from reports.tables import write_tables
 
     from .report import power_markdown
 
-    frames, _ = read_table(table_dir or TABLE)
-    runs = frames["runs"]
-    maj = frames["selection"].set_index("key")["selection.majority"]
-    runs = annotate_selection(runs, majority=runs["key"].map(maj))
-    runs.attrs.update(frames["runs"].attrs)
+    runs, epochs = read_selection_table(table_dir or TABLE)
     out = Path(out or REPORT)
-    paths, _ = write_tables(runs, out)
+    paths, _ = write_tables(runs[~runs["seed"].isin(TUNING_SEEDS)], out)
     power = out / "power.md"
-    power.write_text(power_markdown(runs, frames.get("epochs")))
+    power.write_text(power_markdown(runs, epochs))
     return [*paths, power]
