@@ -406,7 +406,10 @@ class Trainer:
             if self.tracker is not None:
                 self.tracker.log_epoch(row, step=epoch + 1)
             shown = " ".join(f"val_{k} {v:.4f}" for k, v in val.items() if k in self.task.metric_names)
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", **{spec.select_metric: f"{val.get(spec.select_metric, float('nan')):.3f}"})
+            postfix = {"loss": f"{row['train_loss']:.3f}"}  # the selection metric under its own name (it may be loss)
+            if spec.select_metric in val:
+                postfix[f"val_{spec.select_metric}"] = f"{val[spec.select_metric]:.3f}"
+            bar.set_postfix(**postfix)
             self.log(f"epoch {epoch + 1}/{spec.epochs} loss {row['train_loss']:.4f} {shown} ({row['epoch_s']:.1f}s)")
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch + 1, row)

@@ -191,12 +191,14 @@ def _choice_lines(choice) -> list[str]:
 
 def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.DataFrame, learner_arm: str,
                       learner_name: str = "X+SAFLEX", tuning_seeds: Iterable[int] = TUNING_SEEDS,
-                      time_col: str = "cost.wall_s") -> list[str]:
+                      time_col: str = "cost.wall_s", rerun: pd.DataFrame | None = None) -> list[str]:
     """Markdown: the main comparison's accuracy and AUC side by side (reports/paper.py), degenerate
     selections per arm, the selection rule chosen on the tuning seeds (or why none can be), its cost,
     and the conclusions under it. `main` and `all_runs` must carry MAJORITY/DEGENERATE (annotate_selection);
     `epochs` is the per-epoch frame (key, epoch, val_*). Runs of the tuning seeds in `main` serve the rule
-    only: the tables, counts and conclusions are over the other seeds."""
+    only: the tables, counts and conclusions are over the other seeds. `rerun`: the main comparison's runs
+    rerun under another rule (annotated like `main`); where their rule is the one the tuning seeds choose,
+    the conclusions are given under it first, then under the stored rule for comparison."""
     seeds = tuple(tuning_seeds)
     with_tuning = main  # the rule reads the tuning seeds' epochs; tables and conclusions never do
     main = main[~main["seed"].isin(seeds)]
@@ -252,15 +254,35 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
             c = rerun_cost(main, sel, rule, time_col)
             if c["runs"]:
                 t = f"{c['seconds'] / 3600:.1f} CPU-hours" if c["seconds"] >= 3600 else f"{c['seconds'] / 60:.1f} CPU-minutes"
+                done = rerun is not None and len(rerun) and incumbent_rule(rerun) == rule
                 L.append(f"- {rule}: {c['runs']} of {c['of']} runs select another epoch -> {c['runs']} reruns x "
-                         f"{c['mean_s']:.0f} s measured = {t} (not run).")
+                         f"{c['mean_s']:.0f} s measured = {t} ({'run: below' if done else 'not run'}).")
         L += [""]
     # conclusions under the rule in force
     stored = incumbent_rule(main) or "the runs' own rules"
-    if choice.rule and choice.rule != stored:  # the test numbers exist at the stored rule's epochs only
+    rerun = rerun[~rerun["seed"].isin(seeds)] if rerun is not None and len(rerun) else None
+    if choice.rule and choice.rule != stored and rerun is not None and incumbent_rule(rerun) == choice.rule:
+        L += [f"### Conclusions under {choice.rule} (chosen on the tuning seed; {len(rerun)} runs rerun under it)", "",
+              f"Test accuracy and test {METRIC_LABEL.get(m2, m2)} of the main comparison under {choice.rule}.", "",
+              to_markdown(paper_table(rerun)), "", degenerate_note(rerun), ""]
+        L += _degenerate_lines(rerun, names, learner_arm) + _conclusion_lines(rerun, learner_arm, learner_name, names, m2)
+        L += [f"### Conclusions under {stored} (the stored rule, for comparison)", ""]
+    elif choice.rule and choice.rule != stored:  # the test numbers exist at the stored rule's epochs only
         L += [f"### Conclusions under {stored} (the stored rule; under {choice.rule} they need the reruns above)", ""]
     else:
         L += [f"### Conclusions under {stored}", ""]
+    return L + _conclusion_lines(main, learner_arm, learner_name, names, m2)
+
+
+def _degenerate_lines(runs: pd.DataFrame, names: dict, learner_arm: str) -> list[str]:
+    cnt = {a: (int((g[DEGENERATE] == 1).sum()), len(g)) for a, g in runs.groupby("arm")}
+    return ["Degenerate selections: " + ", ".join(f"{names[a]} {cnt[a][0]}/{cnt[a][1]}" for a in (NONE, REF, learner_arm)
+                                                  if a in cnt) + ".", ""]
+
+
+def _conclusion_lines(main: pd.DataFrame, learner_arm: str, learner_name: str, names: dict, m2: str) -> list[str]:
+    """Task-clustered gains of the learner over X and X+ref, with and without the degenerate pairs."""
+    L = []
     for metric in ("test_acc", m2):
         for base in (NONE, REF):
             ci, used, _ = clustered_gain(main, learner_arm, base, metric)
@@ -269,6 +291,5 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
                      f"{points_signed(ci.mean)} [{points_signed(ci.lo)}, {points_signed(ci.hi)}] ({used} pairs); without the {dropped} pairs with a "
                      f"degenerate selection: {points_signed(ci_d.mean)} [{points_signed(ci_d.lo)}, {points_signed(ci_d.hi)}] ({used_d} pairs).")
     n_tasks = main["task"].nunique()
-    L += ["", f"Intervals are over tasks (the independent units): {n_tasks} tasks, {n_tasks - 1} degree(s) of freedom"
-          + (": none of these can confirm or rule out a 1-point gain." if n_tasks < 10 else "."), ""]
-    return L
+    return L + ["", f"Intervals are over tasks (the independent units): {n_tasks} tasks, {n_tasks - 1} degree(s) of freedom"
+                + (": none of these can confirm or rule out a 1-point gain." if n_tasks < 10 else "."), ""]

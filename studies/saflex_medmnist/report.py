@@ -35,6 +35,7 @@ from reports.tables import fmt_points, public_source
 
 TASKS = ("medmnist/breastmnist", "medmnist/pneumoniamnist", "medmnist/retinamnist")
 UPSTREAMS = ("rand-m9-n2", "cutmix-a1.0", "mixup-a0.2")
+STORED_RULE = "auc"  # the study's sweeps select on val AUC (the MedMNIST default); saflex_fair_loss.yaml reruns on val loss
 TUNE_TASKS = ("medmnist/breastmnist", "medmnist/retinamnist")
 TUNE_UPSTREAM = "rand-m9-n2"
 SAFLEX = "saflex"
@@ -984,7 +985,20 @@ def write_markdown(data: StudyData, out: str | Path = DEFAULT_OUT) -> Path:
     return out
 
 
-def _selection_md(main: pd.DataFrame, df: pd.DataFrame, data: StudyData, sx_name: str) -> list[str]:
+def split_rules(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs under the study's stored selection rule, runs rerun under another): every section reads the
+    first; the selection section gives the main comparison's conclusions under the second too."""
+    rule = df["select_metric"].fillna(STORED_RULE) if "select_metric" in df else pd.Series(STORED_RULE, index=df.index)
+    return df[rule == STORED_RULE], df[rule != STORED_RULE]
+
+
+def rule_reruns(other: pd.DataFrame) -> pd.DataFrame:
+    """The main comparison (X, X+ref, X+SAFLEX at today's default, fair protocol) among the reruns."""
+    return main_runs(other, "default")[0] if len(other) else other
+
+
+def _selection_md(main: pd.DataFrame, df: pd.DataFrame, data: StudyData, sx_name: str,
+                  rerun: pd.DataFrame | None = None) -> list[str]:
     """Accuracy and AUC side by side, degenerate selections per arm, the selection rule chosen on the
     tuning seed and the conclusions under it (reports/selection.py), from the table's majority rates."""
     from reports.paper import selection_section
@@ -997,7 +1011,8 @@ def _selection_md(main: pd.DataFrame, df: pd.DataFrame, data: StudyData, sx_name
     # `knobs` labels arms (render's _with_labels), it is not a protocol column: the tables group without it
     ann = lambda f: annotate_selection(f.drop(columns="knobs", errors="ignore"), majority=f["key"].map(maj))  # noqa: E731
     sx_arm = next(iter(main.loc[main["learner"] == SAFLEX, "arm"].unique()), SAFLEX)
-    return selection_section(ann(main), ann(df), data.epochs, sx_arm, f"X+{sx_name}")
+    return selection_section(ann(main), ann(df), data.epochs, sx_arm, f"X+{sx_name}",
+                             rerun=ann(rerun) if rerun is not None and len(rerun) else None)
 
 
 def main_table_tex(data: StudyData) -> str:
@@ -1007,7 +1022,8 @@ def main_table_tex(data: StudyData) -> str:
     from reports.selection import annotate_selection
 
     df = _with_labels(data.runs)
-    df, _ = split_fair_tuning(df[df["task"].isin(TASKS)])
+    df, _ = split_rules(df[df["task"].isin(TASKS)])
+    df, _ = split_fair_tuning(df)
     main, _ = main_runs(df, main_setting(df))
     main = main.drop(columns="knobs", errors="ignore")
     if data.selection is not None and len(data.selection):
@@ -1025,6 +1041,7 @@ def render(data: StudyData) -> str:
         from reports.selection import annotate_selection
 
         df = annotate_selection(df, majority=df["key"].map(data.selection.set_index("key")["selection.majority"]))
+    df, other_rule = split_rules(df)
     df, fair_tuning = split_fair_tuning(df)
     setting = main_setting(df)
     main, fair = main_runs(df, setting)
@@ -1081,7 +1098,8 @@ def render(data: StudyData) -> str:
     else:
         L += ["_No main-comparison runs found._", ""]
 
-    L += _selection_md(pd.concat([main, tuning_main]), pd.concat([df, fair_tuning]), data, sx_name)
+    L += _selection_md(pd.concat([main, tuning_main]), pd.concat([df, fair_tuning]), data, sx_name,
+                       rerun=rule_reruns(split_fair_tuning(other_rule)[0]))
 
     diag = diagnostics_rows(main, data) if len(main) else pd.DataFrame()
     if len(diag) and diag[[k for k, _ in DIAG_COLUMNS]].notna().any().any():

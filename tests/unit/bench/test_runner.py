@@ -90,3 +90,18 @@ def test_methods_with_same_seed_see_same_data_order_and_draws():
     a.epoch = b.epoch = 1
     assert torch.equal(a[5][0], b[5][0])
     assert epoch_batches(16, 4, 3, 1) == epoch_batches(16, 4, 3, 1) != epoch_batches(16, 4, 4, 1)
+
+
+@pytest.mark.parametrize("rule", ["acc", "auc", "loss", "last"])
+def test_every_selection_rule_trains_with_the_progress_bar_and_keeps_the_epoch_it_names(rule, tmp_path):
+    """Each `select_metric` a spec accepts: the run completes with the progress bar on (`loss` once collided
+    with the bar's own `loss` field) and its best epoch is the one the rule picks from metrics.jsonl
+    (ties to the later epoch)."""
+    rec = run_spec(spec(select_metric=rule), tmp_path, progress=True, wandb_mode="disabled")
+    rows = ResultsStore(tmp_path).read_metrics(rec["key"])
+    if rule == "last":
+        want = rows[-1]["epoch"]
+    else:
+        sign = -1 if rule == "loss" else 1
+        want = max(rows, key=lambda r: (sign * r[f"val_{rule}"], r["epoch"]))["epoch"]
+    assert rec["status"] == "done" and rec["metrics"]["best_epoch"] == want
