@@ -202,6 +202,8 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
     seeds = tuple(tuning_seeds)
     with_tuning = main  # the rule reads the tuning seeds' epochs; tables and conclusions never do
     main = main[~main["seed"].isin(seeds)]
+    rerun = rerun[~rerun["seed"].isin(seeds)] if rerun is not None and len(rerun) else None
+    rerun_rule = incumbent_rule(rerun) if rerun is not None and len(rerun) else None
     m2 = second_metric(main) or "test_auc"
     L = [f"## Accuracy and {METRIC_LABEL.get(m2, m2)}, degenerate selections, and the selection rule", ""]
     if not len(main):
@@ -254,14 +256,13 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
             c = rerun_cost(main, sel, rule, time_col)
             if c["runs"]:
                 t = f"{c['seconds'] / 3600:.1f} CPU-hours" if c["seconds"] >= 3600 else f"{c['seconds'] / 60:.1f} CPU-minutes"
-                done = rerun is not None and len(rerun) and incumbent_rule(rerun) == rule
+                done = rerun_rule == rule
                 L.append(f"- {rule}: {c['runs']} of {c['of']} runs select another epoch -> {c['runs']} reruns x "
                          f"{c['mean_s']:.0f} s measured = {t} ({'run: below' if done else 'not run'}).")
         L += [""]
     # conclusions under the rule in force
     stored = incumbent_rule(main) or "the runs' own rules"
-    rerun = rerun[~rerun["seed"].isin(seeds)] if rerun is not None and len(rerun) else None
-    if choice.rule and choice.rule != stored and rerun is not None and incumbent_rule(rerun) == choice.rule:
+    if choice.rule and choice.rule != stored and rerun_rule == choice.rule:
         L += [f"### Conclusions under {choice.rule} (chosen on the tuning seed; {len(rerun)} runs rerun under it)", "",
               f"Test accuracy and test {METRIC_LABEL.get(m2, m2)} of the main comparison under {choice.rule}.", "",
               to_markdown(paper_table(rerun)), "", degenerate_note(rerun), ""]

@@ -155,6 +155,19 @@ def read_selection_table(table_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFr
     return out, frames.get("epochs")
 
 
+def write_selection_report(table_dir: str | Path, out: str | Path, name: str, markdown) -> list[Path]:
+    """`saflex-bench report`'s tables over the reported seeds (the tuning seeds left out; degenerate
+    selections flagged) and `name`, written by `markdown(runs, epochs)` from every run of the table."""
+    from reports.selection import TUNING_SEEDS
+    from reports.tables import write_tables
+
+    runs, epochs = read_selection_table(table_dir)
+    out = Path(out)
+    paths, _ = write_tables(runs[~runs["seed"].isin(TUNING_SEEDS)], out)
+    (out / name).write_text(markdown(runs, epochs))
+    return [*paths, out / name]
+
+
 def saflex_diag_frame(root: str | Path, keys: Iterable[str]) -> pd.DataFrame:
     """Per run with SAFLEX's per-sample diagnostics (last epoch): sample count, corrupted count, the
     weights' mean, std, min, max and share below 0.5, the mean label shift."""

@@ -119,6 +119,13 @@ def plan_sweep(cfg: SweepConfig) -> Plan:
     return plan
 
 
+def planned_keys_of(paths) -> list[str]:
+    """The run keys the sweep files at `paths` plan, file by file, in plan order."""
+    from sweeps.config import load_sweep
+
+    return [k for path in paths for k in plan_sweep(load_sweep(path)).keys]
+
+
 def done_keys(store: Any, keys: list[str], specs: dict[str, Any] | None = None) -> set[str]:
     """Which of `keys` are done (bench.results.record_problem; `specs`: {key: RunSpec} asked about)."""
     return {k for k, why in store.problems(keys, specs).items() if why is None}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 QUESTION = ("On natural images (CIFAR-10), few-shot (CIFAR-10, K=4 and 16) and out-of-distribution tasks (MNIST->USPS, "
-            "MNIST->MNIST-M, Amazon->Webcam, CIFAR-10->CIFAR-10-C) at CPU scale, does SAFLEX beat its upstream and "
+            "MNIST->MNIST-M, CIFAR-10->CIFAR-10-C) at CPU scale, does SAFLEX beat its upstream and "
             "the label-budget control X+ref?")
 COMMANDS = (
     "saflex-bench sweep studies/families_cpu/sweeps/families_cpu_tuning.yaml --results R --data-root DIR --executor local --threads 1",
@@ -21,10 +21,9 @@ SWEEP_FILES = (HERE / "sweeps" / "families_cpu_tuning.yaml", HERE / "sweeps" / "
 
 def planned_keys() -> list[str]:
     """The run keys of the study's sweep files: its table holds these runs and no others."""
-    from sweeps.config import load_sweep
-    from sweeps.plan import plan_sweep
+    from sweeps.plan import planned_keys_of
 
-    return [k for f in SWEEP_FILES for k in plan_sweep(load_sweep(f)).keys]
+    return planned_keys_of(SWEEP_FILES)
 
 
 def build_table(roots, table_dir=None) -> list[Path]:
@@ -39,15 +38,8 @@ def write_report(table_dir=None, out=None) -> list[Path]:
     """report/table.{md,tex,csv}, gain_summary.csv, main_table.tex (`saflex-bench report`'s tables over the
     reported seeds, degenerate selections flagged) and families.md (per family: the task-clustered gains; the
     selection rule chosen on seed 0; accuracy and AUC side by side), from the table alone."""
-    from reports.selection import TUNING_SEEDS
-    from reports.study_table import read_selection_table
-    from reports.tables import write_tables
+    from reports.study_table import write_selection_report
 
     from .report import families_markdown
 
-    runs, epochs = read_selection_table(table_dir or TABLE)
-    out = Path(out or REPORT)
-    paths, _ = write_tables(runs[~runs["seed"].isin(TUNING_SEEDS)], out)
-    md = out / "families.md"
-    md.write_text(families_markdown(runs, epochs))
-    return [*paths, md]
+    return write_selection_report(table_dir or TABLE, out or REPORT, "families.md", families_markdown)

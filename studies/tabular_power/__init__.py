@@ -16,17 +16,15 @@ COMMANDS = (
 HERE = Path(__file__).resolve().parent
 TABLE = HERE / "results"
 REPORT = HERE / "report"
-SWEEP = "tabular_power"
 # the tuning seed first (the rule is chosen on it), then the reported seeds under that rule
 SWEEP_FILES = (HERE / "sweeps" / "tabular_power_tuning.yaml", HERE / "sweeps" / "tabular_power.yaml")
 
 
 def planned_keys() -> list[str]:
     """The run keys of the study's sweep files: its table holds these runs and no others."""
-    from sweeps.config import load_sweep
-    from sweeps.plan import plan_sweep
+    from sweeps.plan import planned_keys_of
 
-    return [k for f in SWEEP_FILES for k in plan_sweep(load_sweep(f)).keys]
+    return planned_keys_of(SWEEP_FILES)
 
 
 def build_table(roots, table_dir=None) -> list[Path]:
@@ -41,15 +39,8 @@ def write_report(table_dir=None, out=None) -> list[Path]:
     """report/table.{md,tex,csv}, gain_summary.csv, main_table.tex (`saflex-bench report`'s tables over the
     reported seeds, degenerate selections flagged) and power.md (the selection rule chosen on seed 0, the
     task-clustered gains over the other seeds and what they decide), from the table."""
-    from reports.selection import TUNING_SEEDS
-    from reports.study_table import read_selection_table
-    from reports.tables import write_tables
+    from reports.study_table import write_selection_report
 
     from .report import power_markdown
 
-    runs, epochs = read_selection_table(table_dir or TABLE)
-    out = Path(out or REPORT)
-    paths, _ = write_tables(runs[~runs["seed"].isin(TUNING_SEEDS)], out)
-    power = out / "power.md"
-    power.write_text(power_markdown(runs, epochs))
-    return [*paths, power]
+    return write_selection_report(table_dir or TABLE, out or REPORT, "power.md", power_markdown)
