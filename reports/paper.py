@@ -10,6 +10,7 @@ a minimal standalone document so a test can compile it where pdflatex exists.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import pandas as pd
 
@@ -204,6 +205,7 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
     main = main[~main["seed"].isin(seeds)]
     rerun = rerun[~rerun["seed"].isin(seeds)] if rerun is not None and len(rerun) else None
     rerun_rule = incumbent_rule(rerun) if rerun is not None and len(rerun) else None
+    covered, needed = rerun_coverage(main, rerun)
     m2 = second_metric(main) or "test_auc"
     L = [f"## Accuracy and {METRIC_LABEL.get(m2, m2)}, degenerate selections, and the selection rule", ""]
     if not len(main):
@@ -256,23 +258,75 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
             c = rerun_cost(main, sel, rule, time_col)
             if c["runs"]:
                 t = f"{c['seconds'] / 3600:.1f} CPU-hours" if c["seconds"] >= 3600 else f"{c['seconds'] / 60:.1f} CPU-minutes"
-                done = rerun_rule == rule
+                state = ("not run" if rerun_rule != rule else "run: below" if covered == needed
+                         else f"{covered} of the {needed} runs rerun so far")
                 L.append(f"- {rule}: {c['runs']} of {c['of']} runs select another epoch -> {c['runs']} reruns x "
-                         f"{c['mean_s']:.0f} s measured = {t} ({'run: below' if done else 'not run'}).")
+                         f"{c['mean_s']:.0f} s measured = {t} ({state}).")
         L += [""]
     # conclusions under the rule in force
     stored = incumbent_rule(main) or "the runs' own rules"
-    if choice.rule and choice.rule != stored and rerun_rule == choice.rule:
+    # a half-finished rerun never stands in for the comparison: conclusions under the chosen rule only
+    # once every run of the main comparison has its rerun
+    if choice.rule and choice.rule != stored and rerun_rule == choice.rule and covered == needed:
         L += [f"### Conclusions under {choice.rule} (chosen on the tuning seed; {len(rerun)} runs rerun under it)", "",
               f"Test accuracy and test {METRIC_LABEL.get(m2, m2)} of the main comparison under {choice.rule}.", "",
               to_markdown(paper_table(rerun)), "", degenerate_note(rerun), ""]
         L += _degenerate_lines(rerun, names, learner_arm) + _conclusion_lines(rerun, learner_arm, learner_name, names, m2)
         L += [f"### Conclusions under {stored} (the stored rule, for comparison)", ""]
+    elif choice.rule and choice.rule != stored and rerun_rule == choice.rule:
+        L += [f"### Conclusions under {stored} (the stored rule; under {choice.rule} {covered} of the {needed} "
+              "reruns are in: resuming the rerun sweep completes them)", ""]
     elif choice.rule and choice.rule != stored:  # the test numbers exist at the stored rule's epochs only
         L += [f"### Conclusions under {stored} (the stored rule; under {choice.rule} they need the reruns above)", ""]
     else:
         L += [f"### Conclusions under {stored}", ""]
     return L + _conclusion_lines(main, learner_arm, learner_name, names, m2)
+
+
+UNIT = ["task", "upstream", "arm", "seed"]
+
+
+def rule_in_force(main: pd.DataFrame, epochs: pd.DataFrame, rerun: pd.DataFrame | None = None,
+                  tuning_seeds: Iterable[int] = TUNING_SEEDS) -> tuple[str | None, pd.DataFrame, bool]:
+    """(rule, the reported runs under it, whether that is the rule the tuning seeds chose). The chosen rule's
+    reruns once they cover every reported run of `main` (which holds the tuning seeds' runs too); otherwise
+    the stored runs under their own rule. As selection_section decides, for a study's summary."""
+    seeds = tuple(tuning_seeds)
+    reported = main[~main["seed"].isin(seeds)]
+    rerun = rerun[~rerun["seed"].isin(seeds)] if rerun is not None and len(rerun) else None
+    choice = _tuning_choice(main, epochs, seeds) if len(main) else None
+    stored = incumbent_rule(reported) if len(reported) else None
+    chosen = choice.rule if choice is not None else None
+    if chosen and chosen != stored and rerun is not None and incumbent_rule(rerun) == chosen:
+        covered, needed = rerun_coverage(reported, rerun)
+        if covered == needed:
+            return chosen, rerun, True
+    return stored, reported, chosen is not None and chosen == stored
+
+
+def gain_summary_lines(runs: pd.DataFrame, learner_arm: str, learner_name: str, rule: str | None,
+                       how: str) -> list[str]:
+    """One summary line per baseline (X, X+ref): the task-clustered gain in accuracy and the second metric."""
+    m2 = second_metric(runs) or "test_auc"
+    L = []
+    for base, name in ((NONE, "X"), (REF, "X+ref")):
+        if base not in set(runs["arm"]):
+            continue
+        parts = []
+        for metric in ("test_acc", m2):
+            ci, used, _ = clustered_gain(runs, learner_arm, base, metric)
+            parts.append(f"{METRIC_LABEL.get(metric, metric)} {points_signed(ci.mean)} [{points_signed(ci.lo)}, "
+                         f"{points_signed(ci.hi)}]")
+        L.append(f"- Under {rule} ({how}): {learner_name} − {name}, task-clustered over {runs['task'].nunique()} "
+                 f"tasks: " + "; ".join(parts) + f" ({used} pairs).")
+    return L
+
+
+def rerun_coverage(main: pd.DataFrame, rerun: pd.DataFrame | None) -> tuple[int, int]:
+    """(runs of `main` that have a rerun, runs of `main`), a run being one (task, upstream, arm, seed)."""
+    need = set(map(tuple, main[UNIT].drop_duplicates().itertuples(index=False))) if len(main) else set()
+    have = set(map(tuple, rerun[UNIT].drop_duplicates().itertuples(index=False))) if rerun is not None and len(rerun) else set()
+    return len(need & have), len(need)
 
 
 def _degenerate_lines(runs: pd.DataFrame, names: dict, learner_arm: str) -> list[str]:

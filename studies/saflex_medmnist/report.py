@@ -895,9 +895,30 @@ def _tuning_verdict(truns: pd.DataFrame) -> list[str]:
                ", which is NOT the setting the comparison ran: make it the default and rerun.")]
 
 
+def _chosen_rule_lines(main: pd.DataFrame, rerun: pd.DataFrame, data: StudyData, sx_name: str) -> list[str]:
+    """The summary's first lines when the rule the tuning seed chose is not the stored one and its reruns
+    are complete: the headline gains under that rule (the lines after them are under the stored rule)."""
+    from reports.paper import gain_summary_lines, rule_in_force
+    from reports.selection import annotate_selection
+
+    if data.selection is None or not len(data.selection) or not len(main):
+        return []
+    maj = data.selection.set_index("key")["selection.majority"]
+    ann = lambda f: annotate_selection(f.drop(columns="knobs", errors="ignore"), majority=f["key"].map(maj))  # noqa: E731
+    rule, runs, chosen = rule_in_force(ann(main), data.epochs, ann(rerun) if len(rerun) else None)
+    stored = f"val_{STORED_RULE}"
+    if not chosen or rule == stored:
+        return []
+    return gain_summary_lines(runs, runs.loc[runs["learner"] == SAFLEX, "arm"].iloc[0], sx_name, rule,
+                              f"the selection rule chosen on the tuning seed; {len(runs)} runs rerun under it")
+
+
 def _summary(table: pd.DataFrame, fam: pd.DataFrame, avg: dict, main: pd.DataFrame, noisy_verdicts: list[str],
-             aa: bool, fair: bool, tuning: list[str] = ()) -> list[str]:
+             aa: bool, fair: bool, tuning: list[str] = (), chosen: list[str] = ()) -> list[str]:
     L = ["## Summary", ""]
+    if chosen:
+        L += [*chosen, f"- The lines below are under val_{STORED_RULE}, the rule the study's runs were stored "
+              "under (the tables above and the selection section give both)."]
     if len(table):
         sx_name = saflex_name(run_knobs(main[main["learner"] == SAFLEX]))
         for col, what in (("gain", "X"), ("gain_ref", "X+ref (same labelled data)")):
@@ -966,10 +987,12 @@ def study_data(root: str | Path, aa_roots: tuple | None = None) -> StudyData:
     runs = runs[runs["task"].isin(TASKS)].reset_index(drop=True)
     runs.attrs["source"] = source
     aa = tuple(runs_frame(r) for r in aa_roots) if aa_roots else None
+    from reports.load import load_results
     from reports.selection import selection_frame  # majority rates: recorded, else from the data ($SAFLEX_DATA)
 
+    with_dirs = load_results(root)  # run_dir: where each record's own majority rate is read
     return StudyData(runs, epochs_frame(root, runs["key"]), saflex_diag_frame(root, runs["key"]), aa,
-                     selection=selection_frame(runs))
+                     selection=selection_frame(with_dirs[with_dirs["key"].isin(set(runs["key"]))]))
 
 
 def write_study(root: str | Path, out: str | Path = DEFAULT_OUT, aa_root: tuple | None = None) -> Path:
@@ -1098,8 +1121,8 @@ def render(data: StudyData) -> str:
     else:
         L += ["_No main-comparison runs found._", ""]
 
-    L += _selection_md(pd.concat([main, tuning_main]), pd.concat([df, fair_tuning]), data, sx_name,
-                       rerun=rule_reruns(split_fair_tuning(other_rule)[0]))
+    reruns = rule_reruns(split_fair_tuning(other_rule)[0])
+    L += _selection_md(pd.concat([main, tuning_main]), pd.concat([df, fair_tuning]), data, sx_name, rerun=reruns)
 
     diag = diagnostics_rows(main, data) if len(main) else pd.DataFrame()
     if len(diag) and diag[[k for k, _ in DIAG_COLUMNS]].notna().any().any():
@@ -1120,6 +1143,7 @@ def render(data: StudyData) -> str:
     noisy_md, noisy_verdicts = noisy_section(noisy, noisy_fair, data)
     L += noisy_md
     aa_md = noise_floor_section(data.aa, main)
-    L += _summary(table, fam, avg, main, noisy_verdicts, bool(aa_md), fair, _tuning_verdict(truns) + change_verdict)
+    L += _summary(table, fam, avg, main, noisy_verdicts, bool(aa_md), fair, _tuning_verdict(truns) + change_verdict,
+                  chosen=_chosen_rule_lines(pd.concat([main, tuning_main]), reruns, data, sx_name))
     L += aa_md
     return "\n".join(L) + "\n"

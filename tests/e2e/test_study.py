@@ -4,6 +4,7 @@ seeds, the noisy diagnostic with label recovery, naming by knobs, and no machine
 The first protocol's stores (no ref_frac, no X+ref) still give a report."""
 import argparse
 import json
+import shutil
 import math
 import re
 
@@ -454,3 +455,41 @@ def test_a_table_of_another_schema_version_is_refused(tmp_path):
         read_table(tmp_path / "t")
     with pytest.raises(UsageError, match="no study table at"):
         read_table(tmp_path / "nowhere")
+
+
+# ---- the rule the tuning seed chose, once its reruns are in --------------------------------------------
+def _with_epochs(root, majority=0.5):
+    """Every run gets a recorded selection majority and two logged epochs: val AUC picks epoch 1, whose
+    selection accuracy is degenerate on the tuning seed; val loss picks epoch 2, which is not."""
+    for d in (root / "runs").iterdir():
+        rec = json.loads((d / "result.json").read_text())
+        rec["info"] = {"select_majority": majority}
+        (d / "result.json").write_text(json.dumps(rec))
+        eps = [dict(epoch=1, val_acc=0.4, val_auc=0.9, val_loss=0.9), dict(epoch=2, val_acc=0.8, val_auc=0.8, val_loss=0.4)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in eps))
+
+
+def test_summary_leads_with_the_rule_chosen_on_the_tuning_seed_once_its_reruns_are_complete(tmp_path):
+    acc = fair_store(tmp_path, tuning=False, stale=False)
+    for task, up in EFFECTS:  # the tuning seed's runs of the main comparison
+        for m in (up, f"{up}+ref", f"{up}+saflex"):
+            put(tmp_path, f"s0-{task[9:]}-{m}".replace("+", "_"), task, m, 0, test=0.5, data=SIZES[task], ref_frac=0.5,
+                epochs=5 if task == P else 20)
+    # the reported runs rerun under val loss: SAFLEX 3 points under X everywhere, X+ref = X
+    for (task, m, s), v in acc.items():
+        up = m.split("+")[0]
+        new = acc[(task, up, s)] - (0.03 if m.endswith("+saflex") else 0.0)
+        put(tmp_path, f"L-{task[9:]}-{m}-{s}".replace("+", "_"), task, m, s, test=new, data=SIZES[task], ref_frac=0.5,
+            epochs=5 if task == P else 20, select_metric="loss")
+    _with_epochs(tmp_path)
+    md = write_study(tmp_path, tmp_path / "study.md").read_text()
+    summary = md.split("## Summary")[1]
+    first = summary.strip().splitlines()[0]
+    assert first.startswith("- Under val_loss (the selection rule chosen on the tuning seed; 135 runs rerun under it): ")
+    assert "− X, task-clustered over 3 tasks: accuracy -3.00 [-3.00, -3.00]" in first
+    assert "### Conclusions under val_loss (chosen on the tuning seed; 135 runs rerun under it)" in md
+    # one rerun missing: the conclusions and the summary stay under the stored rule, and say so
+    shutil.rmtree(tmp_path / "runs" / "L-breastmnist-rand-m9-n2_saflex-1")
+    md = write_study(tmp_path, tmp_path / "study.md").read_text()
+    assert "Under val_loss" not in md.split("## Summary")[1]
+    assert "under val_loss 134 of the 135 reruns are in" in md

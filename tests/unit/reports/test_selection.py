@@ -213,3 +213,46 @@ def test_selection_section_gives_the_conclusions_under_the_chosen_rule_from_its_
     other = rerun.assign(select_metric="acc")
     text = "\n".join(selection_section(df, df, epochs, "saflex", rerun=other))
     assert head not in text and "under val_loss they need the reruns above" in text
+
+
+def _stored_and_rerun():
+    from reports.selection import DEGENERATE
+
+    df, eps = runs_with_epochs()
+    df = df.assign(task="medmnist/breastmnist", upstream="rand-m9-n2", family="medmnist", learner=df["arm"],
+                   **{"metrics.test_acc": 0.8, "metrics.test_auc": 0.9, "metrics.val_acc": 0.7, DEGENERATE: 0.0})
+    df.loc[df["arm"] == "saflex", "metrics.test_acc"] = 0.82  # stored rule: +2.00
+    epochs = frame([{"key": k, **e} for k, rows in eps.items() for e in rows])
+    rerun = df[df["seed"] > 0].assign(select_metric="loss", key=lambda d: d["key"] + "L")
+    rerun.loc[rerun["arm"] == "saflex", "metrics.test_acc"] = 0.77  # under val loss: −3.00
+    return df, epochs, rerun
+
+
+def test_a_half_finished_rerun_never_stands_in_for_the_comparison():
+    """Until every reported run has its rerun, the conclusions stay under the stored rule and the section
+    says how many reruns are in; the summary's rule in force is the stored one."""
+    from reports.paper import rerun_coverage, rule_in_force, selection_section
+
+    df, epochs, rerun = _stored_and_rerun()
+    part = rerun.iloc[1:]
+    assert rerun_coverage(df[df["seed"] > 0], part) == (len(rerun) - 1, len(rerun))
+    text = "\n".join(selection_section(df, df, epochs, "saflex", rerun=part))
+    assert f"under val_loss {len(rerun) - 1} of the {len(rerun)} reruns are in" in text
+    assert "Conclusions under val_loss" not in text and "-3.00" not in text
+    rule, runs, chosen = rule_in_force(df, epochs, part)
+    assert rule == "val_auc" and not chosen and set(runs["seed"]) == {1, 2}
+    rule, runs, chosen = rule_in_force(df, epochs, rerun)
+    assert rule == "val_loss" and chosen and (runs["key"].str.endswith("L")).all()
+
+
+def test_gain_summary_lines_give_accuracy_and_auc_against_both_baselines():
+    from reports.paper import gain_summary_lines, rule_in_force
+
+    df, epochs, rerun = _stored_and_rerun()
+    ref = rerun[rerun["arm"] == "none"].assign(arm="ref", learner="ref", key=lambda d: d["key"] + "R",
+                                                **{"metrics.test_acc": 0.75, "metrics.test_auc": 0.95})
+    rule, runs, _ = rule_in_force(df, epochs, pd.concat([rerun, ref]))
+    x, x_ref = gain_summary_lines(runs, "saflex", "SAFLEX", rule, "chosen")
+    assert x.startswith("- Under val_loss (chosen): SAFLEX − X, task-clustered over 1 tasks: accuracy -3.00")
+    assert "AUC +0.00" in x and "(2 pairs)" in x
+    assert "SAFLEX − X+ref" in x_ref and "accuracy +2.00" in x_ref and "AUC -5.00" in x_ref
