@@ -43,3 +43,18 @@ def test_no_machine_path_in_docs_or_sweep_comments():
     hits = [f"{p.relative_to(REPO)}:{i}" for p in files
             for i, line in enumerate(p.read_text().splitlines(), 1) if MACHINE_PATH.search(line)]
     assert hits == []
+
+
+SWEEP_FILES = sorted([*(REPO / "sweeps").glob("*.yaml"), *(REPO / "studies").glob("*/sweeps/*.yaml")])
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_sweep_is_fair_or_named_as_the_old_protocol(path):
+    """A comparison sweep without the carve or the X+ref control says so in its first line; and no sweep
+    file (comments included) names a path of the machine it was written on."""
+    text = path.read_text()
+    if unfair_groups(plan_sweep(load_sweep(str(path))).runs):
+        assert text.startswith("# OLD PROTOCOL"), f"{path.name}: unfair and not named as the old protocol"
+    else:
+        assert "OLD PROTOCOL" not in text
+    assert not MACHINE_PATH.search(text)
