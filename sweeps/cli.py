@@ -308,6 +308,9 @@ def _missing_data(plan, data_root) -> dict[str, str]:
     return out
 
 
+PACK_SCAN_S = 5.0  # how often the wait reads the records of runs whose pack job is still running
+
+
 def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) -> int:
     t0 = time.time()
     n = len(pairs)
@@ -330,10 +333,18 @@ def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) 
 
     # the bar (stderr) counts finished runs, ETA from their rate; the per-run lines go above it (stdout)
     bar = tqdm(total=n, unit="run", desc=sweep_name or "sweep", file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+    packs = n_jobs < n
+    next_scan = 0.0
     try:
         while remaining:
             progressed = False
+            # a pack's runs finish one by one inside a running job: count each when its record is done
+            # (at most every few seconds: one file read per pending run)
+            scan = packs and time.time() >= next_scan
+            if scan:
+                next_scan = time.time() + PACK_SCAN_S
             for run, job in list(remaining):
+                early = False
                 if id(job) in errors:
                     err = errors[id(job)]
                 elif kind == "debug":
@@ -346,10 +357,13 @@ def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) 
                     else:
                         err = job.exception()
                 elif not job.done():
-                    continue
+                    if not (scan and store.read_result(run.key) is not None):
+                        continue
+                    err, early = None, True  # the job goes on with its other runs
                 else:
                     err = job.exception()
-                errors[id(job)] = err
+                if not early:
+                    errors[id(job)] = err
                 remaining.remove((run, job))
                 finished += 1
                 progressed = True
@@ -367,6 +381,9 @@ def _wait(pairs, kind: str, store, results=None, sweep_name: str | None = None) 
                 bar.set_postfix(failed=failed, refresh=False)
             if remaining and not progressed:
                 time.sleep(1.0 if kind != "slurm" else 5.0)
+        # runs counted early: their jobs still write logs and tracking records; return once they end
+        while kind != "debug" and not all(j.done() for j in {id(j): j for _, j in pairs}.values()):
+            time.sleep(1.0 if kind != "slurm" else 5.0)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM/SIGUSR2/SIGHUP (bench.errors.Interrupted)
         bar.close()
         left = [(r, j) for r, j in remaining]
