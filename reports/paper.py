@@ -308,17 +308,22 @@ def gain_summary_lines(runs: pd.DataFrame, learner_arm: str, learner_name: str, 
                        how: str) -> list[str]:
     """One summary line per baseline (X, X+ref): the task-clustered gain in accuracy and the second metric."""
     m2 = second_metric(runs) or "test_auc"
+    gains = paper_rows(runs, ["test_acc", m2])
+    gains = gains[gains["column"].str.startswith(f"Δ {method_label(learner_arm)} − ")]
     L = []
     for base, name in ((NONE, "X"), (REF, "X+ref")):
         if base not in set(runs["arm"]):
             continue
-        parts = []
+        parts, per_exp = [], []
         for metric in ("test_acc", m2):
             ci, used, _ = clustered_gain(runs, learner_arm, base, metric)
-            parts.append(f"{METRIC_LABEL.get(metric, metric)} {points_signed(ci.mean)} [{points_signed(ci.lo)}, "
-                         f"{points_signed(ci.hi)}]")
+            label = METRIC_LABEL.get(metric, metric)
+            parts.append(f"{label} {points_signed(ci.mean)} [{points_signed(ci.lo)}, {points_signed(ci.hi)}]")
+            g = gains[(gains["metric"] == metric) & (gains["column"] == f"Δ {method_label(learner_arm)} − {method_label(base)}")]
+            per_exp.append(f"{label} above 0 in {int((g['ci_lo'] > 0).sum())}, below 0 in {int((g['ci_hi'] < 0).sum())}")
         L.append(f"- Under {rule} ({how}): {learner_name} − {name}, task-clustered over {runs['task'].nunique()} "
-                 f"tasks: " + "; ".join(parts) + f" ({used} pairs).")
+                 f"tasks: " + "; ".join(parts) + f" ({used} pairs). Per experiment (uncorrected 95 % CIs), of "
+                 f"{len(g)}: " + "; ".join(per_exp) + ".")
     return L
 
 

@@ -9,6 +9,8 @@ QUESTION = ("Does SAFLEX (a weight and a soft label per augmented sample) beat t
 COMMANDS = (
     "saflex-bench sweep studies/saflex_medmnist/sweeps/saflex_fair.yaml --results R --data-root DIR --executor local",
     "saflex-bench sweep studies/saflex_medmnist/sweeps/saflex_fair_noisy.yaml --results R --data-root DIR --executor local",
+    "saflex-bench sweep studies/saflex_medmnist/sweeps/saflex_fair_seed0.yaml --results R --data-root DIR --executor local",
+    "saflex-bench sweep studies/saflex_medmnist/sweeps/saflex_fair_loss.yaml --results R --data-root DIR --executor local",
     "saflex-bench study saflex_medmnist --build-table R",
     "saflex-bench study saflex_medmnist",
 )
@@ -19,7 +21,8 @@ REPORT = HERE / "report.md"
 COST_CSV = HERE / "side_by_side_cost.csv"
 # the sweeps that get figures (figures/<sweep>/): the runs whose records name these sweeps (saflex_fair's
 # plan holds the interim-default arm that the sweep saflex_fair_default ran first)
-FIGURE_SWEEPS = {"saflex_fair": ("saflex_fair", "saflex_fair_default"), "saflex_fair_noisy": ("saflex_fair_noisy",)}
+FIGURE_SWEEPS = {"saflex_fair": ("saflex_fair", "saflex_fair_default"), "saflex_fair_noisy": ("saflex_fair_noisy",),
+                 "saflex_fair_loss": ("saflex_fair_loss",)}  # the main comparison under the tuning seed's rule
 # the A/A pair of the noise-floor section: the noise_floor study's table, beside this one
 AA_TABLE = HERE.parent / "noise_floor" / "results"
 

@@ -488,8 +488,13 @@ def test_summary_leads_with_the_rule_chosen_on_the_tuning_seed_once_its_reruns_a
     assert first.startswith("- Under val_loss (the selection rule chosen on the tuning seed; 135 runs rerun under it): ")
     assert "− X, task-clustered over 3 tasks: accuracy -3.00 [-3.00, -3.00]" in first
     assert "### Conclusions under val_loss (chosen on the tuning seed; 135 runs rerun under it)" in md
-    # one rerun missing: the conclusions and the summary stay under the stored rule, and say so
+    # the paper-layout table is the comparison under that rule too: SAFLEX − X is −3.0 in every row
+    tex = _report.main_table_tex(_report.study_data(tmp_path))
+    assert "selected on val\\_loss (chosen on the tuning seed)" in tex and tex.count("-3.0 [-3.0, -3.0]") == 36  # 9 rows x (acc, AUC) x (vs X, vs X+ref)
+    # one rerun missing: the conclusions, the summary and the table stay under the stored rule, and say so
     shutil.rmtree(tmp_path / "runs" / "L-breastmnist-rand-m9-n2_saflex-1")
     md = write_study(tmp_path, tmp_path / "study.md").read_text()
     assert "Under val_loss" not in md.split("## Summary")[1]
     assert "under val_loss 134 of the 135 reruns are in" in md
+    tex = _report.main_table_tex(_report.study_data(tmp_path))
+    assert "selected on val\\_auc (the rule the runs were stored under)" in tex and "-3.0 [-3.0, -3.0]" not in tex

@@ -256,3 +256,6 @@ def test_gain_summary_lines_give_accuracy_and_auc_against_both_baselines():
     assert x.startswith("- Under val_loss (chosen): SAFLEX − X, task-clustered over 1 tasks: accuracy -3.00")
     assert "AUC +0.00" in x and "(2 pairs)" in x
     assert "SAFLEX − X+ref" in x_ref and "accuracy +2.00" in x_ref and "AUC -5.00" in x_ref
+    # one experiment, seeds in lockstep (zero spread): every gain's CI is a point, so it counts as above or below
+    assert "of 1: accuracy above 0 in 0, below 0 in 1; AUC above 0 in 0, below 0 in 0." in x
+    assert "of 1: accuracy above 0 in 1, below 0 in 0; AUC above 0 in 0, below 0 in 1." in x_ref
