@@ -265,9 +265,7 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
         L += [""]
     # conclusions under the rule in force
     stored = incumbent_rule(main) or "the runs' own rules"
-    # a half-finished rerun never stands in for the comparison: conclusions under the chosen rule only
-    # once every run of the main comparison has its rerun
-    if choice.rule and choice.rule != stored and rerun_rule == choice.rule and covered == needed:
+    if _reruns_stand(choice.rule, stored, rerun, main):
         L += [f"### Conclusions under {choice.rule} (chosen on the tuning seed; {len(rerun)} runs rerun under it)", "",
               f"Test accuracy and test {METRIC_LABEL.get(m2, m2)} of the main comparison under {choice.rule}.", "",
               to_markdown(paper_table(rerun)), "", degenerate_note(rerun), ""]
@@ -286,6 +284,15 @@ def selection_section(main: pd.DataFrame, all_runs: pd.DataFrame, epochs: pd.Dat
 UNIT = ["task", "upstream", "arm", "seed"]
 
 
+def _reruns_stand(chosen: str | None, stored: str | None, rerun: pd.DataFrame | None, reported: pd.DataFrame) -> bool:
+    """Whether the reruns give the conclusions: they ran under the rule the tuning seeds chose (not the
+    stored one) and cover every reported run (a half-finished rerun never stands in for the comparison)."""
+    if not chosen or chosen == stored or rerun is None or not len(rerun) or incumbent_rule(rerun) != chosen:
+        return False
+    covered, needed = rerun_coverage(reported, rerun)
+    return covered == needed
+
+
 def rule_in_force(main: pd.DataFrame, epochs: pd.DataFrame, rerun: pd.DataFrame | None = None,
                   tuning_seeds: Iterable[int] = TUNING_SEEDS) -> tuple[str | None, pd.DataFrame, bool]:
     """(rule, the reported runs under it, whether that is the rule the tuning seeds chose). The chosen rule's
@@ -297,10 +304,8 @@ def rule_in_force(main: pd.DataFrame, epochs: pd.DataFrame, rerun: pd.DataFrame 
     choice = _tuning_choice(main, epochs, seeds) if len(main) else None
     stored = incumbent_rule(reported) if len(reported) else None
     chosen = choice.rule if choice is not None else None
-    if chosen and chosen != stored and rerun is not None and incumbent_rule(rerun) == chosen:
-        covered, needed = rerun_coverage(reported, rerun)
-        if covered == needed:
-            return chosen, rerun, True
+    if _reruns_stand(chosen, stored, rerun, reported):
+        return chosen, rerun, True
     return stored, reported, chosen is not None and chosen == stored
 
 

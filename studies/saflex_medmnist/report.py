@@ -895,19 +895,13 @@ def _tuning_verdict(truns: pd.DataFrame) -> list[str]:
                ", which is NOT the setting the comparison ran: make it the default and rerun.")]
 
 
-def _chosen_rule_lines(main: pd.DataFrame, rerun: pd.DataFrame, data: StudyData, sx_name: str) -> list[str]:
+def _chosen_rule_lines(data: StudyData, frames: "ComparisonFrames", sx_name: str) -> list[str]:
     """The summary's first lines when the rule the tuning seed chose is not the stored one and its reruns
     are complete: the headline gains under that rule (the lines after them are under the stored rule)."""
-    from reports.paper import gain_summary_lines, rule_in_force
-    from reports.selection import annotate_selection
+    from reports.paper import gain_summary_lines
 
-    if data.selection is None or not len(data.selection) or not len(main):
-        return []
-    maj = data.selection.set_index("key")["selection.majority"]
-    ann = lambda f: annotate_selection(f.drop(columns="knobs", errors="ignore"), majority=f["key"].map(maj))  # noqa: E731
-    rule, runs, chosen = rule_in_force(ann(main), data.epochs, ann(rerun) if len(rerun) else None)
-    stored = f"val_{STORED_RULE}"
-    if not chosen or rule == stored:
+    rule, runs, chosen = _rule_in_force(data, frames)
+    if not chosen or rule == f"val_{STORED_RULE}":
         return []
     return gain_summary_lines(runs, runs.loc[runs["learner"] == SAFLEX, "arm"].iloc[0], sx_name, rule,
                               f"the selection rule chosen on the tuning seed; {len(runs)} runs rerun under it")
@@ -1020,53 +1014,31 @@ def rule_reruns(other: pd.DataFrame) -> pd.DataFrame:
     return main_runs(other, "default")[0] if len(other) else other
 
 
-def _selection_md(main: pd.DataFrame, df: pd.DataFrame, data: StudyData, sx_name: str,
-                  rerun: pd.DataFrame | None = None) -> list[str]:
-    """Accuracy and AUC side by side, degenerate selections per arm, the selection rule chosen on the
-    tuning seed and the conclusions under it (reports/selection.py), from the table's majority rates."""
-    from reports.paper import selection_section
+def _majority_annotator(data: StudyData):
+    """frame -> frame + MAJORITY/DEGENERATE from the table's majority rates, without the `knobs` column (it
+    labels arms, render's _with_labels; it is not a protocol column: the tables group without it); None when
+    the table has no majority rates."""
     from reports.selection import annotate_selection
 
     if data.selection is None or not len(data.selection):
-        return ["## Selection", "", "_No selection-split majority rates in the results table: rebuild it "
-                "(`saflex-bench study saflex_medmnist --build-table R` with $SAFLEX_DATA set)._", ""]
+        return None
     maj = data.selection.set_index("key")["selection.majority"]
-    # `knobs` labels arms (render's _with_labels), it is not a protocol column: the tables group without it
-    ann = lambda f: annotate_selection(f.drop(columns="knobs", errors="ignore"), majority=f["key"].map(maj))  # noqa: E731
-    sx_arm = next(iter(main.loc[main["learner"] == SAFLEX, "arm"].unique()), SAFLEX)
-    return selection_section(ann(main), ann(df), data.epochs, sx_arm, f"X+{sx_name}",
-                             rerun=ann(rerun) if rerun is not None and len(rerun) else None)
+    return lambda f: annotate_selection(f.drop(columns="knobs", errors="ignore"), majority=f["key"].map(maj))
 
 
-def main_table_tex(data: StudyData) -> str:
-    """The main comparison (X, X+ref, X+SAFLEX at the default in force) as a LaTeX table (booktabs,
-    multirow), degenerate selections marked."""
-    from reports.paper import paper_table, to_latex
-    from reports.selection import annotate_selection
-
-    from reports.paper import rule_in_force
-
-    df = _with_labels(data.runs)
-    df, other_rule = split_rules(df[df["task"].isin(TASKS)])
-    df, fair_tuning = split_fair_tuning(df)
-    setting = main_setting(df)
-    main, _ = main_runs(df, setting)
-    tuning_main = main_runs(fair_tuning, setting)[0] if len(fair_tuning) else fair_tuning
-    reruns = rule_reruns(split_fair_tuning(other_rule)[0])
-    rule, how = f"val_{STORED_RULE}", "the rule the runs were stored under"
-    if data.selection is not None and len(data.selection):
-        maj = data.selection.set_index("key")["selection.majority"]
-        ann = lambda f: annotate_selection(f.drop(columns="knobs", errors="ignore"), majority=f["key"].map(maj))  # noqa: E731
-        rule, main, chosen = rule_in_force(ann(pd.concat([main, tuning_main])), data.epochs, ann(reruns) if len(reruns) else None)
-        how = "chosen on the tuning seed" if chosen else "the rule the runs were stored under"
-    main = main.drop(columns="knobs", errors="ignore")
-    return to_latex(paper_table(main), caption=f"MedMNIST: test accuracy and AUC (points) of X, X+ref and X+SAFLEX, the epoch "
-                    f"selected on {rule} ({how}); mean ± 95 % t half-width over seeds; Δ paired by seed "
-                    "with its 95 % CI; d: degenerate selections.", label="tab:saflex-medmnist") + "\n"
+@dataclass
+class ComparisonFrames:
+    """The study's runs split as every section reads them (render and main_table_tex)."""
+    df: pd.DataFrame            # the stored rule's runs of the reported seeds (degenerate selections annotated)
+    other_rule: pd.DataFrame    # runs rerun under another selection rule
+    fair_tuning: pd.DataFrame   # the fair protocol's tuning-seed runs: they choose the rule only
+    main: pd.DataFrame          # the main comparison (X, X+ref, X+SAFLEX at the setting in force)
+    fair: bool                  # whether `main` is of the fair protocol
+    tuning_main: pd.DataFrame   # the tuning seed's runs of the main comparison
+    reruns: pd.DataFrame        # the main comparison among `other_rule`
 
 
-def render(data: StudyData) -> str:
-    """The report (Markdown) from the study's data alone."""
+def comparison_frames(data: StudyData) -> ComparisonFrames:
     df = _with_labels(data.runs)
     df = df[df["task"].isin(TASKS)]
     if data.selection is not None and len(data.selection):  # degenerate selections, flagged in every table
@@ -1078,6 +1050,55 @@ def render(data: StudyData) -> str:
     setting = main_setting(df)
     main, fair = main_runs(df, setting)
     tuning_main = main_runs(fair_tuning, setting)[0] if len(fair_tuning) else fair_tuning
+    return ComparisonFrames(df, other_rule, fair_tuning, main, fair, tuning_main,
+                            rule_reruns(split_fair_tuning(other_rule)[0]))
+
+
+def _rule_in_force(data: StudyData, frames: ComparisonFrames) -> tuple[str, pd.DataFrame, bool]:
+    """(rule, the main comparison under it, whether the tuning seed chose it): reports/paper.py rule_in_force
+    on the study's frames; the stored rule when the table has no majority rates."""
+    from reports.paper import rule_in_force
+
+    ann = _majority_annotator(data)
+    if ann is None or not len(frames.main):
+        return f"val_{STORED_RULE}", frames.main, False
+    return rule_in_force(ann(pd.concat([frames.main, frames.tuning_main])), data.epochs,
+                         ann(frames.reruns) if len(frames.reruns) else None)
+
+
+def _selection_md(main: pd.DataFrame, df: pd.DataFrame, data: StudyData, sx_name: str,
+                  rerun: pd.DataFrame | None = None) -> list[str]:
+    """Accuracy and AUC side by side, degenerate selections per arm, the selection rule chosen on the
+    tuning seed and the conclusions under it (reports/selection.py), from the table's majority rates."""
+    from reports.paper import selection_section
+
+    ann = _majority_annotator(data)
+    if ann is None:
+        return ["## Selection", "", "_No selection-split majority rates in the results table: rebuild it "
+                "(`saflex-bench study saflex_medmnist --build-table R` with $SAFLEX_DATA set)._", ""]
+    sx_arm = next(iter(main.loc[main["learner"] == SAFLEX, "arm"].unique()), SAFLEX)
+    return selection_section(ann(main), ann(df), data.epochs, sx_arm, f"X+{sx_name}",
+                             rerun=ann(rerun) if rerun is not None and len(rerun) else None)
+
+
+def main_table_tex(data: StudyData) -> str:
+    """The main comparison (X, X+ref, X+SAFLEX at the default in force) under the selection rule in force
+    as a LaTeX table (booktabs, multirow), degenerate selections marked."""
+    from reports.paper import paper_table, to_latex
+
+    rule, main, chosen = _rule_in_force(data, comparison_frames(data))
+    how = "chosen on the tuning seed" if chosen else "the rule the runs were stored under"
+    return to_latex(paper_table(main.drop(columns="knobs", errors="ignore")),
+                    caption=f"MedMNIST: test accuracy and AUC (points) of X, X+ref and X+SAFLEX, the epoch "
+                    f"selected on {rule} ({how}); mean ± 95 % t half-width over seeds; Δ paired by seed "
+                    "with its 95 % CI; d: degenerate selections.", label="tab:saflex-medmnist") + "\n"
+
+
+def render(data: StudyData) -> str:
+    """The report (Markdown) from the study's data alone."""
+    frames = comparison_frames(data)
+    df, other_rule, fair_tuning, main, fair, tuning_main = (frames.df, frames.other_rule, frames.fair_tuning,
+                                                            frames.main, frames.fair, frames.tuning_main)
     truns = tuning_runs(df)
     noisy, noisy_fair = noisy_runs(df)
     table = main_table(main)
@@ -1133,8 +1154,7 @@ def render(data: StudyData) -> str:
     else:
         L += ["_No main-comparison runs found._", ""]
 
-    reruns = rule_reruns(split_fair_tuning(other_rule)[0])
-    L += _selection_md(pd.concat([main, tuning_main]), pd.concat([df, fair_tuning]), data, sx_name, rerun=reruns)
+    L += _selection_md(pd.concat([main, tuning_main]), pd.concat([df, fair_tuning]), data, sx_name, rerun=frames.reruns)
 
     diag = diagnostics_rows(main, data) if len(main) else pd.DataFrame()
     if len(diag) and diag[[k for k, _ in DIAG_COLUMNS]].notna().any().any():
@@ -1156,6 +1176,6 @@ def render(data: StudyData) -> str:
     L += noisy_md
     aa_md = noise_floor_section(data.aa, main)
     L += _summary(table, fam, avg, main, noisy_verdicts, bool(aa_md), fair, _tuning_verdict(truns) + change_verdict,
-                  chosen=_chosen_rule_lines(pd.concat([main, tuning_main]), reruns, data, sx_name))
+                  chosen=_chosen_rule_lines(data, frames, sx_name))
     L += aa_md
     return "\n".join(L) + "\n"

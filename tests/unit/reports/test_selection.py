@@ -189,10 +189,8 @@ def test_selection_section_with_only_the_tuning_seed_names_the_rule_to_run_the_r
     assert "_No main-comparison runs._" in "\n".join(selection_section(df.iloc[:0], df.iloc[:0], epochs, "saflex"))
 
 
-def test_selection_section_gives_the_conclusions_under_the_chosen_rule_from_its_reruns():
-    """With the main comparison rerun under the rule the tuning seed chose, the conclusions come from those
-    runs first (their own test numbers, never the stored rule's), then under the stored rule for comparison."""
-    from reports.paper import selection_section
+def _stored_and_rerun():
+    """Seeds 0-2 stored under val AUC (SAFLEX +2 points over X) and seeds 1-2 rerun under val loss (−3)."""
     from reports.selection import DEGENERATE
 
     df, eps = runs_with_epochs()
@@ -202,6 +200,15 @@ def test_selection_section_gives_the_conclusions_under_the_chosen_rule_from_its_
     epochs = frame([{"key": k, **e} for k, rows in eps.items() for e in rows])
     rerun = df[df["seed"] > 0].assign(select_metric="loss", key=lambda d: d["key"] + "L")
     rerun.loc[rerun["arm"] == "saflex", "metrics.test_acc"] = 0.77  # under val loss: −3.00
+    return df, epochs, rerun
+
+
+def test_selection_section_gives_the_conclusions_under_the_chosen_rule_from_its_reruns():
+    """With the main comparison rerun under the rule the tuning seed chose, the conclusions come from those
+    runs first (their own test numbers, never the stored rule's), then under the stored rule for comparison."""
+    from reports.paper import selection_section
+
+    df, epochs, rerun = _stored_and_rerun()
     text = "\n".join(selection_section(df, df, epochs, "saflex", rerun=rerun))
     head = "### Conclusions under val_loss (chosen on the tuning seed; 4 runs rerun under it)"
     assert head in text and "### Conclusions under val_auc (the stored rule, for comparison)" in text
@@ -213,19 +220,6 @@ def test_selection_section_gives_the_conclusions_under_the_chosen_rule_from_its_
     other = rerun.assign(select_metric="acc")
     text = "\n".join(selection_section(df, df, epochs, "saflex", rerun=other))
     assert head not in text and "under val_loss they need the reruns above" in text
-
-
-def _stored_and_rerun():
-    from reports.selection import DEGENERATE
-
-    df, eps = runs_with_epochs()
-    df = df.assign(task="medmnist/breastmnist", upstream="rand-m9-n2", family="medmnist", learner=df["arm"],
-                   **{"metrics.test_acc": 0.8, "metrics.test_auc": 0.9, "metrics.val_acc": 0.7, DEGENERATE: 0.0})
-    df.loc[df["arm"] == "saflex", "metrics.test_acc"] = 0.82  # stored rule: +2.00
-    epochs = frame([{"key": k, **e} for k, rows in eps.items() for e in rows])
-    rerun = df[df["seed"] > 0].assign(select_metric="loss", key=lambda d: d["key"] + "L")
-    rerun.loc[rerun["arm"] == "saflex", "metrics.test_acc"] = 0.77  # under val loss: −3.00
-    return df, epochs, rerun
 
 
 def test_a_half_finished_rerun_never_stands_in_for_the_comparison():
